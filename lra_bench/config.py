@@ -1,0 +1,203 @@
+"""Configs are data: a run's config is the merge of TOML layers, validated key by key.
+
+Layers, later wins:
+  1. lra_bench/defaults.toml              declares every [model] and [train] key
+  2. tasks/<task>.toml                    declares [data]; overrides [model] / [train]
+  3. tasks/<task>.toml [presets.<p>]      per-preset overrides (e.g. `lra`, `smoke`)
+  4. models/<model>.toml                  declares [mixer]; may override [model] / [train]
+  5. models/<model>.toml [presets.<p>], [tasks.<task>], [tasks.<task>.presets.<p>]
+  6. --set section.key=value              from the command line
+
+Only the declaring layer may add keys to a section; every later layer may only change them, and
+only with a value of the same type. That makes a typo anywhere an error that names the valid keys.
+"""
+
+from __future__ import annotations
+
+import copy
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lra_bench import paths
+from lra_bench.errors import UserError
+
+SECTIONS = ("data", "model", "mixer", "train")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    model_name: str
+    task_name: str
+    preset: str
+    seed: int
+    data: dict[str, Any]
+    model: dict[str, Any]
+    mixer: dict[str, Any]
+    train: dict[str, Any]
+    overrides: tuple[str, ...] = field(default=())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model_name": self.model_name,
+            "task_name": self.task_name,
+            "preset": self.preset,
+            "seed": self.seed,
+            "overrides": list(self.overrides),
+            **{s: copy.deepcopy(getattr(self, s)) for s in SECTIONS},
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
+        return cls(
+            model_name=d["model_name"],
+            task_name=d["task_name"],
+            preset=d["preset"],
+            seed=d["seed"],
+            overrides=tuple(d.get("overrides", ())),
+            **{s: dict(d[s]) for s in SECTIONS},
+        )
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"{path}: malformed TOML ({e}); fix the file") from None
+
+
+def available(kind: str) -> dict[str, Path]:
+    """Registered tasks or models: one TOML file each, found by name."""
+    folder = paths.tasks_dir() if kind == "tasks" else paths.models_dir()
+    return {p.stem: p for p in sorted(folder.glob("*.toml"))}
+
+
+def load_spec(kind: str, name: str) -> dict[str, Any]:
+    found = available(kind)
+    if name not in found:
+        noun = kind[:-1]
+        raise UserError(f"unknown {noun} '{name}'; choose one of: {', '.join(found)}")
+    return _read_toml(found[name])
+
+
+def _same_type(old: Any, new: Any) -> bool:
+    if isinstance(old, bool) or isinstance(new, bool):
+        return isinstance(old, bool) and isinstance(new, bool)
+    if isinstance(old, float):
+        return isinstance(new, (int, float))
+    return isinstance(new, type(old))
+
+
+def _apply(cfg: dict, layer: dict, where: str, declares: tuple[str, ...] = ()) -> None:
+    for section, values in layer.items():
+        if section not in SECTIONS:
+            continue  # metadata (name, description, presets, tasks) is not config
+        if not isinstance(values, dict):
+            raise UserError(f"{where}: [{section}] must be a table")
+        target = cfg[section]
+        for key, value in values.items():
+            if section in declares:
+                target[key] = value
+                continue
+            if key not in target:
+                valid = ", ".join(sorted(target)) or "(none)"
+                raise UserError(
+                    f"{where}: unknown key '{section}.{key}'; valid {section} keys: {valid}"
+                )
+            if not _same_type(target[key], value):
+                raise UserError(
+                    f"{where}: '{section}.{key}' must be {type(target[key]).__name__}, "
+                    f"got {value!r}"
+                )
+            target[key] = float(value) if isinstance(target[key], float) else value
+
+
+def parse_override(text: str) -> tuple[str, str, Any]:
+    """'train.steps=10' -> ('train', 'steps', 10); values are TOML literals, else strings."""
+    if "=" not in text or "." not in text.split("=", 1)[0]:
+        raise UserError(f"--set '{text}': expected section.key=value, e.g. train.steps=100")
+    key, raw = text.split("=", 1)
+    section, name = key.strip().split(".", 1)
+    if section not in SECTIONS:
+        raise UserError(f"--set '{text}': unknown section '{section}'; use one of {', '.join(SECTIONS)}")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return section, name, value
+
+
+def _layers(doc: dict, task: str | None, preset: str) -> list[tuple[str, dict]]:
+    out = [("", doc), (f"[presets.{preset}]", doc.get("presets", {}).get(preset, {}))]
+    if task is not None:
+        per_task = doc.get("tasks", {}).get(task, {})
+        out += [
+            (f"[tasks.{task}]", per_task),
+            (f"[tasks.{task}.presets.{preset}]", per_task.get("presets", {}).get(preset, {})),
+        ]
+    return out
+
+
+def resolve(
+    model: str,
+    task: str,
+    preset: str = "smoke",
+    seed: int = 0,
+    overrides: list[str] | tuple[str, ...] = (),
+    steps: int | None = None,
+) -> RunConfig:
+    task_doc = load_spec("tasks", task)
+    model_doc = load_spec("models", model)
+    presets = sorted(task_doc.get("presets", {}))
+    if preset not in presets:
+        raise UserError(f"task '{task}' has no preset '{preset}'; choose one of: {', '.join(presets)}")
+
+    cfg: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
+    _apply(cfg, _read_toml(paths.PACKAGE_DIR / "defaults.toml"), "defaults.toml", ("model", "train"))
+    for label, layer in _layers(task_doc, None, preset):
+        _apply(cfg, layer, f"tasks/{task}.toml{label}", ("data",) if not label else ())
+    for label, layer in _layers(model_doc, task, preset):
+        _apply(cfg, layer, f"models/{model}.toml{label}", ("mixer",) if not label else ())
+    if "kind" not in cfg["mixer"]:
+        raise UserError(f"models/{model}.toml: [mixer] needs a 'kind' (the mixer module's name)")
+
+    sets: dict[str, dict[str, Any]] = {}
+    for text in overrides:
+        section, name, value = parse_override(text)
+        sets.setdefault(section, {})[name] = value
+    if steps is not None:
+        sets.setdefault("train", {})["steps"] = steps
+    _apply(cfg, sets, "--set")
+    if seed < 0:
+        raise UserError(f"--seed must be >= 0, got {seed}")
+    rc = RunConfig(model, task, preset, seed, overrides=tuple(overrides), **cfg)
+    validate(rc)
+    return rc
+
+
+def validate(rc: RunConfig) -> None:
+    """Value checks that types alone cannot express."""
+    m, t, d = rc.model, rc.train, rc.data
+    checks = [
+        (m["emb_dim"] > 0 and m["mlp_dim"] > 0 and m["num_layers"] > 0, "model dims must be > 0"),
+        (m["num_heads"] > 0 and m["qkv_dim"] % m["num_heads"] == 0,
+         f"model.qkv_dim ({m['qkv_dim']}) must be a multiple of model.num_heads ({m['num_heads']})"),
+        (0.0 <= m["dropout"] < 1.0 and 0.0 <= m["attention_dropout"] < 1.0,
+         "dropout rates must be in [0, 1)"),
+        (m["positional"] in ("sinusoidal", "learned", "none"),
+         f"model.positional must be sinusoidal, learned or none, got '{m['positional']}'"),
+        (m["pooling"] in ("cls", "mean"), f"model.pooling must be cls or mean, got '{m['pooling']}'"),
+        (m["dtype"] in ("float32", "bfloat16"), f"model.dtype must be float32 or bfloat16, got '{m['dtype']}'"),
+        (t["batch_size"] > 0, f"train.batch_size must be > 0, got {t['batch_size']}"),
+        (t["steps"] > 0, f"train.steps must be > 0, got {t['steps']}"),
+        (t["eval_every"] > 0 and t["log_every"] > 0, "train.eval_every and train.log_every must be > 0"),
+        (t["schedule"] in ("rsqrt", "cosine", "constant"),
+         f"train.schedule must be rsqrt, cosine or constant, got '{t['schedule']}'"),
+        (t["learning_rate"] > 0, "train.learning_rate must be > 0"),
+        (d.get("max_length", 1) > 0, "data.max_length must be > 0"),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise UserError(f"{rc.model_name}/{rc.task_name}: {msg}")

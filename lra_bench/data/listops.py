@@ -1,0 +1,190 @@
+"""ListOps: the LRA generator, the official TSV format, and a fixed tokenizer.
+
+The generator follows the original LRA release (`lra_benchmarks/data/listops.py`): operators
+MIN, MAX, MED (median, truncated to int) and SM (sum mod 10) over the digits 0-9; a node is an
+operator with probability 0.25 unless it is at the maximum depth; an operator takes 2..max_args
+arguments; a tree is kept when its length (values + 2 per operator) lies strictly between
+min_length and max_length. Differences, both for reproducibility: a seeded `random.Random`, and
+de-duplication that keeps generation order (the original de-duplicated through a set, whose
+iteration order, and so the split, changed from process to process).
+
+Tokenisation: the original `tfds` tokenizer drops non-alphanumeric characters, so the brackets
+"(" and ")" vanish and "]" and "[MAX" lose their punctuation. We keep the same token stream
+(no parentheses) with a fixed, sorted vocabulary instead of one built from a Python set, so ids
+are the same in every process: 0 is padding, then the 15 tokens below.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import random
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from lra_bench.errors import UserError
+
+OPERATORS = ("[MIN", "[MAX", "[MED", "[SM")
+END = "]"
+VOCAB = tuple(sorted([str(d) for d in range(10)] + [END] + list(OPERATORS)))
+TOKEN_ID = {tok: i + 1 for i, tok in enumerate(VOCAB)}  # 0 is padding
+VALUE_P = 0.25  # probability that a node below max depth is an operator
+
+
+def generate_tree(rng: random.Random, depth: int, max_depth: int, max_args: int):
+    """Return (tree, length); a tree is an int or (op, [children])."""
+    if depth < max_depth and rng.random() <= VALUE_P:
+        children, length = [], 2
+        for _ in range(rng.randint(2, max_args)):
+            child, n = generate_tree(rng, depth + 1, max_depth, max_args)
+            children.append(child)
+            length += n
+        return (rng.choice(OPERATORS), children), length
+    return rng.randrange(10), 1
+
+
+def evaluate(tree) -> int:
+    if isinstance(tree, int):
+        return tree
+    op, children = tree
+    values = [evaluate(c) for c in children]
+    if op == "[MIN":
+        return min(values)
+    if op == "[MAX":
+        return max(values)
+    if op == "[MED":
+        return int(np.median(values))
+    return sum(values) % 10
+
+
+def to_source(tree) -> str:
+    """The official TSV's Source text: each argument left-nested in brackets,
+    `( ( ( [MAX a ) b ) c ) ] )` for [MAX a b c]."""
+    if isinstance(tree, int):
+        return str(tree)
+    op, children = tree
+    text = f"( {op} {to_source(children[0])} )"
+    for child in children[1:]:
+        text = f"( {text} {to_source(child)} )"
+    return f"( {text} {END} )"
+
+
+def tokenize(source: str) -> list[int]:
+    """Source text -> token ids, parentheses dropped as the original tokenizer dropped them."""
+    ids = []
+    for tok in source.split():
+        if tok in ("(", ")"):
+            continue
+        if tok not in TOKEN_ID:
+            raise ValueError(f"unknown ListOps token {tok!r}")
+        ids.append(TOKEN_ID[tok])
+    return ids
+
+
+def detokenize(ids) -> str:
+    return " ".join(VOCAB[i - 1] for i in ids if i != 0)
+
+
+def generate(num: int, *, seed: int, min_length: int, max_length: int, max_depth: int,
+             max_args: int, progress=None) -> list[tuple[str, int]]:
+    """`num` unique (source, label) pairs, deterministic given the seed."""
+    rng = random.Random(seed)
+    seen: dict[str, int] = {}
+    while len(seen) < num:
+        tree, length = generate_tree(rng, 1, max_depth, max_args)
+        if min_length < length < max_length:
+            src = to_source(tree)
+            if src not in seen:
+                seen[src] = evaluate(tree)
+                if progress is not None:
+                    progress(len(seen))
+    return list(seen.items())
+
+
+def write_tsv(path: Path, rows: list[tuple[str, int]]) -> None:
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.writer(f, delimiter="\t", lineterminator="\n")
+        w.writerow(["Source", "Target"])
+        w.writerows(rows)
+    tmp.replace(path)
+
+
+def read_tsv(path: Path) -> list[tuple[str, int]]:
+    rows = []
+    with open(path, newline="") as f:
+        reader = csv.reader(f, delimiter="\t")
+        header = next(reader, None)
+        if header != ["Source", "Target"]:
+            raise UserError(f"{path}: expected the header 'Source<TAB>Target', got {header}")
+        for lineno, row in enumerate(reader, start=2):
+            if len(row) != 2 or not row[1].strip().isdigit():
+                raise UserError(f"{path}:{lineno}: expected 'Source<TAB>Target' with an int target")
+            rows.append((row[0], int(row[1])))
+    return rows
+
+
+def generate_files(out: Path, data_cfg: dict, seed: int = 0, log=None) -> None:
+    """Write basic_{train,val,test}.tsv to `out` in the official layout."""
+    counts = {s: data_cfg[f"num_{s}"] for s in ("train", "val", "test")}
+    total = sum(counts.values())
+    step = max(total // 10, 1)
+    report = (lambda n: log(f"listops: {n}/{total} samples") if n % step == 0 else None) if log else None
+    rows = generate(total, seed=seed, min_length=data_cfg["min_length"],
+                    max_length=data_cfg["gen_max_length"], max_depth=data_cfg["max_depth"],
+                    max_args=data_cfg["max_args"], progress=report)
+    out.mkdir(parents=True, exist_ok=True)
+    start = 0
+    for split, n in counts.items():
+        write_tsv(out / f"basic_{split}.tsv", rows[start:start + n])
+        start += n
+
+
+def encode(rows: list[tuple[str, int]], max_length: int, where: Path) -> dict[str, np.ndarray]:
+    inputs = np.zeros((len(rows), max_length), np.int32)
+    labels = np.zeros((len(rows),), np.int32)
+    for i, (src, label) in enumerate(rows):
+        try:
+            ids = tokenize(src)[:max_length]
+        except ValueError as e:
+            raise UserError(f"{where}: row {i + 2}: {e}") from None
+        inputs[i, : len(ids)] = ids
+        labels[i] = label
+    return {"inputs": inputs, "labels": labels}
+
+
+def load(rc, data_dir: Path) -> dict[str, dict[str, np.ndarray]]:
+    folder = data_dir / "listops" / rc.data["variant"]
+    files = {s: folder / f"basic_{s}.tsv" for s in ("train", "val", "test")}
+    if not all(p.exists() for p in files.values()):
+        raise UserError(
+            f"ListOps data not found in {folder}; generate it with: python -m "
+            f"lra_bench.data.listops --preset {rc.preset} --out {folder}"
+        )
+    return {s: encode(read_tsv(p), rc.data["max_length"], p) for s, p in files.items()}
+
+
+def main(argv=None) -> None:
+    from lra_bench import config
+
+    p = argparse.ArgumentParser(description="Generate ListOps in the official TSV layout.")
+    p.add_argument("--preset", default="smoke", help="the listops task preset whose [data] to use")
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--force", action="store_true", help="regenerate even if the files exist")
+    args = p.parse_args(argv)
+    try:
+        rc = config.resolve("transformer", "listops", args.preset)
+    except UserError as e:
+        sys.exit(f"error: {e}")
+    if (args.out / "basic_test.tsv").exists() and not args.force:
+        print(f"listops: {args.out} already has data (use --force to regenerate)", file=sys.stderr)
+        return
+    generate_files(args.out, rc.data, seed=args.seed, log=lambda m: print(m, file=sys.stderr))
+    print(f"listops: wrote {args.out}/basic_{{train,val,test}}.tsv", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

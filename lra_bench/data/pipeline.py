@@ -1,0 +1,89 @@
+"""Batches for the trainer: shuffled with a seed, assembled and put on the device off the
+training thread, so the jitted step never waits on Python.
+
+The training stream's position is (epoch, batch index); the permutation of epoch e is a pure
+function of (seed, e), so a stream can be re-created at any position.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from typing import Iterator
+
+import jax
+import numpy as np
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+class TrainStream:
+    """Endless shuffled batches (the last incomplete batch of an epoch is dropped)."""
+
+    def __init__(self, split: dict[str, np.ndarray], batch_size: int, seed: int,
+                 prefetch: int = 4, start: tuple[int, int] = (0, 0), device_put=jax.device_put):
+        n = len(split["labels"])
+        if n < batch_size:
+            raise ValueError(f"the training split has {n} examples, fewer than one batch ({batch_size})")
+        self.split, self.batch_size, self.seed = split, batch_size, seed
+        self.batches_per_epoch = n // batch_size
+        self.position = start  # of the next batch handed to the trainer
+        self._device_put = device_put
+        self._queue: queue.Queue = queue.Queue(maxsize=prefetch)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._fill, args=(start,), daemon=True)
+        self._thread.start()
+
+    def _fill(self, start: tuple[int, int]) -> None:
+        epoch, index = start
+        try:
+            while not self._stop.is_set():
+                order = epoch_order(len(self.split["labels"]), self.seed, epoch)
+                for b in range(index, self.batches_per_epoch):
+                    rows = np.sort(order[b * self.batch_size:(b + 1) * self.batch_size])
+                    batch = {k: v[rows] for k, v in self.split.items()}
+                    item = ((epoch, b), self._device_put(batch))
+                    while not self._stop.is_set():
+                        try:
+                            self._queue.put(item, timeout=0.1)
+                            break
+                        except queue.Full:
+                            continue
+                    if self._stop.is_set():
+                        return
+                epoch, index = epoch + 1, 0
+        except BaseException as e:  # surface the producer's failure in the consumer
+            self._queue.put(("error", e))
+
+    def __iter__(self) -> Iterator[dict]:
+        return self
+
+    def __next__(self) -> dict:
+        pos, batch = self._queue.get()
+        if pos == "error":
+            raise batch
+        epoch, b = pos
+        self.position = (epoch, b + 1) if b + 1 < self.batches_per_epoch else (epoch + 1, 0)
+        return batch
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+def eval_batches(split: dict[str, np.ndarray], batch_size: int, max_batches: int = 0):
+    """Fixed-size batches over a whole split, in order; the last one is padded with rows of
+    weight 0 so every batch has one shape and the eval step compiles once."""
+    n = len(split["labels"])
+    stops = range(0, n, batch_size)
+    if max_batches:
+        stops = stops[:max_batches]
+    for start in stops:
+        rows = np.arange(start, start + batch_size)
+        valid = rows < n
+        rows = np.where(valid, rows, 0)
+        batch = {k: v[rows] for k, v in split.items()}
+        batch["weights"] = valid.astype(np.float32)
+        yield batch

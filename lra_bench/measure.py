@@ -1,0 +1,65 @@
+"""What a compiled step costs: peak memory, FLOPs, and where each figure comes from."""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+from pathlib import Path
+
+import jax
+
+
+def cost_flops(compiled) -> float | None:
+    """FLOPs of one call from XLA's cost analysis (a dict, or a list of one, by jax version)."""
+    try:
+        cost = compiled.cost_analysis()
+    except Exception:  # some backends do not implement it
+        return None
+    if isinstance(cost, (list, tuple)):
+        cost = cost[0] if cost else None
+    return float(cost["flops"]) if cost and "flops" in cost else None
+
+
+def compiled_memory_estimate(compiled) -> int | None:
+    """XLA's own peak estimate for one call: temporaries + arguments + outputs - aliased
+    (donated) buffers."""
+    try:
+        m = compiled.memory_analysis()
+    except Exception:
+        return None
+    if m is None:
+        return None
+    return int(m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes
+               - m.alias_size_in_bytes)
+
+
+def device_peak_bytes() -> int | None:
+    stats = jax.local_devices()[0].memory_stats() or {}
+    return int(stats["peak_bytes_in_use"]) if "peak_bytes_in_use" in stats else None
+
+
+def peak_memory(compiled) -> tuple[int | None, str]:
+    """(bytes, source): the device's measured peak where it keeps one, else XLA's estimate."""
+    measured = device_peak_bytes()
+    if measured is not None:
+        return measured, "device peak_bytes_in_use"
+    return compiled_memory_estimate(compiled), "xla compiled estimate"
+
+
+def device_info() -> dict:
+    d = jax.devices()[0]
+    return {
+        "device_kind": d.device_kind,
+        "platform": d.platform,
+        "device_count": jax.device_count(),
+        "host": platform.node(),
+    }
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, timeout=5, cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"

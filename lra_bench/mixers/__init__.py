@@ -1,0 +1,53 @@
+"""Token mixers: every attention variant behind one interface.
+
+A mixer is a module `lra_bench.mixers.<kind>` that defines `Mixer(spec, *, rngs, **options)`;
+`models/<name>.toml` names the kind and its options under [mixer]. Calling it:
+
+    y, mask = mixer(x, mask, deterministic=..., rngs=...)
+
+x is (batch, length, dim), mask is (batch, length) bool with True at real tokens. A mixer may
+return a shorter sequence with its own mask; the encoder threads whatever comes back into the
+next layer, the pooling and the head. The math of each mixer lives in pure JAX functions in its
+module, so it can be tested against equations and references without the module around it.
+
+Adding a mixer: write `lra_bench/mixers/<kind>.py` and `models/<name>.toml`. Nothing else changes.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from dataclasses import dataclass
+from typing import Any
+
+from flax import nnx
+
+from lra_bench.errors import UserError
+
+
+@dataclass(frozen=True)
+class MixerSpec:
+    """What every mixer is told about the model and the sequences it will see."""
+
+    dim: int
+    num_heads: int
+    qkv_dim: int
+    attention_dropout: float
+    max_length: int  # longest sequence the mixer sees, a CLS token included
+    has_cls: bool  # position 0 is a CLS token
+    grid: tuple[int, int] | None = None  # (rows, cols) when the tokens are an image's pixels
+    dtype: Any = None
+
+
+def kinds() -> list[str]:
+    return sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
+
+
+def build(kind: str, spec: MixerSpec, options: dict[str, Any], rngs: nnx.Rngs) -> nnx.Module:
+    if kind not in kinds():
+        raise UserError(f"unknown mixer kind '{kind}'; choose one of: {', '.join(kinds())}")
+    module = importlib.import_module(f"{__name__}.{kind}")
+    try:
+        return module.Mixer(spec, rngs=rngs, **options)
+    except TypeError as e:
+        raise UserError(f"mixer '{kind}': bad options {sorted(options)} ({e})") from None

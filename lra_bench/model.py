@@ -1,0 +1,134 @@
+"""The encoder and classifier shared by every model and task.
+
+Pre-LN blocks around a pluggable mixer (see `lra_bench.mixers`), as in the LRA reference
+Transformer: LN -> mixer -> dropout -> residual, LN -> Dense(mlp) -> GELU -> dropout -> Dense ->
+dropout -> residual; final LN; pooling; Dense(mlp) -> ReLU -> Dense(classes).
+
+Retrieval is a dual encoder: inputs of shape (batch, 2, length) run through the one shared
+encoder as a (2 * batch)-row batch, and the head sees [x1, x2, x1 * x2, x1 - x2].
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from lra_bench import mixers
+from lra_bench.config import RunConfig
+
+PAD_ID = 0
+
+
+def sinusoidal_table(length: int, dim: int) -> np.ndarray:
+    pos = np.arange(length)[:, None]
+    div = np.exp(np.arange(0, dim, 2) * (-math.log(10000.0) / dim))
+    table = np.zeros((length, dim), np.float32)
+    table[:, 0::2] = np.sin(pos * div)
+    table[:, 1::2] = np.cos(pos * div)[:, : dim // 2]
+    return table
+
+
+def masked_mean(x, mask):
+    w = mask[..., None].astype(x.dtype)
+    return (x * w).sum(axis=1) / jnp.maximum(w.sum(axis=1), 1.0)
+
+
+def compute_dtype(name: str):
+    return jnp.bfloat16 if name == "bfloat16" else jnp.float32
+
+
+class Block(nnx.Module):
+    def __init__(self, rc: RunConfig, spec: mixers.MixerSpec, *, rngs: nnx.Rngs):
+        m = rc.model
+        dtype = spec.dtype
+        options = {k: v for k, v in rc.mixer.items() if k != "kind"}
+        self.norm1 = nnx.LayerNorm(m["emb_dim"], dtype=dtype, rngs=rngs)
+        self.mixer = mixers.build(rc.mixer["kind"], spec, options, rngs)
+        self.norm2 = nnx.LayerNorm(m["emb_dim"], dtype=dtype, rngs=rngs)
+        self.mlp_in = nnx.Linear(m["emb_dim"], m["mlp_dim"], dtype=dtype, rngs=rngs)
+        self.mlp_out = nnx.Linear(m["mlp_dim"], m["emb_dim"], dtype=dtype, rngs=rngs)
+        self.dropout = nnx.Dropout(m["dropout"])
+
+    def __call__(self, x, mask, *, deterministic: bool, rngs: nnx.Rngs | None):
+        drop = lambda t: self.dropout(t, deterministic=deterministic, rngs=rngs)  # noqa: E731
+        y, mask = self.mixer(self.norm1(x), mask, deterministic=deterministic, rngs=rngs)
+        if y.shape[1] != x.shape[1]:
+            # A shortening mixer returns the new residual stream itself (see its module).
+            x = y
+        else:
+            x = x + drop(y)
+        h = drop(jax.nn.gelu(self.mlp_in(self.norm2(x))))
+        return x + drop(self.mlp_out(h)), mask
+
+
+class Encoder(nnx.Module):
+    def __init__(self, rc: RunConfig, *, rngs: nnx.Rngs, grid: tuple[int, int] | None = None):
+        m, d = rc.model, rc.model["emb_dim"]
+        dtype = compute_dtype(m["dtype"])
+        self.use_cls = m["pooling"] == "cls"
+        length = rc.data["max_length"] + int(self.use_cls)
+        # LRA embeds tokens with N(0, 1) and adds a zero-initialised learned CLS embedding.
+        self.embed = nnx.Embed(
+            rc.data["vocab_size"], d, dtype=dtype,
+            embedding_init=nnx.initializers.normal(1.0), rngs=rngs,
+        )
+        self.cls = nnx.Param(jnp.zeros((1, 1, d))) if self.use_cls else None
+        if m["positional"] == "learned":
+            self.pos = nnx.Param(nnx.initializers.normal(0.02)(rngs.params(), (1, length, d)))
+        elif m["positional"] == "sinusoidal":
+            self.pos = nnx.Variable(jnp.asarray(sinusoidal_table(length, d))[None])
+        else:
+            self.pos = None
+        spec = mixers.MixerSpec(
+            dim=d, num_heads=m["num_heads"], qkv_dim=m["qkv_dim"],
+            attention_dropout=m["attention_dropout"], max_length=length,
+            has_cls=self.use_cls, grid=grid, dtype=dtype,
+        )
+        self.dropout = nnx.Dropout(m["dropout"])
+        self.blocks = nnx.List([Block(rc, spec, rngs=rngs) for _ in range(m["num_layers"])]) \
+            if hasattr(nnx, "List") else [Block(rc, spec, rngs=rngs) for _ in range(m["num_layers"])]
+        self.norm = nnx.LayerNorm(d, dtype=dtype, rngs=rngs)
+
+    def __call__(self, tokens, *, deterministic: bool = True, rngs: nnx.Rngs | None = None):
+        mask = tokens != PAD_ID
+        x = self.embed(tokens)
+        if self.use_cls:
+            cls = jnp.broadcast_to(self.cls[...].astype(x.dtype), (x.shape[0], 1, x.shape[-1]))
+            x = jnp.concatenate([cls, x], axis=1)
+            mask = jnp.concatenate([jnp.ones_like(mask[:, :1]), mask], axis=1)
+        if self.pos is not None:
+            x = x + self.pos[...][:, : x.shape[1]].astype(x.dtype)
+        x = self.dropout(x, deterministic=deterministic, rngs=rngs)
+        for block in self.blocks:
+            x, mask = block(x, mask, deterministic=deterministic, rngs=rngs)
+        return self.norm(x), mask
+
+    def pool(self, x, mask):
+        return x[:, 0] if self.use_cls else masked_mean(x, mask)
+
+
+class Classifier(nnx.Module):
+    """Encoder + pooling + MLP head; a dual encoder when the task pairs two documents."""
+
+    def __init__(self, rc: RunConfig, *, rngs: nnx.Rngs):
+        d, mlp = rc.model["emb_dim"], rc.model["mlp_dim"]
+        self.dual = bool(rc.data.get("dual", False))
+        grid = tuple(rc.data["grid"]) if "grid" in rc.data else None
+        self.encoder = Encoder(rc, rngs=rngs, grid=grid)
+        dtype = compute_dtype(rc.model["dtype"])
+        self.hidden = nnx.Linear(d * (4 if self.dual else 1), mlp, dtype=dtype, rngs=rngs)
+        self.logits = nnx.Linear(mlp, rc.data["num_classes"], dtype=dtype, rngs=rngs)
+
+    def __call__(self, inputs, *, deterministic: bool = True, rngs: nnx.Rngs | None = None):
+        tokens = inputs.reshape(-1, inputs.shape[-1])  # dual: (B, 2, L) -> (2B, L), one pass
+        x, mask = self.encoder(tokens, deterministic=deterministic, rngs=rngs)
+        pooled = self.encoder.pool(x, mask)
+        if self.dual:
+            pooled = pooled.reshape(inputs.shape[0], 2, -1)
+            x1, x2 = pooled[:, 0], pooled[:, 1]
+            pooled = jnp.concatenate([x1, x2, x1 * x2, x1 - x2], axis=-1)
+        return self.logits(jax.nn.relu(self.hidden(pooled))).astype(jnp.float32)

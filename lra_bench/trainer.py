@@ -1,0 +1,184 @@
+"""One trainer for every task and model (flax examples' `train_and_evaluate` shape).
+
+The train step is a pure function of (state, batch): the NNX model is split once into a static
+graph definition and array state, and `jax.jit` compiles the step over that state with its
+buffers donated, so parameters and optimiser state are updated in place. Dropout keys are
+`fold_in(seed key, step)`, so a step's randomness depends on nothing but the seed and the step.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from lra_bench import measure
+from lra_bench.config import RunConfig
+from lra_bench.data.pipeline import TrainStream, eval_batches
+from lra_bench.model import Classifier
+from lra_bench.optim import make_optimizer, make_schedule
+
+
+@dataclass
+class Steps:
+    """The compiled functions of one run and what they need to rebuild the model."""
+
+    graphdef: Any
+    init_state: dict
+    train_step: Callable
+    eval_step: Callable
+    tx: optax.GradientTransformation
+
+
+def build(rc: RunConfig) -> Steps:
+    model = Classifier(rc, rngs=nnx.Rngs(params=rc.seed))
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    tx = make_optimizer(rc.train)
+    schedule = make_schedule(rc.train)
+    state = {
+        "params": params,
+        "rest": rest,
+        "opt_state": tx.init(params),
+        "step": jnp.zeros((), jnp.int32),
+        "rng": jax.random.key(rc.seed + 1),
+    }
+
+    def loss_fn(params, rest, batch, rng):
+        model = nnx.merge(graphdef, params, rest)
+        logits = model(batch["inputs"], deterministic=False, rngs=nnx.Rngs(dropout=rng))
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["labels"]).mean()
+        accuracy = (logits.argmax(-1) == batch["labels"]).mean()
+        return loss, accuracy
+
+    def train_step(state, batch):
+        rng = jax.random.fold_in(state["rng"], state["step"])
+        (loss, accuracy), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state["params"], state["rest"], batch, rng)
+        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+        new_state = {
+            **state,
+            "params": optax.apply_updates(state["params"], updates),
+            "opt_state": opt_state,
+            "step": state["step"] + 1,
+        }
+        metrics = {"loss": loss, "accuracy": accuracy, "grad_norm": optax.global_norm(grads),
+                   "learning_rate": schedule(state["step"])}
+        return new_state, metrics
+
+    def eval_step(params, rest, batch):
+        model = nnx.merge(graphdef, params, rest)
+        logits = model(batch["inputs"], deterministic=True)
+        w = batch["weights"]
+        losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["labels"])
+        correct = (logits.argmax(-1) == batch["labels"]).astype(jnp.float32)
+        return {"loss": (losses * w).sum(), "correct": (correct * w).sum(), "count": w.sum()}
+
+    return Steps(graphdef, state, jax.jit(train_step, donate_argnums=0), jax.jit(eval_step), tx)
+
+
+def param_count(params) -> int:
+    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
+
+
+def evaluate(steps: Steps, params, rest, split: dict, batch_size: int, max_batches: int = 0) -> dict:
+    totals = None
+    for batch in eval_batches(split, batch_size, max_batches):
+        out = steps.eval_step(params, rest, batch)
+        totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
+    totals = jax.device_get(totals)
+    n = max(float(totals["count"]), 1.0)
+    return {"loss": float(totals["loss"]) / n, "accuracy": float(totals["correct"]) / n}
+
+
+@dataclass
+class TrainResult:
+    summary: dict
+    evals: list[dict] = field(default_factory=list)
+
+
+class Diverged(Exception):
+    def __init__(self, step: int, loss: float):
+        super().__init__(f"loss became {loss} at step {step}")
+        self.step, self.loss = step, loss
+
+
+def train_and_evaluate(rc: RunConfig, splits: dict, on_eval: Callable[[dict], None] | None = None,
+                       reporter=None) -> dict:
+    """Train, evaluate every `eval_every` steps, test the best-val and the last parameters.
+
+    Returns the measured part of the run summary.
+    """
+    t = rc.train
+    steps = build(rc)
+    state = steps.init_state
+    stream = TrainStream(splits["train"], t["batch_size"], seed=rc.seed)
+    try:
+        first = next(stream)
+        t0 = time.perf_counter()
+        compiled = steps.train_step.lower(state, first).compile()
+        compile_time = time.perf_counter() - t0
+        memory, memory_source = measure.peak_memory(compiled)
+        flops = measure.cost_flops(compiled)
+
+        step_times, data_waits, evals = [], [], []
+        best = {"accuracy": -1.0, "step": 0, "params": None}
+        batch, total = first, t["steps"]
+        for step in range(1, total + 1):
+            if step > 1:
+                t_wait = time.perf_counter()
+                batch = next(stream)
+                data_waits.append(time.perf_counter() - t_wait)
+            t_step = time.perf_counter()
+            state, metrics = compiled(state, batch)
+            loss = float(metrics["loss"])  # synchronises: the step time below is device time
+            step_times.append(time.perf_counter() - t_step)
+            if not math.isfinite(loss):
+                raise Diverged(step, loss)
+            if reporter is not None:
+                recent = step_times[-t["log_every"]:]
+                reporter.step(step, {"loss": loss, "acc": float(metrics["accuracy"]),
+                                     "steps/s": len(recent) / max(sum(recent), 1e-9)})
+            if step % t["eval_every"] == 0 or step == total:
+                val = evaluate(steps, state["params"], state["rest"], splits["val"],
+                               t["batch_size"], t["eval_batches"])
+                record = {"step": step, "train_loss": loss,
+                          "train_accuracy": float(metrics["accuracy"]),
+                          "learning_rate": float(metrics["learning_rate"]),
+                          "val_loss": val["loss"], "val_accuracy": val["accuracy"],
+                          "time": time.time()}
+                evals.append(record)
+                if on_eval is not None:
+                    on_eval(record)
+                if val["accuracy"] > best["accuracy"]:
+                    best = {"accuracy": val["accuracy"], "step": step,
+                            "params": jax.tree.map(jnp.copy, state["params"])}
+    finally:
+        stream.close()
+
+    test_last = evaluate(steps, state["params"], state["rest"], splits["test"], t["batch_size"])
+    test_best = evaluate(steps, best["params"], state["rest"], splits["test"], t["batch_size"])
+    # The first steps after compilation still warm caches; leave them out of the median.
+    steady = step_times[2:] if len(step_times) > 4 else step_times
+    return {
+        "steps": total,
+        "val_accuracy": best["accuracy"],
+        "best_step": best["step"],
+        "test_accuracy": test_best["accuracy"],
+        "test_accuracy_last": test_last["accuracy"],
+        "test_loss": test_best["loss"],
+        "final_train_loss": evals[-1]["train_loss"],
+        "step_time_ms": 1000.0 * float(np.median(steady)),
+        "data_wait_ms": 1000.0 * float(np.median(data_waits)) if data_waits else 0.0,
+        "compile_time_s": compile_time,
+        "peak_memory_bytes": memory,
+        "memory_source": memory_source,
+        "flops_per_step": flops,
+        "params": param_count(state["params"]),
+    }
