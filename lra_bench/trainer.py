@@ -68,7 +68,7 @@ def build(rc: RunConfig) -> Steps:
             "opt_state": opt_state,
             "step": state["step"] + 1,
         }
-        metrics = {"loss": loss, "accuracy": accuracy, "grad_norm": optax.global_norm(grads),
+        metrics = {"loss": loss, "accuracy": accuracy, "grad_norm": optax.tree.norm(grads),
                    "learning_rate": schedule(state["step"])}
         return new_state, metrics
 

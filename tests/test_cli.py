@@ -1,0 +1,82 @@
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from lra_bench.cli import app
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_list_shows_tasks_and_models():
+    r = invoke("list")
+    assert r.exit_code == 0, r.output
+    assert "listops" in r.stdout and "transformer" in r.stdout and "softmax" in r.stdout
+    assert "2000" in r.stdout  # ListOps max length
+    assert invoke("list", "nothing").exit_code == 2
+
+
+def test_run_then_report(data_dir, results_dir):
+    r = invoke("run", "--model", "transformer", "--task", "listops", "--steps", "4",
+               "--set", "train.eval_every=2", "--data-dir", data_dir, "--results-dir", results_dir)
+    assert r.exit_code == 0, r.output
+    assert "test acc" in r.stdout
+    (run,) = (results_dir / "runs").iterdir()
+    summary = json.loads((run / "summary.json").read_text())
+    for key in ["run_id", "model", "task", "preset", "seed", "steps", "val_accuracy",
+                "test_accuracy", "test_accuracy_last", "step_time_ms", "compile_time_s",
+                "peak_memory_bytes", "memory_source", "flops_per_step", "params", "device_kind",
+                "device_count", "jax_version", "flax_version", "git_commit", "started_at",
+                "ended_at", "status"]:
+        assert key in summary, key
+    assert summary["status"] == "completed" and summary["steps"] == 4
+    assert json.loads((run / "config.json").read_text())["train"]["eval_every"] == 2
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in lines] == [2, 4]
+
+    r = invoke("report", "--results-dir", results_dir, "--format", "csv")
+    assert r.exit_code == 0, r.output
+    header, row = r.stdout.strip().splitlines()
+    assert header.startswith("preset,model,listops,avg")
+    assert row.startswith(f"smoke,transformer,{100 * summary['test_accuracy']:.4f}")
+    r = invoke("report", "--results-dir", results_dir, "--format", "markdown", "--published")
+    assert "| smoke | transformer |" in r.stdout and "LRA paper Table 1" in r.stdout
+    r = invoke("report", "--results-dir", results_dir, "--format", "json")
+    assert json.loads(r.stdout)["efficiency"][0]["model"] == "transformer"
+    r = invoke("report", "--results-dir", results_dir)
+    assert r.exit_code == 0 and "transformer" in r.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["run", "--model", "nope", "--task", "listops"], "unknown model 'nope'; choose one of:"),
+    (["run", "--model", "transformer", "--task", "nope"], "unknown task 'nope'; choose one of:"),
+    (["run", "--model", "transformer", "--task", "listops", "--set", "train.stepz=1"],
+     "unknown key 'train.stepz'"),
+    (["run", "--model", "transformer", "--task", "listops", "--set", "train.steps=x"],
+     "'train.steps' must be int"),
+    (["run", "--model", "transformer", "--task", "listops", "--preset", "big"], "no preset 'big'"),
+    (["report", "--format", "xml"], "unknown format 'xml'"),
+])
+def test_user_errors_are_one_line_exit_2_and_write_nothing(args, message, results_dir, data_dir):
+    r = invoke(*args, "--results-dir", results_dir)
+    assert r.exit_code == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], r.stderr
+    assert "Traceback" not in r.output
+    assert not results_dir.exists() or not any(results_dir.rglob("*.json"))
+
+
+def test_missing_data_is_a_user_error_naming_the_fix(tmp_path, results_dir):
+    r = invoke("run", "--model", "transformer", "--task", "listops", "--data-dir", tmp_path / "empty",
+               "--results-dir", results_dir)
+    assert r.exit_code == 2 and "lra_bench.data.listops" in r.stderr
+    assert not results_dir.exists()
+
+
+def test_report_without_runs_says_how_to_make_one(results_dir):
+    r = invoke("report", "--results-dir", results_dir)
+    assert r.exit_code == 2 and "lra run" in r.stderr

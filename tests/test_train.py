@@ -1,0 +1,101 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lra_bench import config, data
+from lra_bench.data import synthetic
+from lra_bench.data.pipeline import TrainStream, eval_batches
+from lra_bench.optim import make_schedule
+from lra_bench.trainer import build, evaluate, train_and_evaluate
+
+
+def test_lra_rsqrt_schedule_matches_the_release_formula():
+    rc = config.resolve("transformer", "listops", "lra")
+    lr = make_schedule(rc.train)
+    for t in [0, 1, 500, 1000, 1001, 4000]:
+        expected = 0.05 * min(1.0, t / 1000) / np.sqrt(max(t, 1000))
+        np.testing.assert_allclose(float(lr(t)), expected, rtol=1e-6)
+
+
+def test_cosine_schedule_warms_up_then_decays_to_zero():
+    train = {"learning_rate": 1e-3, "warmup_steps": 10, "steps": 110, "schedule": "cosine"}
+    lr = make_schedule(train)
+    assert float(lr(5)) == pytest.approx(5e-4)
+    assert float(lr(10)) == pytest.approx(1e-3)
+    assert float(lr(60)) == pytest.approx(5e-4, rel=1e-5)
+    assert float(lr(110)) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_a_tiny_model_overfits_a_fixed_batch():
+    rc = config.resolve("transformer", "listops", "smoke", overrides=[
+        "model.dropout=0.0", "train.schedule=\"constant\"", "train.learning_rate=3e-3",
+        "train.warmup_steps=0", "train.weight_decay=0.0", "train.batch_size=8"])
+    steps = build(rc)
+    batch = {k: jnp.asarray(v) for k, v in synthetic.make_split(rc.data, 8, seed=0).items()}
+    state, losses = steps.init_state, []
+    for _ in range(60):
+        state, metrics = steps.train_step(state, batch)
+        losses.append(float(metrics["loss"]))
+    assert losses[-1] < 0.2 * losses[0], losses[::10]
+    assert float(metrics["accuracy"]) == 1.0
+
+
+def test_eval_weights_ignore_the_padding_rows_of_the_last_batch():
+    split = {"inputs": np.arange(10)[:, None].repeat(3, 1).astype(np.int32),
+             "labels": np.arange(10).astype(np.int32)}
+    batches = list(eval_batches(split, 4))
+    assert [b["weights"].sum() for b in batches] == [4, 4, 2]
+    assert batches[-1]["inputs"].shape == (4, 3)
+
+
+def test_train_stream_is_seeded_and_covers_an_epoch_without_repeats():
+    split = {"inputs": np.arange(20)[:, None].astype(np.int32), "labels": np.arange(20).astype(np.int32)}
+    a = TrainStream(split, 5, seed=3, device_put=lambda b: b)
+    b = TrainStream(split, 5, seed=3, device_put=lambda b: b)
+    first = [next(a)["labels"] for _ in range(4)]
+    assert [x.tolist() for x in first] == [next(b)["labels"].tolist() for _ in range(4)]
+    assert sorted(np.concatenate(first).tolist()) == list(range(20))
+    assert a.position == (1, 0)
+    # A stream re-created at a position continues exactly where the first one was.
+    nxt = next(a)["labels"].tolist()
+    c = TrainStream(split, 5, seed=3, start=(1, 0), device_put=lambda b: b)
+    assert next(c)["labels"].tolist() == nxt
+    for s in (a, b, c):
+        s.close()
+
+
+def test_one_training_run_records_every_measure(data_dir):
+    rc = config.resolve("transformer", "listops", "smoke", steps=6,
+                        overrides=["train.eval_every=3", "train.batch_size=16"])
+    splits = data.load(rc, data_dir)
+    evals = []
+    out = train_and_evaluate(rc, splits, on_eval=evals.append)
+    assert [e["step"] for e in evals] == [3, 6]
+    assert 0.0 <= out["test_accuracy"] <= 1.0 and 0.0 <= out["test_accuracy_last"] <= 1.0
+    assert out["best_step"] in (3, 6)
+    assert out["step_time_ms"] > 0 and out["compile_time_s"] > 0
+    assert out["peak_memory_bytes"] > 0 and out["memory_source"]
+    assert out["flops_per_step"] > 0
+    assert out["params"] > 1000
+
+
+@pytest.mark.parametrize("model", config.available("models"))
+def test_every_model_takes_a_training_step(model):
+    rc = config.resolve(model, "listops", "smoke")
+    steps = build(rc)
+    batch = {k: jnp.asarray(v) for k, v in synthetic.make_split(rc.data, 4, seed=0).items()}
+    state, metrics = steps.train_step(steps.init_state, batch)
+    assert np.isfinite(float(metrics["loss"]))
+    assert int(state["step"]) == 1
+
+
+@pytest.mark.parametrize("task", config.available("tasks"))
+def test_every_task_takes_a_training_step(task):
+    rc = config.resolve("transformer", task, "smoke")
+    steps = build(rc)
+    batch = {k: jnp.asarray(v) for k, v in synthetic.make_split(rc.data, 2, seed=0).items()}
+    state, metrics = steps.train_step(steps.init_state, batch)
+    assert np.isfinite(float(metrics["loss"]))
+    val = evaluate(steps, state["params"], state["rest"], synthetic.make_split(rc.data, 3, 1), 2)
+    assert 0.0 <= val["accuracy"] <= 1.0
