@@ -121,6 +121,7 @@ def report(
         raise UserError(f"no completed runs in {rdir}; train one with: lra run --model "
                         "transformer --task listops")
     eff = rep.efficiency_table(runs)
+    rep.save_tables(rdir, {"accuracy": acc, "efficiency": eff})
     if format == "csv":
         sys.stdout.write(rep.to_csv(acc))
         return

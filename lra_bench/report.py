@@ -133,6 +133,16 @@ def to_csv(df: pd.DataFrame) -> str:
     return buf.getvalue()
 
 
+def save_tables(results_dir: Path, tables: dict[str, pd.DataFrame]) -> None:
+    """Keep the latest tables beside the runs (results/tables/<name>.csv), written atomically."""
+    folder = Path(results_dir) / "tables"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, df in tables.items():
+        tmp = folder / f".{name}.csv.tmp"
+        tmp.write_text(to_csv(df))
+        tmp.replace(folder / f"{name}.csv")
+
+
 def to_json(tables: dict[str, pd.DataFrame]) -> str:
     return json.dumps({k: json.loads(v.to_json(orient="records")) for k, v in tables.items()},
                       indent=2)

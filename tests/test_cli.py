@@ -49,6 +49,19 @@ def test_run_then_report(data_dir, results_dir):
     assert json.loads(r.stdout)["efficiency"][0]["model"] == "transformer"
     r = invoke("report", "--results-dir", results_dir)
     assert r.exit_code == 0 and "transformer" in r.stdout
+    saved = (results_dir / "tables" / "accuracy.csv").read_text()
+    assert saved.splitlines()[1].startswith("smoke,transformer,")
+    assert (results_dir / "tables" / "efficiency.csv").exists()
+
+
+def test_configs_are_found_from_any_working_directory(tmp_path):
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "lra_bench", "list", "models"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "transformer" in r.stdout
 
 
 @pytest.mark.parametrize("args, message", [
