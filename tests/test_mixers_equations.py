@@ -61,9 +61,9 @@ def forward(model, x, mask):
 
 
 def build(name, s, seed=0, **override):
-    options = {k: v for k, v in config.resolve(name, "listops", "smoke").mixer.items()
-               if k != "kind"}
-    kind = config.resolve(name, "listops", "smoke").mixer["kind"]
+    """The model's mixer with its smoke-preset options, on the spec `s`."""
+    options = dict(config.resolve(name, "listops", "smoke").mixer)
+    kind = options.pop("kind")
     return mixers.build(kind, s, {**options, **override}, nnx.Rngs(seed))
 
 
@@ -234,7 +234,8 @@ def fastformer_numpy(m, x, mask, heads):
 def test_fastformer_equals_a_float64_evaluation_of_its_equations_with_padding():
     m = build("fastformer", spec(11), init_std=0.3)  # larger weights: non-uniform softmaxes
     x, mask = normal(1, (3, 11, 16)), length_mask([11, 7, 2], 11)
-    np.testing.assert_allclose(forward(m, x, mask), fastformer_numpy(m, x, mask, 2), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(forward(m, x, mask), fastformer_numpy(m, x, mask, 2),
+                               rtol=1e-4, atol=1e-5)
 
 
 # --- every mixer ---------------------------------------------------------------------------------

@@ -41,7 +41,7 @@ def param_size(n: int, base_type: str) -> int:
 
 
 def toeplitz_diagonals(w, n: int, base_type: str):
-    """(heads, 2n - 1) weights by offset for a sequence of n <= N tokens (N: what w was made for)."""
+    """(heads, 2n - 1) weights by offset for n <= N tokens (N: the length w was made for)."""
     capacity = w.shape[-1] if base_type == "symmetric" else (w.shape[-1] + 1) // 2
     if n > capacity:
         raise ValueError(f"FastRPB: {n} tokens, but the bias was built for at most {capacity}")

@@ -50,6 +50,6 @@ class Mixer(nnx.Module):
 
     def __call__(self, x, mask, *, deterministic: bool = True, rngs: nnx.Rngs | None = None):
         q, k, v = (self._split(f(x)) for f in (self.query, self.key, self.value))
-        phi_q, phi_k = elu_feature_map(q.astype(jnp.float32)), elu_feature_map(k.astype(jnp.float32))
+        phi_q, phi_k = (elu_feature_map(t.astype(jnp.float32)) for t in (q, k))
         y = normalized_linear_attention(phi_q, phi_k, v, mask, eps=self.eps)
         return self.out(y.reshape(*y.shape[:2], -1)), mask

@@ -119,7 +119,8 @@ class Mixer(nnx.Module):
         if conv_kernel < 0 or (conv_kernel and conv_kernel % 2 == 0):
             raise UserError(f"mixer.conv_kernel must be odd (or 0 for no conv), got {conv_kernel}")
         if pinv_init not in PINV_INITS:
-            raise UserError(f"mixer.pinv_init must be one of {', '.join(PINV_INITS)}, got '{pinv_init}'")
+            raise UserError(f"mixer.pinv_init must be one of {', '.join(PINV_INITS)}, "
+                            f"got '{pinv_init}'")
         if pinv not in PINV_METHODS:
             raise UserError(f"mixer.pinv must be one of {', '.join(PINV_METHODS)}, got '{pinv}'")
         self.options = dict(num_landmarks=num_landmarks, pinv_iterations=pinv_iterations,

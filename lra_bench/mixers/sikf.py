@@ -54,7 +54,8 @@ class Mixer(nnx.Module):
             raise UserError(f"mixer.bias_base must be one of {', '.join(_fastrpb.BASE_TYPES)}, "
                             f"got '{bias_base}'")
         if fastrpb == "2d" and spec.grid is None:
-            raise UserError("mixer.fastrpb = '2d' needs an image task (data.grid); use 'auto' or '1d'")
+            raise UserError("mixer.fastrpb = '2d' needs an image task (data.grid); "
+                            "use 'auto' or '1d'")
         self.spec, self.kernel, self.eps, self.bias_base = spec, kernel, float(eps), bias_base
         self.grid = spec.grid if fastrpb == "2d" or (fastrpb == "auto" and spec.grid) else None
         body = spec.max_length - int(spec.has_cls)  # the CLS token has no position in the bias
