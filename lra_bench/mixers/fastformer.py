@@ -1,0 +1,64 @@
+"""Fastformer additive attention (Wu et al. 2021), as the official `FastSelfAttention` does it.
+
+Reference: wuch15/Fastformer `Fastformer.ipynb`. Per head h, with q = x Wq + b and k = x Wk + b
+(q doubles as the value; there is no value projection):
+  alpha = softmax_n(query_att(q) / sqrt(dh))      query_att: Linear(D, H) over all of q
+  g_q   = sum_n alpha_n q_n,h                      global query
+  p     = k * g_q
+  beta  = softmax_n(key_att(p) / sqrt(dh))
+  g_k   = sum_n beta_n p_n,h                       global key (it pools p, not k)
+  out   = transform(g_k * q) + q
+then the output projection (the official BertSelfOutput dense; its residual and LayerNorm are the
+shared pre-LN block's). Padded tokens are excluded from both softmaxes exactly.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from lra_bench.mixers import MixerSpec
+
+
+def masked_sequence_softmax(scores, mask):
+    """Softmax over the sequence (axis 1) of float32 scores (batch, length, heads), padding -> 0."""
+    scores = jnp.where(mask[..., None], scores.astype(jnp.float32), jnp.finfo(jnp.float32).min)
+    return jax.nn.softmax(scores, axis=1)
+
+
+def additive_attention(q, k, mask, query_att: Callable, key_att: Callable, num_heads: int):
+    """u = g_k * q per head; q, k: (batch, length, heads * head_dim), mask: (batch, length)."""
+    b, n, d = q.shape
+    dh = d // num_heads
+    scale = dh ** -0.5
+    heads = lambda t: t.reshape(b, n, num_heads, dh)  # noqa: E731
+
+    alpha = masked_sequence_softmax(query_att(q) * scale, mask)
+    global_q = jnp.einsum("bnh,bnhd->bhd", alpha.astype(q.dtype), heads(q))
+    p = k * global_q.reshape(b, 1, d)
+    beta = masked_sequence_softmax(key_att(p) * scale, mask)
+    global_k = jnp.einsum("bnh,bnhd->bhd", beta.astype(p.dtype), heads(p))
+    return (heads(q) * global_k[:, None]).reshape(b, n, d)
+
+
+class Mixer(nnx.Module):
+    def __init__(self, spec: MixerSpec, *, rngs: nnx.Rngs, init_std: float = 0.02):
+        d, h = spec.qkv_dim, spec.num_heads
+        self.heads = h
+        # The official model initialises every Linear with N(0, initializer_range) and zero bias.
+        linear = lambda i, o: nnx.Linear(  # noqa: E731
+            i, o, dtype=spec.dtype, kernel_init=nnx.initializers.normal(init_std), rngs=rngs)
+        self.query = linear(spec.dim, d)
+        self.key = linear(spec.dim, d)
+        self.query_att = linear(d, h)
+        self.key_att = linear(d, h)
+        self.transform = linear(d, d)
+        self.out = linear(d, spec.dim)
+
+    def __call__(self, x, mask, *, deterministic: bool = True, rngs: nnx.Rngs | None = None):
+        q, k = self.query(x), self.key(x)
+        u = additive_attention(q, k, mask, self.query_att, self.key_att, self.heads)
+        return self.out(self.transform(u) + q), mask
