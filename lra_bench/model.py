@@ -2,7 +2,10 @@
 
 Pre-LN blocks around a pluggable mixer (see `lra_bench.mixers`), as in the LRA reference
 Transformer: LN -> mixer -> dropout -> residual, LN -> Dense(mlp) -> GELU -> dropout -> Dense ->
-dropout -> residual; final LN; pooling; Dense(mlp) -> ReLU -> Dense(classes).
+dropout -> residual; final LN; pooling; Dense(mlp) -> ReLU -> Dense(classes). A mixer that
+shortens the sequence tells the block what its residual adds to and what runs after the block
+(`residual_stream`, `after_block`; see `lra_bench.mixers`); the shorter sequence and its mask flow
+on into the later layers, the final LN and the pooling.
 
 Retrieval is a dual encoder: inputs of shape (batch, 2, length) run through the one shared
 encoder as a (2 * batch)-row batch, and the head sees [x1, x2, x1 * x2, x1 - x2].
