@@ -2,7 +2,10 @@
 
 Pre-LN blocks around a pluggable mixer (see `lra_bench.mixers`), as in the LRA reference
 Transformer: LN -> mixer -> dropout -> residual, LN -> Dense(mlp) -> GELU -> dropout -> Dense ->
-dropout -> residual; final LN; pooling; Dense(mlp) -> ReLU -> Dense(classes).
+dropout -> residual; final LN; pooling; Dense(mlp) -> ReLU -> Dense(classes). A mixer that
+shortens the sequence tells the block what its residual adds to and what runs after the block
+(`residual_stream`, `after_block`; see `lra_bench.mixers`); the shorter sequence and its mask flow
+on into the later layers, the final LN and the pooling.
 
 Retrieval is a dual encoder: inputs of shape (batch, 2, length) run through the one shared
 encoder as a (2 * batch)-row batch, and the head sees [x1, x2, x1 * x2, x1 - x2].
@@ -55,14 +58,18 @@ class Block(nnx.Module):
 
     def __call__(self, x, mask, *, deterministic: bool, rngs: nnx.Rngs | None):
         drop = lambda t: self.dropout(t, deterministic=deterministic, rngs=rngs)  # noqa: E731
-        y, mask = self.mixer(self.norm1(x), mask, deterministic=deterministic, rngs=rngs)
-        if y.shape[1] != x.shape[1]:
-            # A shortening mixer returns the new residual stream itself (see its module).
-            x = y
-        else:
-            x = x + drop(y)
+        h = self.norm1(x)
+        y, out_mask = self.mixer(h, mask, deterministic=deterministic, rngs=rngs)
+        # Shortening mixers say what the residual adds to and what follows the block
+        # (see lra_bench.mixers); mixers without these hooks run the plain pre-LN block.
+        if hasattr(self.mixer, "residual_stream"):
+            x = self.mixer.residual_stream(x, h, mask)
+        x, mask = x + drop(y), out_mask
         h = drop(jax.nn.gelu(self.mlp_in(self.norm2(x))))
-        return x + drop(self.mlp_out(h)), mask
+        x = x + drop(self.mlp_out(h))
+        if hasattr(self.mixer, "after_block"):
+            x, mask = self.mixer.after_block(x, mask)
+        return x, mask
 
 
 class Encoder(nnx.Module):
@@ -83,14 +90,14 @@ class Encoder(nnx.Module):
             self.pos = nnx.Variable(jnp.asarray(sinusoidal_table(length, d))[None])
         else:
             self.pos = None
-        spec = mixers.MixerSpec(
+        specs = [mixers.MixerSpec(
             dim=d, num_heads=m["num_heads"], qkv_dim=m["qkv_dim"],
             attention_dropout=m["attention_dropout"], max_length=length,
-            has_cls=self.use_cls, grid=grid, dtype=dtype,
-        )
+            has_cls=self.use_cls, grid=grid, dtype=dtype, layer=i, num_layers=m["num_layers"],
+        ) for i in range(m["num_layers"])]
         self.dropout = nnx.Dropout(m["dropout"])
-        self.blocks = nnx.List([Block(rc, spec, rngs=rngs) for _ in range(m["num_layers"])]) \
-            if hasattr(nnx, "List") else [Block(rc, spec, rngs=rngs) for _ in range(m["num_layers"])]
+        blocks = [Block(rc, spec, rngs=rngs) for spec in specs]
+        self.blocks = nnx.List(blocks) if hasattr(nnx, "List") else blocks
         self.norm = nnx.LayerNorm(d, dtype=dtype, rngs=rngs)
 
     def __call__(self, tokens, *, deterministic: bool = True, rngs: nnx.Rngs | None = None):
@@ -109,6 +116,12 @@ class Encoder(nnx.Module):
 
     def pool(self, x, mask):
         return x[:, 0] if self.use_cls else masked_mean(x, mask)
+
+
+def check(rc: RunConfig) -> None:
+    """Build the model abstractly (shapes only, nothing allocated) so that a bad mixer option or
+    schedule raises its UserError before any data is loaded or anything is written."""
+    nnx.eval_shape(lambda: Classifier(rc, rngs=nnx.Rngs(params=rc.seed)))
 
 
 class Classifier(nnx.Module):

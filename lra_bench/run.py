@@ -11,12 +11,14 @@ import jax
 
 from lra_bench import data, measure, results
 from lra_bench.config import RunConfig
+from lra_bench.model import check as check_model
 from lra_bench.progress import ProgressReporter
 from lra_bench.trainer import Diverged, train_and_evaluate
 
 
 def execute(rc: RunConfig, data_dir: Path, results_dir: Path, interactive: bool | None = None,
             log=None) -> dict:
+    check_model(rc)
     splits = data.load(rc, data_dir)
     run_id = results.new_run_id(rc.model_name, rc.task_name)
     rd = results.RunDir(results_dir, run_id)

@@ -5,10 +5,32 @@ A mixer is a module `lra_bench.mixers.<kind>` that defines `Mixer(spec, *, rngs,
 
     y, mask = mixer(x, mask, deterministic=..., rngs=...)
 
-x is (batch, length, dim), mask is (batch, length) bool with True at real tokens. A mixer may
-return a shorter sequence with its own mask; the encoder threads whatever comes back into the
-next layer, the pooling and the head. The math of each mixer lives in pure JAX functions in its
-module, so it can be tested against equations and references without the module around it.
+x is (batch, length, dim), mask is (batch, length) bool with True at real tokens. The math of
+each mixer lives in pure JAX functions in its module, so it can be tested against equations and
+references without the module around it.
+
+Mixers that change the sequence length. Every layer gets its own mixer, and `MixerSpec.layer` /
+`num_layers` tell it where it sits, so a per-layer schedule is data in the mixer's options (e.g.
+"filter in layers [0]", "pool to [2048, 512] tokens after layers 0 and 1"). A pre-LN block is
+
+    h = LN(x);  y, m = mixer(h, mask);  x = R + dropout(y);  x = x + MLP(LN(x));  x, m = P(x, m)
+
+and a mixer may define two optional methods that decide R and P (the block calls each only if the
+mixer has it, so a mixer without them behaves exactly as before):
+
+    mixer.residual_stream(x, h, mask) -> x'     R: the stream the mixer output is added to, at
+                                                the output's length (default: x). The Fourier
+                                                Transformer returns its filtered h here.
+    mixer.after_block(x, mask) -> (x, mask)     P: a step after attention AND the MLP, e.g. top-k
+                                                pooling to a shorter sequence (default: none).
+
+Both keep the `(x, mask) -> (x, mask)` shape; a layer that does not shorten returns its inputs.
+Whatever length and mask come out are threaded into the next layer, the final LN, the pooling
+(CLS at position 0, or the masked mean over the short mask) and the head. A mixer that returns a
+shorter y without `residual_stream` is a bug and fails on the residual add.
+
+Option errors: a mixer raises `UserError` from its constructor; `lra_bench.model.check(rc)`
+builds the model abstractly before any data is loaded or written, so they surface first.
 
 Adding a mixer: write `lra_bench/mixers/<kind>.py` and `models/<name>.toml`. Nothing else changes.
 """
@@ -33,10 +55,12 @@ class MixerSpec:
     num_heads: int
     qkv_dim: int
     attention_dropout: float
-    max_length: int  # longest sequence the mixer sees, a CLS token included
+    max_length: int  # the encoder input length, a CLS token included; no layer sees more
     has_cls: bool  # position 0 is a CLS token
     grid: tuple[int, int] | None = None  # (rows, cols) when the tokens are an image's pixels
     dtype: Any = None
+    layer: int = 0  # this mixer's encoder layer, 0-based: per-layer schedules key on it
+    num_layers: int = 1
 
 
 def kinds() -> list[str]:
