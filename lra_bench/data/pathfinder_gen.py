@@ -23,8 +23,8 @@ Where we differ from snakes2, and why (the README's "Pathfinder generator" secti
   of a negative. Then an image is kept only when, under that linking, each target is one component
   without markers and the two targets are different components with markers on all four ends.
   That test does not involve the label, which is drawn afterwards, so rejection biases no class.
-- When a target paddle finds no room, both targets are cut back BACKTRACK paddles and regrown
-  (from new first paddles after MAX_BACKTRACKS); snakes2 restarted the whole image. Contours this
+- When a target paddle finds no room, that target is cut back BACKTRACK paddles and regrown
+  (both restart from new first paddles after MAX_BACKTRACKS); snakes2 restarted the whole image. Contours this
   long in an image this small nearly always run into a border or each other: restarting costs tens
   of attempts per image, and cutting back yields the same kind of contour.
 - Continuous coordinates and directions (snakes2 rounded to pixels); box filtering (snakes2:
@@ -54,7 +54,7 @@ TARGET_RETRIES = 20  # redraws of a target pair's first paddles before the image
 DISTRACTOR_ATTEMPTS = 5  # snakes2: max_distractor_contour_retrial = 4, so 5 tries per distractor
 SEED_CANDIDATES = 24  # distractor start positions tried at once per attempt
 PADDLE_TRIALS = 3  # snakes2: max_paddle_retrial = 2, so 3 draws per paddle
-BACKTRACK = 2  # paddles each target is cut back by when a paddle finds no room
+BACKTRACK = 2  # paddles a target is cut back by when a paddle finds no room
 MAX_BACKTRACKS = 12  # cut-backs before the targets restart from new first paddles
 MAX_RESTARTS = 8  # restarts before the image is drawn again from scratch
 MAX_TICKS = 40  # bound on growth steps, in contour lengths
@@ -183,6 +183,7 @@ class _Scene:
         # Markers sit on target ends; keep other contours that much further from end paddles.
         self.extra = np.zeros(st.num_slots, np.float32)
         self.extra[[0, N - 1, N, 2 * N - 1]] = st.marker_radius - st.thickness / 2
+        self.widest = st.contour_clearance + 2 * self.extra.max()  # beyond 2m, for any pair
 
     def in_bounds(self, ay, ax, by, bx):
         lo, hi = self.st.padding, self.st.resolution - self.st.padding
@@ -202,26 +203,27 @@ class _Scene:
         valid[r[prev_same], slot[prev_same] - 1] = False
         cols = np.flatnonzero(valid.any(0))
         shape = cand[0].shape
-        if cols.size == 0:
-            return np.ones(shape, bool)
-        valid = valid[:, cols]
-        other = self.owner[cols][None, :] != self.owner[slot][:, None]
-        apart = other & (self.target[slot][:, None] | self.target[cols][None, :])
-        need = (2 * self.m[rows][:, None]
-                + apart * (self.st.contour_clearance + self.extra[slot][:, None]
-                           + self.extra[cols][None, :]))  # (r, S)
-        # Cheap prefilter: paddles whose midpoints are further apart than a paddle length plus
-        # the clearance cannot be too close; only the remaining pairs get the exact test.
-        mid = self.mid[rows[:, None], cols]  # (r, S, 2)
-        reach = np.where(valid, need + self.st.paddle_length, 0.0)
-        dy = ((cand[0] + cand[2]) * 0.5)[:, :, None] - mid[None, ..., 0].transpose(1, 0, 2)
-        dx = ((cand[1] + cand[3]) * 0.5)[:, :, None] - mid[None, ..., 1].transpose(1, 0, 2)
-        i, j, k = np.nonzero(dy * dy + dx * dx < (reach * reach)[:, None, :])  # (r, K, S)
         ok = np.ones(shape, bool)
+        if cols.size == 0:
+            return ok
+        # Cheap prefilter: paddles whose midpoints are further apart than a paddle length plus
+        # the largest clearance cannot be too close; only the remaining pairs get the exact test.
+        mid = self.mid[rows][:, cols]  # (r, S, 2)
+        m = self.m[rows]
+        reach = 2 * m + self.widest + self.st.paddle_length
+        dy = ((cand[0] + cand[2]) * 0.5)[:, :, None] - mid[:, None, :, 0]
+        dx = ((cand[1] + cand[3]) * 0.5)[:, :, None] - mid[:, None, :, 1]
+        near = dy * dy + dx * dx < (reach * reach)[:, None, None]
+        i, j, k = np.nonzero(near & valid[:, cols][:, None, :])  # (r, K, S)
         if i.size:
-            q = self.segs[rows[i], cols[k]]
+            there, here = cols[k], slot[i]
+            apart = ((self.owner[there] != self.owner[here])
+                     & (self.target[there] | self.target[here]))
+            need = 2 * m[i] + apart * (self.st.contour_clearance + self.extra[there]
+                                       + self.extra[here])
             p = tuple(c[i, j] for c in cand)
-            bad = segment_distance_sq(p, tuple(q.T)) < need[i, k] ** 2
+            q = tuple(self.segs[rows[i], there].T)
+            bad = segment_distance_sq(p, q) < need * need
             ok[i[bad], j[bad]] = False
         return ok
 
@@ -296,41 +298,39 @@ def _seed_targets(st: Settings, rng, scene: _Scene, rows: np.ndarray) -> np.ndar
 
 
 def _grow_targets(st: Settings, rng, scene: _Scene) -> np.ndarray:
-    """Grow both targets to contour_length paddles, a paddle of each in turn as snakes2 did.
-    Where snakes2 threw the whole image away when a paddle found no room, we cut both contours
-    back BACKTRACK paddles and regrow them (restarting from new first paddles after
-    MAX_BACKTRACKS): most contours this long run into a border or each other, and restarting
-    them all costs tens of attempts per image. Returns which images got both contours."""
+    """Grow both targets to contour_length paddles, a paddle of each in turn as snakes2 did
+    (the one behind grows next). Where snakes2 threw the whole image away when a paddle found no
+    room, we cut that target back BACKTRACK paddles and regrow it (both restart from new first
+    paddles after MAX_BACKTRACKS): most contours this long run into a border or each other, and
+    restarting them costs tens of attempts per image. Returns which images got both contours."""
     n, N = len(scene.m), st.contour_length
     alive = _seed_targets(st, rng, scene, np.arange(n))
-    # Phase p grows paddle p // 2 of target p % 2; phases 0 and 1 are the seeds.
-    slot_of = (np.arange(2 * N) % 2) * N + np.arange(2 * N) // 2
-    phase = np.where(alive, 2, 2 * N)
+    grown = np.repeat(np.where(alive, 1, N)[:, None], 2, 1)  # paddles of each target (n, 2)
     fails = np.zeros(n, int)
     restarts = np.zeros(n, int)
     for _ in range(MAX_TICKS * N):
-        rows = np.flatnonzero(phase < 2 * N)
+        rows = np.flatnonzero(grown.min(1) < N)
         if rows.size == 0:
             break
-        found = scene.extend(rng, rows, slot_of[phase[rows]])
-        phase[rows[found]] += 1
-        bad = rows[~found]
+        c = (grown[rows, 1] < grown[rows, 0]).astype(int)  # the one behind; A on ties
+        k = grown[rows, c]
+        found = scene.extend(rng, rows, c * N + k)
+        grown[rows[found], c[found]] += 1
+        bad, c, k = rows[~found], c[~found], k[~found]
         fails[bad] += 1
-        back = np.maximum(phase[bad] - 2 * BACKTRACK, 2)
-        cut = (np.arange(2 * N) >= back[:, None]) & (np.arange(2 * N) < phase[bad][:, None])
-        sub = scene.valid[bad]
-        sub[:, slot_of] &= ~cut
-        scene.valid[bad] = sub
-        phase[bad] = back
+        back = np.maximum(k - BACKTRACK, 1)
+        cut = (np.arange(N) >= back[:, None]) & (np.arange(N) < k[:, None])  # (b, N)
+        i, j = np.nonzero(cut)
+        scene.valid[bad[i], c[i] * N + j] = False
+        grown[bad, c] = back
         again = bad[fails[bad] > MAX_BACKTRACKS]
         if again.size:
             scene.valid[again, :2 * N] = False
             fails[again] = 0
             restarts[again] += 1
-            seeded = _seed_targets(st, rng, scene, again)
-            phase[again] = np.where(seeded & (restarts[again] <= MAX_RESTARTS), 2, 2 * N)
-            alive[again[~seeded | (restarts[again] > MAX_RESTARTS)]] = False
-    alive &= phase == 2 * N
+            seeded = _seed_targets(st, rng, scene, again) & (restarts[again] <= MAX_RESTARTS)
+            grown[again] = np.where(seeded[:, None], 1, N)
+            alive[again[~seeded]] = False
     alive &= scene.valid[:, :2 * N].all(1)
     return alive
 
