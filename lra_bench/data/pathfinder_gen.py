@@ -24,9 +24,10 @@ Where we differ from snakes2, and why (the README's "Pathfinder generator" secti
   without markers and the two targets are different components with markers on all four ends.
   That test does not involve the label, which is drawn afterwards, so rejection biases no class.
 - When a target paddle finds no room, that target is cut back BACKTRACK paddles and regrown
-  (both restart from new first paddles after MAX_BACKTRACKS); snakes2 restarted the whole image. Contours this
-  long in an image this small nearly always run into a border or each other: restarting costs tens
-  of attempts per image, and cutting back yields the same kind of contour.
+  (both restart from new first paddles after MAX_BACKTRACKS); snakes2 restarted the whole
+  image. Contours this long in an image this small nearly always run into a border or each
+  other: restarting costs tens of attempts per image, and cutting back yields the same kind of
+  contour.
 - Continuous coordinates and directions (snakes2 rounded to pixels); box filtering (snakes2:
   Lanczos, whose ringing spreads faint values around every paddle).
 """
@@ -251,8 +252,9 @@ class _Scene:
         turn = (np.arange(k) + rng.random((n, k), np.float32)) * np.float32(2 * half / k) - half
         ang = th0[:, None] + turn
         uy, ux = np.sin(ang), np.cos(ang)
+        far = m + st.paddle_length
         cand = (py[:, None] + m * uy, px[:, None] + m * ux,
-                py[:, None] + (m + st.paddle_length) * uy, px[:, None] + (m + st.paddle_length) * ux)
+                py[:, None] + far * uy, px[:, None] + far * ux)
         w = np.where(self.in_bounds(*cand), np.cos(st.continuity * turn) ** 2, 0.0)
         cum = np.cumsum(w, 1)
         draws = rng.random((n, PADDLE_TRIALS), np.float32) * cum[:, -1:]
@@ -569,13 +571,13 @@ def generate_arrays(resolution: int, difficulty: str, n: int, seed: int,
     finally:
         if pool:
             pool.shutdown()
-    r = resolution
-    images = np.concatenate([b.images for b in batches]) if batches else np.zeros((0, r, r), np.uint8)
-    labels = np.concatenate([b.labels for b in batches]) if batches else np.zeros(0, np.int64)
+    if not batches:  # n == 0
+        batches = [Batch(np.zeros((0, resolution, resolution), np.uint8), np.zeros(0, np.int64),
+                         np.zeros((0, 2, 2), np.float32), np.zeros(0, int))]
+    images = np.concatenate([b.images for b in batches])
+    labels = np.concatenate([b.labels for b in batches])
     if return_markers:
-        markers = (np.concatenate([b.markers for b in batches]) if batches
-                   else np.zeros((0, 2, 2), np.float32))
-        return images, labels, markers
+        return images, labels, np.concatenate([b.markers for b in batches])
     return images, labels
 
 
