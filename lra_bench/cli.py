@@ -250,4 +250,9 @@ def _log(message: str) -> None:
 
 
 def main() -> None:
+    import signal
+
+    # A terminated command unwinds like Ctrl-C, so temporary folders (caches being prepared,
+    # archives being extracted) are removed on the way out instead of left behind.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     app()

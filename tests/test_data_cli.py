@@ -56,7 +56,8 @@ def test_missing_and_malformed_sources_fail_in_one_line_and_write_nothing(tmp_pa
     line = one_error_line(lra("data", "prepare", "retrieval", "--preset", "smoke", "--source",
                               tmp_path / "tsv", "--data-dir", data, *SMALL), progress_lines=3)
     assert "new_aan_pairs.test.tsv:6: expected 5 tab-separated fields" in line
-    assert leftovers(data) in ([], ["retrieval"])  # at most the empty task folder
+    assert [p for p in leftovers(data) if not (data / p).is_dir()] == []  # not one file
+    assert not any(".tmp-" in p for p in leftovers(data))
 
 
 def test_a_failed_prepare_keeps_the_previous_cache_intact(tmp_path):
@@ -65,13 +66,14 @@ def test_a_failed_prepare_keeps_the_previous_cache_intact(tmp_path):
     ok = lra("data", "prepare", "retrieval", "--preset", "smoke", "--source", tmp_path / "tsv",
              "--data-dir", data, *SMALL)
     assert ok.exit_code == 0, ok.output
-    before = {p: p.read_bytes() for p in (data / "retrieval" / "smoke").iterdir()}
+    before = {p: p.read_bytes() for p in (data / "prepared" / "retrieval" / "smoke").iterdir()}
     write_aan(tmp_path / "tsv", bad="x\ty\tz\tw\tv")  # a changed source that fails to parse
     one_error_line(lra("data", "prepare", "retrieval", "--preset", "smoke", "--source",
                        tmp_path / "tsv", "--data-dir", data, *SMALL), progress_lines=3)
-    after = {p: p.read_bytes() for p in (data / "retrieval" / "smoke").iterdir()}
+    after = {p: p.read_bytes() for p in (data / "prepared" / "retrieval" / "smoke").iterdir()}
     assert after == before
-    assert leftovers(data / "retrieval") == sorted([f"smoke/{p.name}" for p in before] + ["smoke"])
+    kept = sorted([f"smoke/{p.name}" for p in before] + ["smoke"])
+    assert leftovers(data / "prepared" / "retrieval") == kept
 
 
 def test_prepare_is_idempotent_and_notices_a_changed_source(tmp_path):
@@ -80,7 +82,7 @@ def test_prepare_is_idempotent_and_notices_a_changed_source(tmp_path):
     args = ["data", "prepare", "retrieval", "--preset", "smoke", "--source", tmp_path / "tsv",
             "--data-dir", data, *SMALL]
     assert "retrieval/smoke: prepared" in lra(*args).stdout
-    manifest = data / "retrieval" / "smoke" / "manifest.json"
+    manifest = data / "prepared" / "retrieval" / "smoke" / "manifest.json"
     stamp = manifest.stat().st_mtime_ns
     second = lra(*args)
     assert "already prepared" in second.stdout and manifest.stat().st_mtime_ns == stamp
@@ -91,7 +93,7 @@ def test_prepare_is_idempotent_and_notices_a_changed_source(tmp_path):
     assert len(m["splits"]["train"]["inputs"]["sha256"]) == 64
     info = lra("data", "info", "--data-dir", data, "--verify")
     assert info.exit_code == 0 and "retrieval" in info.stdout and " ok" in info.stdout
-    np.save(data / "retrieval" / "smoke" / "val.labels.npy", np.ones(6, np.int32))
+    np.save(data / "prepared" / "retrieval" / "smoke" / "val.labels.npy", np.ones(6, np.int32))
     assert lra("data", "info", "--data-dir", data, "--verify").exit_code == 1
 
 

@@ -1,6 +1,7 @@
-"""Task data: each task's [data] `loader` names a module here that turns a source into the
-prepared cache (see `lra_bench.data.prepare` for what a loader module provides and
-`lra_bench.data.cache` for the format).
+"""Task data: each task's [data] `loader` names a module here. Most turn a source into the
+prepared cache that runs read (`build` and friends: see `lra_bench.data.prepare`; the format is
+in `lra_bench.data.cache`); a loader whose data costs nothing to make (random tokens) may instead
+define `load(rc, data_dir)` and return the splits directly.
 
 `load(rc, data_dir)` returns the three splits, {"train"|"val"|"test": {"inputs", "labels"}}, as
 memory-mapped arrays: inputs of integer token ids, shape (n, max_length) (or (n, 2, max_length)
@@ -32,6 +33,11 @@ def loaders() -> list[str]:
 def load(rc: RunConfig, data_dir: Path, log=None) -> dict[str, Split]:
     from lra_bench.data import prepare
 
+    module = prepare.loader_module(rc.data["loader"])
+    if not hasattr(module, "build"):  # made on the fly, no cache
+        splits = module.load(rc, Path(data_dir))
+        check_splits(splits, rc)
+        return splits
     kwargs = {"log": log} if log is not None else {}
     splits, manifest = prepare.load(rc, Path(data_dir), **kwargs)
     check_splits(splits, rc, manifest)

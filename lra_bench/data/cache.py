@@ -1,6 +1,6 @@
 """The prepared-data cache: what `lra data prepare` writes and every run reads.
 
-    <data_dir>/<task>/<variant>/
+    <data_dir>/prepared/<task>/<variant>/
         manifest.json          source, settings, protocol choices, counts, checksums
         <split>.inputs.npy     token ids, (n, max_length) or (n, 2, max_length), pad id 0
         <split>.labels.npy     (n,) int32
@@ -196,7 +196,7 @@ def disk_bytes(path: Path) -> int:
 def find_all(data_dir: Path) -> list[tuple[Path, dict]]:
     """Every complete cache under data_dir, as (path, manifest)."""
     out = []
-    for m in sorted(Path(data_dir).glob(f"*/*/{MANIFEST}")):
+    for m in sorted((Path(data_dir) / "prepared").glob(f"*/*/{MANIFEST}")):
         if m.parent.name.startswith("."):
             continue
         try:

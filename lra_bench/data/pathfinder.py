@@ -132,7 +132,8 @@ def fingerprint(source: str, data: dict) -> dict:
     for p in files:
         st = p.stat()
         h.update(f"{p.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    return {"root": str(folder.resolve()), "metadata_files": len(files), "metadata_sha256": h.hexdigest()}
+    return {"kind": "release images", "root": str(folder.resolve()),
+            "metadata_files": len(files), "metadata_sha256": h.hexdigest()}
 
 
 def build(source: str, data: dict, writer, log) -> dict:

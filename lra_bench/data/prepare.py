@@ -26,7 +26,7 @@ from typing import Any, Callable
 from lra_bench.data.cache import CacheWriter, prep_config, read, read_manifest
 from lra_bench.errors import UserError
 
-GENERATED = "generated"
+PREPARED = "prepared"
 Log = Callable[[str], None]
 
 
@@ -43,11 +43,13 @@ def loader_module(name: str):
 
 
 def cache_path(data_dir: Path, task: str, variant: str) -> Path:
-    return Path(data_dir) / task / variant
+    return Path(data_dir) / PREPARED / task / variant
 
 
 def generated_path(data_dir: Path, task: str, variant: str) -> Path:
-    return Path(data_dir) / GENERATED / task / variant
+    """Where --generate writes a source (ListOps TSVs, Pathfinder PNGs): where
+    `python -m lra_bench.data.listops --out` has always put them."""
+    return Path(data_dir) / task / variant
 
 
 def prepare(task: str, preset: str, data: dict[str, Any], data_dir: Path, *,
@@ -99,8 +101,9 @@ def prepare(task: str, preset: str, data: dict[str, Any], data_dir: Path, *,
 
 
 def generated_source(module, task: str, data: dict, data_dir: Path, force: bool, log: Log) -> Path:
-    """Run the loader's generator into <data_dir>/generated/<task>/<variant>, atomically; reuse
-    what is there when it was generated with the same settings."""
+    """Run the loader's generator into <data_dir>/<task>/<variant>, atomically; reuse what is
+    there when it was generated with the same settings (files without our stamp are made again:
+    generation is deterministic)."""
     out = generated_path(data_dir, task, data["variant"])
     stamp = {"generator": module.__name__, "config": prep_config(data)}
     marker = out / "generated.json"
