@@ -93,7 +93,7 @@ def fingerprint(source: str, data: dict) -> dict:
 def build(source: str, data: dict, writer, log) -> dict:
     is_tfds, tfds_dir = tfds_source(source)
     if is_tfds:
-        raw = read_tfds(TFDS_NAME, ("train", "test"), tfds_dir, ("image", "label"))
+        raw = read_tfds(TFDS_NAME, ("train", "test"), tfds_dir, ("image", "label"), log)
         raw = {s: (np.stack(xs).astype(np.uint8), ys) for s, (xs, ys) in raw.items()}
     else:
         raw = read_cifar_tar(Path(source))

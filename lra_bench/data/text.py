@@ -48,7 +48,8 @@ def tfds_source(source: str) -> tuple[bool, str | None]:
     return False, None
 
 
-def read_tfds(name: str, splits: tuple[str, ...], data_dir: str | None, fields: tuple[str, str]):
+def read_tfds(name: str, splits: tuple[str, ...], data_dir: str | None, fields: tuple[str, str],
+              log=lambda m: None):
     """{split: (features list, labels)} from tfds.data_source, downloading if tfds can."""
     try:
         import tensorflow_datasets as tfds
@@ -57,6 +58,7 @@ def read_tfds(name: str, splits: tuple[str, ...], data_dir: str | None, fields: 
         for split in splits:
             ds = tfds.data_source(name, split=split, data_dir=data_dir, download=True,
                                   builder_kwargs={"file_format": "array_record"})
+            log(f"{name}: reading {len(ds)} {split} examples from tfds")
             xs, ys = [], []
             for i in range(len(ds)):
                 ex = ds[i]
@@ -120,7 +122,7 @@ def build(source: str, data: dict, writer, log) -> dict:
                         f"got '{data['validation']}'")
     is_tfds, tfds_dir = tfds_source(source)
     if is_tfds:
-        raw = read_tfds(TFDS_NAME, ("train", "test"), tfds_dir, ("text", "label"))
+        raw = read_tfds(TFDS_NAME, ("train", "test"), tfds_dir, ("text", "label"), log)
     else:
         raw = read_acl_tar(Path(source))
     seed, L = data["split_seed"], data["max_length"]
