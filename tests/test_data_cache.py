@@ -83,3 +83,10 @@ def test_generated_listops_is_reused_and_matches_a_direct_generation(tmp_path):
     assert (np.asarray(got["labels"]) == want["labels"]).all()
     _, _, wrote = prepare.prepare("listops", "smoke", data, tmp_path, log=lambda m: None)
     assert not wrote
+    # a new max_length re-prepares the cache from the same generated TSVs
+    marker = prepare.generated_path(tmp_path, "listops", "smoke") / "generated.json"
+    stamp = marker.stat().st_mtime_ns
+    shorter = config.resolve_data("listops", "smoke", sets + ["data.max_length=10"])
+    _, manifest, wrote = prepare.prepare("listops", "smoke", shorter, tmp_path, log=lambda m: None)
+    assert wrote and manifest["splits"]["test"]["inputs"]["shape"] == [8, 10]
+    assert marker.stat().st_mtime_ns == stamp

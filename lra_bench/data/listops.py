@@ -196,8 +196,12 @@ def build(source: str, data: dict, writer, log) -> dict:
     }}
 
 
+GENERATOR_KEYS = ("num_train", "num_val", "num_test", "min_length", "gen_max_length", "max_depth",
+                  "max_args", "generate_seed")
+
+
 def generate_source(data: dict, out: Path, log) -> None:
-    generate_files(out, data, seed=data.get("generate_seed", 0), log=log)
+    generate_files(out, data, seed=data["generate_seed"], log=log)
 
 
 def main(argv=None) -> None:

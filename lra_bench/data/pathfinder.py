@@ -172,6 +172,9 @@ def build(source: str, data: dict, writer, log) -> dict:
     }
 
 
+GENERATOR_KEYS = ("resolution", "difficulty", "num_images", "generate_seed")
+
+
 def generate_source(data: dict, out: Path, log) -> None:
     try:
         pathfinder_gen = importlib.import_module("lra_bench.data.pathfinder_gen")

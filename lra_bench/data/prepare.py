@@ -9,6 +9,7 @@ A loader module `lra_bench.data.<loader>` provides:
     build(source, data, writer, log) -> dict   writes the three splits into a CacheWriter and
                                                returns manifest extras ("protocol", "skipped", ...)
     generate_source(data, out, log)            optional: writes a source into `out` (--generate)
+    GENERATOR_KEYS                             the [data] keys the generated source depends on
 
 Preparing is idempotent: when the cache's settings and source fingerprint match, nothing is done.
 """
@@ -105,7 +106,9 @@ def generated_source(module, task: str, data: dict, data_dir: Path, force: bool,
     there when it was generated with the same settings (files without our stamp are made again:
     generation is deterministic)."""
     out = generated_path(data_dir, task, data["variant"])
-    stamp = {"generator": module.__name__, "config": prep_config(data)}
+    # Only the generator's own settings count: a new max_length must not redraw 200,000 images.
+    stamp = {"generator": module.__name__,
+             "config": {k: data[k] for k in sorted(module.GENERATOR_KEYS)}}
     marker = out / "generated.json"
     if not force and marker.exists():
         try:
@@ -113,6 +116,8 @@ def generated_source(module, task: str, data: dict, data_dir: Path, force: bool,
                 return out
         except (OSError, json.JSONDecodeError):
             pass
+    if out.exists():
+        log(f"{out} will be replaced: it was not generated with these settings")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
     try:
