@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: setup
-	$(BIN)/python -m lra_bench.data.listops --preset smoke --out data/listops/smoke
+	$(BIN)/lra data prepare listops --preset smoke
 	$(BIN)/lra run --model transformer --task listops --preset smoke
 	$(BIN)/lra report
 

@@ -142,5 +142,118 @@ def report(
             out.print(rep.rich_table(title, header, rows))
 
 
+data_app = typer.Typer(no_args_is_help=True, help="Get, prepare and inspect the task data.")
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("download")
+@user_errors
+def data_download(
+    to: Optional[Path] = typer.Option(None, "--to", help="where the archive and lra_release/ go "
+                                      "(default: the data directory, $LRA_DATA_DIR or ./data)"),
+    url: str = typer.Option(None, help="the archive's URL (default: the official LRA release)"),
+    include: List[str] = typer.Option([], help="also extract this release path, e.g. "
+                                      "pathfinder32/curv_baseline/"),
+    keep_archive: bool = typer.Option(True, help="keep lra_release.gz after extracting"),
+    retries: int = typer.Option(5, help="resume attempts within this call"),
+):
+    """Fetch the LRA release archive (resumable) and extract the parts the tasks read."""
+    from lra_bench.data import download
+
+    result = download.download(paths.data_dir(to), url or download.OFFICIAL_URL, tuple(include),
+                               keep_archive=keep_archive, retries=retries, log=_log)
+    files = ", ".join(f"{k}: {v}" for k, v in sorted(result["files"].items()))
+    out.print(f"extracted to {paths.data_dir(to) / download.RELEASE} ({files})", highlight=False)
+
+
+@data_app.command("prepare")
+@user_errors
+def data_prepare(
+    task: str = typer.Argument(..., help="a name from `lra list tasks`"),
+    preset: List[str] = typer.Option([], help="prepare only this preset (repeatable; default: all)"),
+    source: Optional[str] = typer.Option(None, help="a file, a folder, 'tfds' or 'tfds:DIR' "
+                                         "(default: the task's usual source)"),
+    generate: bool = typer.Option(False, help="generate the source (ListOps, Pathfinder, Path-X)"),
+    set_: List[str] = typer.Option([], "--set", help="override a data setting: data.key=value"),
+    data_dir: Optional[Path] = typer.Option(None, help="default: $LRA_DATA_DIR or ./data"),
+    force: bool = typer.Option(False, help="rebuild even if the cache is current"),
+):
+    """Convert a task's source into the cache runs read (idempotent)."""
+    from lra_bench.data import prepare
+
+    doc = config.load_spec("tasks", task)
+    presets = preset or sorted(doc.get("presets", {}))
+    ddir = paths.data_dir(data_dir)
+    for p in presets:
+        data = config.resolve_data(task, p, set_)
+        dest, manifest, wrote = prepare.prepare(task, p, data, ddir, source=source,
+                                                generate=generate, force=force, log=_log)
+        counts = "/".join(str(prepare_count(manifest, s)) for s in ("train", "val", "test"))
+        state = "prepared" if wrote else "already prepared"
+        skipped = sum(manifest.get("skipped", {}).values())
+        out.print(f"{task}/{p}: {state} in {dest} (train/val/test {counts}"
+                  f"{f', {skipped} skipped' if skipped else ''})", highlight=False)
+
+
+def prepare_count(manifest: dict, split: str) -> int:
+    from lra_bench.data.cache import split_info
+
+    return split_info(manifest, split)["count"]
+
+
+@data_app.command("info")
+@user_errors
+def data_info(
+    data_dir: Optional[Path] = typer.Option(None, help="default: $LRA_DATA_DIR or ./data"),
+    verify: bool = typer.Option(False, help="re-hash every cached file against its manifest"),
+):
+    """What is prepared, where, how big, and from what."""
+    import json
+
+    from rich.table import Table
+
+    from lra_bench.data import cache, download
+
+    ddir = paths.data_dir(data_dir)
+    found = cache.find_all(ddir)
+    t = Table(title=f"prepared data in {ddir}", title_justify="left")
+    for c in ("task", "variant", "train", "val", "test", "size", "source", "created"):
+        t.add_column(c)
+    bad_any = False
+    for path, m in found:
+        counts = []
+        for s in ("train", "val", "test"):
+            info = m["splits"][s]
+            counts.append(f"= {info['same_as']}" if "same_as" in info else str(info["count"]))
+        src = m["source"]
+        what = ("generated" if src.get("generated") else src.get("kind", "")) or "files"
+        where = src.get("root") or src.get("data_dir") or (src.get("files") or [[""]])[0][0]
+        size = f"{cache.disk_bytes(path) / 2**20:.1f} MiB"
+        if verify:
+            bad = cache.verify(path, m)
+            bad_any |= bool(bad)
+            size += " ok" if not bad else f" CHANGED: {', '.join(bad)}"
+        t.add_row(m["task"], m["variant"], *counts, size, f"{what} {where or ''}".strip(),
+                  m["created"])
+    out.print(t if found else f"nothing prepared in {ddir}; see `lra data prepare --help`")
+    marker = ddir / download.RELEASE / download.MARKER
+    if marker.exists():
+        files = json.loads(marker.read_text()).get("files", {})
+        out.print(f"release: {marker.parent} ("
+                  + ", ".join(f"{k}: {v} files" for k, v in sorted(files.items())) + ")",
+                  highlight=False)
+    if bad_any:
+        raise typer.Exit(1)
+
+
+def _log(message: str) -> None:
+    err.print(message, highlight=False, markup=False)
+
+
 def main() -> None:
+    import signal
+
+    # A terminated command unwinds like Ctrl-C, so temporary folders (caches being prepared,
+    # archives being extracted) are removed on the way out instead of left behind.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     app()

@@ -177,6 +177,29 @@ def resolve(
     return rc
 
 
+def resolve_data(task: str, preset: str, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+    """The [data] table of a task preset (layers 2, 3 and data.* --set overrides): what
+    `lra data prepare` needs, without a model."""
+    task_doc = load_spec("tasks", task)
+    presets = sorted(task_doc.get("presets", {}))
+    if preset not in presets:
+        raise UserError(f"task '{task}' has no preset '{preset}'; choose one of: {', '.join(presets)}")
+    cfg: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
+    for label, layer in _layers(task_doc, None, preset):
+        data = {"data": layer["data"]} if "data" in layer else {}
+        _apply(cfg, data, f"tasks/{task}.toml{label}", ("data",) if not label else ())
+    sets: dict[str, dict[str, Any]] = {}
+    for text in overrides:
+        section, name, value = parse_override(text)
+        if section != "data":
+            raise UserError(f"--set '{text}': only data.* settings affect prepared data")
+        sets.setdefault(section, {})[name] = value
+    _apply(cfg, sets, "--set")
+    if cfg["data"].get("max_length", 1) <= 0:
+        raise UserError(f"{task}: data.max_length must be > 0")
+    return cfg["data"]
+
+
 def validate(rc: RunConfig) -> None:
     """Value checks that types alone cannot express."""
     m, t, d = rc.model, rc.train, rc.data

@@ -84,9 +84,9 @@ def test_user_errors_are_one_line_exit_2_and_write_nothing(args, message, result
 
 
 def test_missing_data_is_a_user_error_naming_the_fix(tmp_path, results_dir):
-    r = invoke("run", "--model", "transformer", "--task", "listops", "--data-dir", tmp_path / "empty",
-               "--results-dir", results_dir)
-    assert r.exit_code == 2 and "lra_bench.data.listops" in r.stderr
+    r = invoke("run", "--model", "transformer", "--task", "listops", "--preset", "lra",
+               "--data-dir", tmp_path / "empty", "--results-dir", results_dir)
+    assert r.exit_code == 2 and "lra data prepare listops" in r.stderr
     assert not results_dir.exists()
 
 

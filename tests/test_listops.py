@@ -81,7 +81,9 @@ def test_tsv_round_trip_and_loader(tmp_path):
     assert header == "Source\tTarget"
     rows = listops.read_tsv(folder / "basic_val.tsv")
     assert len(rows) == rc.data["num_val"]
-    splits = listops.load(rc, tmp_path)
+    from lra_bench import data
+
+    splits = data.load(rc, tmp_path)  # builds the prepared cache from the TSVs
     train = splits["train"]
     assert train["inputs"].shape == (rc.data["num_train"], rc.data["max_length"])
     first = listops.read_tsv(folder / "basic_train.tsv")[0]
@@ -100,7 +102,9 @@ def test_malformed_tsv_names_file_and_line(tmp_path):
         listops.read_tsv(bad)
 
 
-def test_missing_data_names_the_command(tmp_path):
-    rc = config.resolve("transformer", "listops", "smoke")
-    with pytest.raises(UserError, match="python -m lra_bench.data.listops"):
-        listops.load(rc, tmp_path)
+def test_missing_lra_data_names_the_prepare_command(tmp_path):
+    from lra_bench import data
+
+    rc = config.resolve("transformer", "listops", "lra")
+    with pytest.raises(UserError, match="lra data prepare listops"):
+        data.load(rc, tmp_path)

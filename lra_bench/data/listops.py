@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from lra_bench.data.cache import token_dtype
+from lra_bench.data.prepare import files_fingerprint
 from lra_bench.errors import UserError
 
 OPERATORS = ("[MIN", "[MAX", "[MED", "[SM")
@@ -114,15 +116,19 @@ def write_tsv(path: Path, rows: list[tuple[str, int]]) -> None:
 
 def read_tsv(path: Path) -> list[tuple[str, int]]:
     rows = []
-    with open(path, newline="") as f:
-        reader = csv.reader(f, delimiter="\t")
-        header = next(reader, None)
-        if header != ["Source", "Target"]:
-            raise UserError(f"{path}: expected the header 'Source<TAB>Target', got {header}")
-        for lineno, row in enumerate(reader, start=2):
-            if len(row) != 2 or not row[1].strip().isdigit():
-                raise UserError(f"{path}:{lineno}: expected 'Source<TAB>Target' with an int target")
-            rows.append((row[0], int(row[1])))
+    lineno = 1
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.reader(f, delimiter="\t")
+            header = next(reader, None)
+            if header != ["Source", "Target"]:
+                raise UserError(f"{path}:1: expected the header 'Source<TAB>Target', got {header}")
+            for lineno, row in enumerate(reader, start=2):
+                if len(row) != 2 or not row[1].strip().isdigit():
+                    raise UserError(f"{path}:{lineno}: expected 'Source<TAB>Target' with an int target")
+                rows.append((row[0], int(row[1])))
+    except (csv.Error, UnicodeDecodeError) as e:
+        raise UserError(f"{path}:{lineno + 1}: unreadable TSV ({e})") from None
     return rows
 
 
@@ -143,27 +149,59 @@ def generate_files(out: Path, data_cfg: dict, seed: int = 0, log=None) -> None:
 
 
 def encode(rows: list[tuple[str, int]], max_length: int, where: Path) -> dict[str, np.ndarray]:
-    inputs = np.zeros((len(rows), max_length), np.int32)
+    inputs = np.zeros((len(rows), max_length), token_dtype(len(VOCAB)))
     labels = np.zeros((len(rows),), np.int32)
     for i, (src, label) in enumerate(rows):
         try:
             ids = tokenize(src)[:max_length]
         except ValueError as e:
-            raise UserError(f"{where}: row {i + 2}: {e}") from None
+            raise UserError(f"{where}:{i + 2}: {e}") from None
         inputs[i, : len(ids)] = ids
         labels[i] = label
     return {"inputs": inputs, "labels": labels}
 
 
-def load(rc, data_dir: Path) -> dict[str, dict[str, np.ndarray]]:
-    folder = data_dir / "listops" / rc.data["variant"]
-    files = {s: folder / f"basic_{s}.tsv" for s in ("train", "val", "test")}
-    if not all(p.exists() for p in files.values()):
-        raise UserError(
-            f"ListOps data not found in {folder}; generate it with: python -m "
-            f"lra_bench.data.listops --preset {rc.preset} --out {folder}"
-        )
-    return {s: encode(read_tsv(p), rc.data["max_length"], p) for s, p in files.items()}
+# The loader protocol (see lra_bench.data.prepare).
+SPLIT_FILES = {s: f"basic_{s}.tsv" for s in ("train", "val", "test")}
+SOURCE_HINT = ("the official TSVs arrive with `lra data download`, or add --generate to "
+               "generate them; --source takes a folder of basic_{train,val,test}.tsv")
+
+
+def default_source(data: dict, data_dir: Path) -> str:
+    return str(data_dir / "lra_release" / "listops-1000")
+
+
+def fingerprint(source: str, data: dict) -> dict:
+    folder = Path(source)
+    files = [folder / f for f in SPLIT_FILES.values()]
+    missing = [f.name for f in files if not f.is_file()]
+    if missing:
+        raise UserError(f"ListOps source {folder} lacks {', '.join(missing)}; {SOURCE_HINT}")
+    return files_fingerprint(files, folder)
+
+
+def build(source: str, data: dict, writer, log) -> dict:
+    for split, name in SPLIT_FILES.items():
+        path = Path(source) / name
+        enc = encode(read_tsv(path), data["max_length"], path)
+        bad = (enc["labels"] < 0) | (enc["labels"] > 9)
+        if bad.any():
+            raise UserError(f"{path}:{int(np.argmax(bad)) + 2}: the target must be a digit 0-9")
+        writer.put(split, enc["labels"], enc["inputs"])
+    return {"protocol": {
+        "tokens": "15 ListOps tokens (digits, MIN/MAX/MED/SM, ']'); parentheses dropped as the "
+                  "original tokenizer dropped them; pad 0",
+        "splits": "basic_train / basic_val / basic_test as given",
+        "truncation": f"first {data['max_length']} tokens",
+    }}
+
+
+GENERATOR_KEYS = ("num_train", "num_val", "num_test", "min_length", "gen_max_length", "max_depth",
+                  "max_args", "generate_seed")
+
+
+def generate_source(data: dict, out: Path, log) -> None:
+    generate_files(out, data, seed=data["generate_seed"], log=log)
 
 
 def main(argv=None) -> None:

@@ -15,6 +15,16 @@ import jax
 import numpy as np
 
 
+def gather(split: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, np.ndarray]:
+    """The given rows of every array, integers widened to int32 (caches store token ids in
+    uint8/uint16 and are memory-mapped, so this is also where the rows are read from disk)."""
+    out = {}
+    for k, v in split.items():
+        b = np.asarray(v[rows])
+        out[k] = b.astype(np.int32) if b.dtype.kind in "ui" and b.dtype != np.int32 else b
+    return out
+
+
 def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(n)
 
@@ -43,7 +53,7 @@ class TrainStream:
                 order = epoch_order(len(self.split["labels"]), self.seed, epoch)
                 for b in range(index, self.batches_per_epoch):
                     rows = np.sort(order[b * self.batch_size:(b + 1) * self.batch_size])
-                    batch = {k: v[rows] for k, v in self.split.items()}
+                    batch = gather(self.split, rows)
                     item = ((epoch, b), self._device_put(batch))
                     while not self._stop.is_set():
                         try:
@@ -84,6 +94,6 @@ def eval_batches(split: dict[str, np.ndarray], batch_size: int, max_batches: int
         rows = np.arange(start, start + batch_size)
         valid = rows < n
         rows = np.where(valid, rows, 0)
-        batch = {k: v[rows] for k, v in split.items()}
+        batch = gather(split, rows)
         batch["weights"] = valid.astype(np.float32)
         yield batch

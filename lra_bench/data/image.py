@@ -1,0 +1,116 @@
+"""Image: CIFAR-10 as sequences of 1024 grey levels (LRA `image/input_pipeline.py`).
+
+Grey level = `tf.image.rgb_to_grayscale` of the uint8 image, reproduced bit for bit in numpy:
+uint8 * float32(1/255), weighted sum with float32 (0.2989, 0.5870, 0.1140), times 255.5 and
+truncated to uint8 (`tf.image.convert_image_dtype`). Pixels are read row by row.
+
+Ids are grey level + 1 (vocab 257), pad 0: the original embedded levels 0-255 directly and its
+encoder masked id 0 as padding, so black pixels were dropped from attention and pooling. A black
+pixel is a pixel; the shift keeps it one.
+
+Sources: `tfds` (`tfds.data_source('cifar10')`; `tfds:DIR` names a data dir) or the original
+`cifar-10-python.tar.gz`. Splits as LRA: train[:90%] / train[90%:] / test, in source order.
+"""
+
+from __future__ import annotations
+
+import pickle
+import tarfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from lra_bench.data.prepare import files_fingerprint, fraction_boundary, subset_rows
+from lra_bench.data.text import read_tfds, tfds_source
+from lra_bench.errors import UserError
+
+SOURCE_HINT = ("the default source is tfds 'cifar10' (tfds downloads it when it can); "
+               "or add --source PATH/cifar-10-python.tar.gz")
+TFDS_NAME = "cifar10"
+GRAY_WEIGHTS = np.array([0.2989, 0.5870, 0.1140], np.float32)
+
+
+def rgb_to_grayscale(rgb: np.ndarray) -> np.ndarray:
+    """uint8 (..., 3) -> uint8 (...), as tf.image.rgb_to_grayscale computes it."""
+    x = rgb.astype(np.float32) * np.float32(1.0 / 255)
+    # tensordot accumulates r, g, b in order; spelled out so numpy cannot reorder or fuse it
+    gray = x[..., 0] * GRAY_WEIGHTS[0] + x[..., 1] * GRAY_WEIGHTS[1]
+    gray = gray + x[..., 2] * GRAY_WEIGHTS[2]
+    return (gray * np.float32(255.5)).astype(np.uint8)  # float -> int casts truncate, as TF's
+
+
+def pixel_ids(gray: np.ndarray) -> np.ndarray:
+    """uint8 images (n, h, w) -> (n, h*w) uint16 ids, grey level + 1."""
+    return gray.reshape(len(gray), -1).astype(np.uint16) + 1
+
+
+def read_cifar_tar(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{train|test: (uint8 images (n, 32, 32, 3), labels)} from cifar-10-python.tar.gz."""
+    batches: dict[str, dict] = {}
+    try:
+        with tarfile.open(path, "r:*") as tar:
+            for m in tar:
+                name = m.name.rsplit("/", 1)[-1]
+                if m.isfile() and (name.startswith("data_batch_") or name == "test_batch"):
+                    # The official archive's format is pickled dicts; read them as bytes only.
+                    batches[name] = pickle.load(tar.extractfile(m), encoding="bytes")
+    except (tarfile.TarError, EOFError, zlib.error, OSError, pickle.UnpicklingError) as e:
+        raise UserError(f"{path}: not a readable cifar-10-python archive ({e})") from None
+    train_names = sorted(n for n in batches if n.startswith("data_batch_"))
+    if not train_names or "test_batch" not in batches:
+        raise UserError(f"{path}: expected cifar-10-batches-py/data_batch_* and test_batch inside")
+
+    def stack(names):
+        try:
+            data = np.concatenate([np.asarray(batches[n][b"data"], np.uint8) for n in names])
+            labels = np.concatenate([np.asarray(batches[n][b"labels"], np.int32) for n in names])
+        except (KeyError, ValueError, TypeError) as e:
+            raise UserError(f"{path}: malformed CIFAR batch ({e})") from None
+        if data.ndim != 2 or data.shape[1] != 3072 or len(data) != len(labels):
+            raise UserError(f"{path}: CIFAR batches must hold (n, 3072) pixels and n labels")
+        return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels
+
+    return {"train": stack(train_names), "test": stack(["test_batch"])}
+
+
+# The loader protocol (see lra_bench.data.prepare).
+
+def default_source(data: dict, data_dir: Path) -> str:
+    return "tfds"
+
+
+def fingerprint(source: str, data: dict) -> dict:
+    is_tfds, tfds_dir = tfds_source(source)
+    if is_tfds:
+        return {"kind": "tfds", "name": TFDS_NAME, "data_dir": tfds_dir}
+    path = Path(source)
+    if not path.is_file():
+        raise UserError(f"{path} not found; {SOURCE_HINT}")
+    return {"kind": "cifar-10-python tar", **files_fingerprint([path])}
+
+
+def build(source: str, data: dict, writer, log) -> dict:
+    is_tfds, tfds_dir = tfds_source(source)
+    if is_tfds:
+        raw = read_tfds(TFDS_NAME, ("train", "test"), tfds_dir, ("image", "label"), log)
+        raw = {s: (np.stack(xs).astype(np.uint8), ys) for s, (xs, ys) in raw.items()}
+    else:
+        raw = read_cifar_tar(Path(source))
+    images, labels = raw["train"]
+    cut = fraction_boundary(len(labels), data["train_fraction"])
+    parts = {"train": (images[:cut], labels[:cut]), "val": (images[cut:], labels[cut:]),
+             "test": raw["test"]}
+    for split, (x, y) in parts.items():
+        if x.shape[1:] != (32, 32, 3):
+            raise UserError(f"{source}: expected 32x32 RGB images, got {x.shape[1:]}")
+        rows = subset_rows(len(y), data[f"num_{split}"], data["split_seed"])
+        writer.put(split, y[rows], pixel_ids(rgb_to_grayscale(x[rows])))
+    return {"protocol": {
+        "tokens": "grey level + 1 (black is a pixel, not padding), vocab 257",
+        "grayscale": "tf.image.rgb_to_grayscale: float32 weights 0.2989/0.5870/0.1140, "
+                     "x 255.5, truncated",
+        "splits": f"train[:{data['train_fraction']:.0%}] / train[{data['train_fraction']:.0%}:] "
+                  "/ test, in source order",
+        "subset": {k: data[k] for k in ("num_train", "num_val", "num_test") if data[k]},
+    }}

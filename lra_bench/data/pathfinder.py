@@ -1,0 +1,190 @@
+"""Pathfinder (32x32) and Path-X (128x128): the release layout, read without TensorFlow.
+
+    <root>/pathfinder<res>/<difficulty>/imgs/<n>/sample_<k>.png
+    <root>/pathfinder<res>/<difficulty>/metadata/<n>.npy
+
+Despite the suffix the metadata files are plain text, one line per image, space-separated:
+field 0 the image folder (relative to the difficulty folder), field 1 the file name, field 3 the
+label (LRA `data/pathfinder.py`). Difficulties: curv_baseline (contour length 6),
+curv_contour_length_9, curv_contour_length_14; LRA used the last for both tasks.
+
+As LRA, 80/10/10 train/val/test; LRA sliced tfds's record order, we permute with a fixed seed
+(`data.split_seed`). Empty, unreadable or wrongly sized PNGs are skipped and counted in the
+manifest (LRA filtered empty images too). Ids are grey level + 1, pad 0, vocab 257: as for Image,
+the original masked black (0), the background of every Pathfinder image, as padding.
+
+`--generate` writes the same layout with `lra_bench.data.pathfinder_gen`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from lra_bench.data.image import rgb_to_grayscale
+from lra_bench.data.prepare import fraction_boundary
+from lra_bench.errors import UserError
+
+SOURCE_HINT = ("the release images arrive with `lra data download`; --source takes the folder "
+               "holding pathfinder<res>/; or add --generate to draw them offline")
+OK, MISSING, EMPTY, CORRUPT = 0, 1, 2, 3
+STATUS = {MISSING: "missing", EMPTY: "empty", CORRUPT: "corrupt"}
+FRACTIONS = (0.8, 0.9)  # train | val | test boundaries
+
+
+def release_dir(source: str, data: dict) -> Path:
+    """The difficulty folder; `source` may be the release root, pathfinder<res>/ or the folder."""
+    root = Path(source)
+    sub = Path(f"pathfinder{data['resolution']}") / data["difficulty"]
+    for cand in (root / sub, root / data["difficulty"], root):
+        if (cand / "metadata").is_dir():
+            return cand
+    raise UserError(f"no {sub}/metadata under {root}; {SOURCE_HINT}")
+
+
+def metadata_files(folder: Path) -> list[Path]:
+    files = [p for p in (folder / "metadata").iterdir() if p.is_file() and p.suffix == ".npy"]
+    # numeric order (0, 1, ..., 10), so the example order, and the split, are the same everywhere
+    return sorted(files, key=lambda p: (not p.stem.isdigit(), int(p.stem) if p.stem.isdigit() else 0, p.stem))
+
+
+def read_metadata(folder: Path) -> tuple[list[str], np.ndarray]:
+    """(image paths relative to folder, labels) from every metadata file, in order."""
+    paths, labels = [], []
+    for meta in metadata_files(folder):
+        try:
+            lines = meta.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise UserError(f"{meta}: unreadable metadata ({e})") from None
+        for lineno, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            f = line.split()
+            if len(f) < 4 or f[3] not in ("0", "1"):
+                raise UserError(f"{meta}:{lineno}: expected 'folder file _ label ...' with "
+                                f"label 0 or 1, got {line[:80]!r}")
+            paths.append(f"{f[0]}/{f[1]}")
+            labels.append(int(f[3]))
+    if not paths:
+        raise UserError(f"{folder}/metadata lists no images; {SOURCE_HINT}")
+    return paths, np.asarray(labels, np.int32)
+
+
+def decode_png(path: Path, resolution: int) -> tuple[int, np.ndarray | None]:
+    from PIL import Image
+
+    try:
+        if path.stat().st_size == 0:
+            return EMPTY, None
+        with Image.open(path) as im:
+            im.load()
+            if im.mode == "L":
+                gray = np.asarray(im, np.uint8)
+            elif im.mode == "1":
+                gray = np.asarray(im.convert("L"), np.uint8)
+            else:
+                gray = rgb_to_grayscale(np.asarray(im.convert("RGB"), np.uint8))
+    except FileNotFoundError:
+        return MISSING, None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        return CORRUPT, None
+    if gray.shape != (resolution, resolution):
+        return CORRUPT, None
+    return OK, gray
+
+
+def read_images(folder: Path, paths: list[str], resolution: int, pixels: np.ndarray, log) -> np.ndarray:
+    """Decode every PNG into pixels[i] (threads: PIL releases the GIL while decoding);
+    returns the status of each."""
+    status = np.zeros(len(paths), np.int8)
+    chunk = 2048
+
+    def work(start: int) -> None:
+        for i in range(start, min(start + chunk, len(paths))):
+            s, gray = decode_png(folder / paths[i], resolution)
+            status[i] = s
+            if s == OK:
+                pixels[i] = gray.reshape(-1)
+
+    starts = range(0, len(paths), chunk)
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        for n, _ in enumerate(pool.map(work, starts), start=1):
+            if n % 25 == 0 or n == len(starts):
+                log(f"pathfinder: decoded {min(n * chunk, len(paths))}/{len(paths)} images")
+    return status
+
+
+# The loader protocol (see lra_bench.data.prepare).
+
+def default_source(data: dict, data_dir: Path) -> str:
+    return str(data_dir / "lra_release")
+
+
+def fingerprint(source: str, data: dict) -> dict:
+    folder = release_dir(source, data)
+    h = hashlib.sha256()
+    files = metadata_files(folder)
+    for p in files:
+        st = p.stat()
+        h.update(f"{p.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return {"kind": "release images", "root": str(folder.resolve()),
+            "metadata_files": len(files), "metadata_sha256": h.hexdigest()}
+
+
+def build(source: str, data: dict, writer, log) -> dict:
+    res = data["resolution"]
+    if data["max_length"] != res * res:
+        raise UserError(f"data.max_length ({data['max_length']}) must be resolution^2 ({res * res})")
+    folder = release_dir(source, data)
+    paths, labels = read_metadata(folder)
+    pixels = writer.scratch("pixels", (len(paths), res * res), np.uint8)
+    status = read_images(folder, paths, res, pixels, log)
+    valid = np.flatnonzero(status == OK)
+    if len(valid) == 0:
+        raise UserError(f"{folder}: none of the {len(paths)} listed images could be read")
+    order = np.random.default_rng(data["split_seed"]).permutation(valid)
+    a, b = (fraction_boundary(len(order), f) for f in FRACTIONS)
+    for split, rows in (("train", order[:a]), ("val", order[a:b]), ("test", order[b:])):
+        rows = np.sort(rows)
+        inputs = writer.empty_inputs(split, (len(rows), res * res), np.uint16)
+        for i in range(0, len(rows), 8192):
+            inputs[i:i + 8192] = pixels[rows[i:i + 8192]].astype(np.uint16) + 1
+        del inputs
+        writer.put(split, labels[rows])
+    del pixels
+    skipped = {name: int((status == code).sum()) for code, name in STATUS.items()}
+    if any(skipped.values()):
+        log(f"pathfinder: skipped {skipped}")
+    return {
+        "skipped": skipped,
+        "listed": len(paths),
+        "protocol": {
+            "images": f"pathfinder{res}/{data['difficulty']}",
+            "tokens": "grey level + 1 (black is a pixel, not padding), vocab 257, row by row",
+            "splits": f"80/10/10 of the readable images, seeded permutation (seed {data['split_seed']})",
+            "skipped": "empty, unreadable or wrongly sized PNGs, counted under 'skipped'",
+        },
+    }
+
+
+GENERATOR_KEYS = ("resolution", "difficulty", "num_images", "generate_seed")
+
+
+def generate_source(data: dict, out: Path, log) -> None:
+    try:
+        pathfinder_gen = importlib.import_module("lra_bench.data.pathfinder_gen")
+    except ModuleNotFoundError as e:
+        if e.name != "lra_bench.data.pathfinder_gen":
+            raise
+        raise UserError("the Pathfinder generator (lra_bench.data.pathfinder_gen) is not "
+                        "installed; prepare from the release images instead (`lra data download`, "
+                        "then --source <data-dir>/lra_release)") from None
+    log(f"pathfinder: drawing {data['num_images']} images of {data['resolution']} px, "
+        f"{data['difficulty']}, seed {data['generate_seed']}")
+    pathfinder_gen.generate_release(out, data["resolution"], data["difficulty"],
+                                    data["num_images"], data["generate_seed"])

@@ -1,0 +1,194 @@
+"""`lra data prepare` and the run-time side of the cache: turn a source into a prepared cache,
+and find (or explain how to make) the cache a run needs.
+
+A loader module `lra_bench.data.<loader>` provides:
+
+    SOURCE_HINT                   where its source comes from, for error messages
+    default_source(data, data_dir) -> str      the source used when --source is not given
+    fingerprint(source, data) -> dict          identifies the source (UserError if it is missing)
+    build(source, data, writer, log) -> dict   writes the three splits into a CacheWriter and
+                                               returns manifest extras ("protocol", "skipped", ...)
+    generate_source(data, out, log)            optional: writes a source into `out` (--generate)
+    GENERATOR_KEYS                             the [data] keys the generated source depends on
+
+Preparing is idempotent: when the cache's settings and source fingerprint match, nothing is done.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+from lra_bench.data.cache import CacheWriter, prep_config, read, read_manifest
+from lra_bench.errors import UserError
+
+PREPARED = "prepared"
+Log = Callable[[str], None]
+
+
+def stderr_log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def loader_module(name: str):
+    from lra_bench.data import loaders
+
+    if name not in loaders():
+        raise UserError(f"unknown data loader '{name}'; choose one of: {', '.join(loaders())}")
+    return importlib.import_module(f"lra_bench.data.{name}")
+
+
+def cache_path(data_dir: Path, task: str, variant: str) -> Path:
+    return Path(data_dir) / PREPARED / task / variant
+
+
+def generated_path(data_dir: Path, task: str, variant: str) -> Path:
+    """Where --generate writes a source (ListOps TSVs, Pathfinder PNGs): where
+    `python -m lra_bench.data.listops --out` has always put them."""
+    return Path(data_dir) / task / variant
+
+
+def prepare(task: str, preset: str, data: dict[str, Any], data_dir: Path, *,
+            source: str | None = None, generate: bool = False, force: bool = False,
+            log: Log = stderr_log) -> tuple[Path, dict, bool]:
+    """Prepare one task preset; returns (cache path, manifest, whether anything was written).
+
+    The source is `source`, else the generator when `generate` is set or the preset says
+    `data.generate = true`, else the loader's default source."""
+    module = loader_module(data["loader"])
+    dest = cache_path(data_dir, task, data["variant"])
+    want = prep_config(data)
+    try:
+        current = read_manifest(dest)
+    except UserError:
+        if not force:
+            raise
+        current = None
+    if generate and source is not None:
+        raise UserError("--source and --generate exclude each other; give one")
+    if generate or (source is None and data.get("generate", False)):
+        if not hasattr(module, "generate_source"):
+            raise UserError(f"task '{task}' has no generator; prepare it from a source "
+                            f"({module.SOURCE_HINT})")
+        if (not force and current is not None and current["config"] == want
+                and current["source"].get("generated")):
+            return dest, current, False
+        source = str(generated_source(module, task, data, data_dir, force, log))
+        fingerprint = {**module.fingerprint(source, data), "generated": True}
+    else:
+        source = str(source) if source is not None else module.default_source(data, Path(data_dir))
+        fingerprint = module.fingerprint(source, data)
+        if (not force and current is not None and current["config"] == want
+                and current["source"] == fingerprint):
+            return dest, current, False
+    if dest.exists() and current is None and any(dest.iterdir()):
+        raise UserError(f"{dest} exists but is not a prepared cache; move it away first "
+                        "(preparing replaces the whole folder)")
+    log(f"{task}/{data['variant']}: preparing from {source}")
+    with CacheWriter(dest) as writer:
+        extras = module.build(source, data, writer, log)
+        empty = writer.empty_splits()
+        if empty:
+            raise UserError(f"{source}: no examples for split(s) {', '.join(empty)}; check the source")
+        manifest = writer.commit({"task": task, "variant": data["variant"], "preset": preset,
+                                  "loader": data["loader"], "config": want,
+                                  "source": fingerprint, **extras})
+    return dest, manifest, True
+
+
+def generated_source(module, task: str, data: dict, data_dir: Path, force: bool, log: Log) -> Path:
+    """Run the loader's generator into <data_dir>/<task>/<variant>, atomically; reuse what is
+    there when it was generated with the same settings (files without our stamp are made again:
+    generation is deterministic)."""
+    out = generated_path(data_dir, task, data["variant"])
+    # Only the generator's own settings count: a new max_length must not redraw 200,000 images.
+    stamp = {"generator": module.__name__,
+             "config": {k: data[k] for k in sorted(module.GENERATOR_KEYS)}}
+    marker = out / "generated.json"
+    if not force and marker.exists():
+        try:
+            if json.loads(marker.read_text()) == stamp:
+                return out
+        except (OSError, json.JSONDecodeError):
+            pass
+    if out.exists():
+        log(f"{out} will be replaced: it was not generated with these settings")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    try:
+        module.generate_source(data, tmp, log)
+        (tmp / "generated.json").write_text(json.dumps(stamp, indent=2, sort_keys=True) + "\n")
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def prepare_command(task: str, preset: str, data_dir: Path, overrides=()) -> str:
+    cmd = f"lra data prepare {task} --preset {preset}"
+    cmd += "".join(f" --set {o}" for o in overrides if o.strip().startswith("data."))
+    if Path(data_dir) != Path("data"):
+        cmd += f" --data-dir {data_dir}"
+    return cmd
+
+
+def load(rc, data_dir: Path, log: Log = stderr_log):
+    """The prepared splits (memory-mapped) and manifest of a run's task preset."""
+    dest = cache_path(data_dir, rc.task_name, rc.data["variant"])
+    manifest = read_manifest(dest)
+    want = prep_config(rc.data)
+    if manifest is None or manifest["config"] != want:
+        module = loader_module(rc.data["loader"])
+        if rc.data.get("generate", False):  # a generated preset (smoke): make it now
+            _, manifest, _ = prepare(rc.task_name, rc.preset, rc.data, data_dir, log=log)
+        else:
+            cmd = prepare_command(rc.task_name, rc.preset, data_dir, rc.overrides)
+            if manifest is None:
+                raise UserError(f"{rc.task_name} data ({rc.preset}) is not prepared in {dest}; "
+                                f"run: {cmd}  ({module.SOURCE_HINT})")
+            changed = ", ".join(f"{k} {manifest['config'].get(k)!r} -> {want.get(k)!r}"
+                                for k in sorted(set(want) | set(manifest["config"]))
+                                if want.get(k) != manifest["config"].get(k))
+            raise UserError(f"{dest} was prepared with other data settings ({changed}); "
+                            f"run: {cmd}  (or set data.variant to keep both)")
+    return read(dest, manifest), manifest
+
+
+# Helpers shared by the loader modules.
+
+def files_fingerprint(paths: list[Path], root: Path | None = None) -> dict:
+    """Identify source files cheaply by name, size and modification time (hashing a 7 GB
+    release on every `prepare` would make the idempotence check cost as much as the work)."""
+    entries = []
+    for p in paths:
+        try:
+            st = Path(p).stat()
+        except FileNotFoundError:
+            raise UserError(f"{p} not found") from None
+        name = str(Path(p).relative_to(root)) if root is not None else str(Path(p).resolve())
+        entries.append([name, st.st_size, st.st_mtime_ns])
+    out = {"files": entries}
+    if root is not None:
+        out["root"] = str(Path(root).resolve())
+    return out
+
+
+def subset_rows(n: int, limit: int, seed: int) -> "np.ndarray":
+    """All rows (limit 0) or a seeded random `limit` of them, in their original order."""
+    import numpy as np
+
+    if limit <= 0 or limit >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).permutation(n)[:limit])
+
+
+def fraction_boundary(n: int, fraction: float) -> int:
+    """Where tfds's percent slicing puts `fraction` of n examples (train[:90%])."""
+    return int(round(n * fraction))

@@ -1,0 +1,92 @@
+"""The prepared cache: atomic writes, memory-mapped reads checked against the manifest, and
+ListOps (generated or official TSVs) on the same cache."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lra_bench import config
+from lra_bench.data import cache, listops, prepare
+from lra_bench.data.pipeline import eval_batches, gather
+from lra_bench.errors import UserError
+
+
+def write_splits(writer, n=5, L=4):
+    for split in ("train", "val", "test"):
+        writer.put(split, np.arange(n) % 2, np.arange(n * L, dtype=np.uint16).reshape(n, L) + 1)
+
+
+def test_writer_commits_atomically_and_leaves_nothing_on_failure(tmp_path):
+    dest = tmp_path / "task" / "v"
+    with pytest.raises(RuntimeError):
+        with cache.CacheWriter(dest) as w:
+            write_splits(w)
+            raise RuntimeError("interrupted halfway")
+    assert list((tmp_path / "task").iterdir()) == []
+    with cache.CacheWriter(dest) as w:
+        write_splits(w)
+        manifest = w.commit({"config": {"a": 1}, "source": {}})
+    assert sorted(p.name for p in (tmp_path / "task").iterdir()) == ["v"]
+    splits = cache.read(dest, cache.read_manifest(dest))
+    assert isinstance(splits["train"]["inputs"], np.memmap)
+    assert manifest["splits"]["train"]["max_id"] == 20 and cache.verify(dest, manifest) == []
+    # a replaced cache swaps in whole; a damaged file is caught on read
+    with cache.CacheWriter(dest) as w:
+        write_splits(w, n=3)
+        w.commit({"config": {"a": 2}, "source": {}})
+    assert cache.read_manifest(dest)["config"] == {"a": 2}
+    assert sorted(p.name for p in (tmp_path / "task").iterdir()) == ["v"]
+    np.save(dest / "val.inputs.npy", np.zeros((3, 5), np.uint16))
+    with pytest.raises(UserError, match="does not match its manifest"):
+        cache.read(dest, cache.read_manifest(dest))
+
+
+def test_batches_widen_stored_ids_to_int32():
+    split = {"inputs": np.array([[1, 300], [2, 0], [3, 4]], np.uint16),
+             "labels": np.array([0, 1, 0], np.int32)}
+    b = gather(split, np.array([0, 2]))
+    assert b["inputs"].dtype == np.int32 and b["inputs"].tolist() == [[1, 300], [3, 4]]
+    batch = next(eval_batches(split, 2))
+    assert batch["inputs"].dtype == np.int32 and batch["weights"].tolist() == [1.0, 1.0]
+
+
+def test_listops_reads_official_tsvs_and_names_bad_lines(tmp_path):
+    src = tmp_path / "data" / "lra_release" / "listops-1000"  # where `lra data download` puts it
+    src.mkdir(parents=True)
+    rows = [("( ( [MAX 2 ) 9 ) ] )", 9), ("( ( [SM 3 ) 4 ) ] )", 7)]
+    for split in ("train", "val", "test"):
+        listops.write_tsv(src / f"basic_{split}.tsv", rows)
+    data = config.resolve_data("listops", "lra", ["data.max_length=6"])
+    dest, manifest, wrote = prepare.prepare("listops", "lra", data, tmp_path / "data", log=print)
+    splits = cache.read(dest, manifest)
+    assert wrote and splits["test"]["inputs"].dtype == np.uint8
+    assert listops.detokenize(splits["train"]["inputs"][0]) == "[MAX 2 9 ]"
+    assert splits["train"]["labels"].tolist() == [9, 7]
+    with open(src / "basic_val.tsv", "a") as f:
+        f.write("( [MAX 2 ( 3 ) ] )\tnine\n")
+    with pytest.raises(UserError, match=r"basic_val\.tsv:4: expected 'Source<TAB>Target'"):
+        prepare.prepare("listops", "lra", data, tmp_path / "data", log=print)
+
+
+def test_generated_listops_is_reused_and_matches_a_direct_generation(tmp_path):
+    sets = ["data.num_train=40", "data.num_val=8", "data.num_test=8"]
+    data = config.resolve_data("listops", "smoke", sets)
+    dest, manifest, _ = prepare.prepare("listops", "smoke", data, tmp_path, log=lambda m: None)
+    assert manifest["source"]["generated"] is True
+    rows = listops.generate(56, seed=0, min_length=data["min_length"],
+                            max_length=data["gen_max_length"], max_depth=data["max_depth"],
+                            max_args=data["max_args"])
+    want = listops.encode(rows[48:], data["max_length"], tmp_path)
+    got = cache.read(dest, manifest)["test"]
+    assert (np.asarray(got["inputs"]) == want["inputs"]).all()
+    assert (np.asarray(got["labels"]) == want["labels"]).all()
+    _, _, wrote = prepare.prepare("listops", "smoke", data, tmp_path, log=lambda m: None)
+    assert not wrote
+    # a new max_length re-prepares the cache from the same generated TSVs
+    marker = prepare.generated_path(tmp_path, "listops", "smoke") / "generated.json"
+    stamp = marker.stat().st_mtime_ns
+    shorter = config.resolve_data("listops", "smoke", sets + ["data.max_length=10"])
+    _, manifest, wrote = prepare.prepare("listops", "smoke", shorter, tmp_path, log=lambda m: None)
+    assert wrote and manifest["splits"]["test"]["inputs"]["shape"] == [8, 10]
+    assert marker.stat().st_mtime_ns == stamp
