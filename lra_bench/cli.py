@@ -65,35 +65,119 @@ def list_cmd(what: str = typer.Argument("all", help="tasks, models or all")):
         out.print(t)
 
 
+def parse_seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        seeds = []
+    if not seeds or any(x < 0 for x in seeds):
+        raise UserError(f"--seeds '{text}': expected comma-separated seeds >= 0, e.g. 0,1,2")
+    if len(set(seeds)) != len(seeds):
+        raise UserError(f"--seeds '{text}' repeats a seed; list each seed once")
+    return seeds
+
+
+def resume_conflicts(given: dict):
+    """A check that the options given alongside --resume agree with the run's saved config."""
+
+    def check(run_id: str, rc: config.RunConfig) -> None:
+        saved = {"--model": rc.model_name, "--task": rc.task_name, "--preset": rc.preset,
+                 "--seed": rc.seed, "--steps": rc.train["steps"], "--set": list(rc.overrides)}
+        if given.get("--seeds") is not None:
+            raise UserError("--seeds starts new runs; it cannot be combined with --resume")
+        for option, value in given.items():
+            if option in saved and value not in (None, []) and value != saved[option]:
+                raise UserError(
+                    f"--resume {run_id} continues the run with its saved config: {option} {value} "
+                    f"conflicts with its {option} {saved[option]}; drop {option}, or start a new "
+                    "run to change it")
+
+    return check
+
+
+def _print_outcome(summary: dict) -> None:
+    status, run_id = summary["status"], summary["run_id"]
+    if status == "completed":
+        mem = summary["peak_memory_bytes"]
+        resumed = summary.get("resumed_from_steps")
+        out.print(
+            f"{run_id}  test acc {100 * summary['test_accuracy']:.2f}% (best val "
+            f"{100 * summary['val_accuracy']:.2f}% @ step {summary['best_step']}, last "
+            f"{100 * summary['test_accuracy_last']:.2f}%)  step {summary['step_time_ms']:.1f} ms  "
+            f"peak {mem / 2**20 if mem else float('nan'):.1f} MiB ({summary['memory_source']})"
+            + (f"  resumed from step {resumed[-1]}" if resumed else ""),
+            highlight=False,
+        )
+    elif status == "interrupted":
+        err.print(f"run {run_id} interrupted by {summary.get('signal')} after step "
+                  f"{summary.get('interrupted_step')} (checkpoint saved); continue it with: "
+                  f"lra run --resume {run_id}", highlight=False)
+    elif status == "diverged":
+        err.print(f"run {run_id} diverged: {summary.get('error')}; last good checkpoint: step "
+                  f"{summary.get('checkpoint_step')}", highlight=False)
+    else:
+        err.print(f"run {run_id} {status}: {summary.get('error', '')}", highlight=False)
+
+
 @app.command()
 @user_errors
 def run(
-    model: str = typer.Option(..., "--model", "-m", help="a name from `lra list models`"),
-    task: str = typer.Option(..., "--task", "-t", help="a name from `lra list tasks`"),
-    preset: str = typer.Option("smoke", help="the task's hyperparameter preset: smoke or lra"),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="a name from `lra list models`"),
+    task: Optional[str] = typer.Option(None, "--task", "-t", help="a name from `lra list tasks`"),
+    preset: Optional[str] = typer.Option(None, help="the task's hyperparameter preset: smoke "
+                                         "(default) or lra"),
     steps: Optional[int] = typer.Option(None, help="override train.steps"),
-    seed: int = typer.Option(0, help="seed for parameters, dropout and data order"),
+    seed: Optional[int] = typer.Option(None, help="seed for parameters, dropout and data order "
+                                       "(default 0)"),
+    seeds: Optional[str] = typer.Option(None, help="run once per seed, one after another: 0,1,2"),
     set_: List[str] = typer.Option([], "--set", help="override a config value: section.key=value"),
+    resume: Optional[str] = typer.Option(None, help="continue run RUN_ID (or `latest`) from its "
+                                         "newest checkpoint, with its saved config"),
     data_dir: Optional[Path] = typer.Option(None, help="default: $LRA_DATA_DIR or ./data"),
     results_dir: Optional[Path] = typer.Option(None, help="default: $LRA_RESULTS_DIR or ./results"),
 ):
     """Train MODEL on TASK, then record accuracy, step time and peak memory."""
-    from lra_bench.run import execute
+    import signal
 
-    rc = config.resolve(model, task, preset, seed=seed, overrides=set_, steps=steps)
-    summary = execute(rc, paths.data_dir(data_dir), paths.results_dir(results_dir))
-    status = summary["status"]
-    if status != "completed":
-        err.print(f"run {summary['run_id']} {status}: {summary.get('error', '')}")
+    from lra_bench import data
+    from lra_bench import run as runner
+
+    ddir, rdir = paths.data_dir(data_dir), paths.results_dir(results_dir)
+    if resume is not None:
+        check = resume_conflicts({"--model": model, "--task": task, "--preset": preset,
+                                  "--seed": seed, "--steps": steps, "--set": list(set_),
+                                  "--seeds": seeds})
+        summaries = [runner.resume(resume, ddir, rdir, check_config=check)]
+        _print_outcome(summaries[0])
+    else:
+        if model is None or task is None:
+            raise UserError("--model and --task are required (or --resume RUN_ID to continue a "
+                            "run); see `lra list`")
+        if seed is not None and seeds is not None:
+            raise UserError("give --seed or --seeds, not both")
+        # Every seed's config and the data are checked before the first run writes anything.
+        rcs = [config.resolve(model, task, preset or "smoke", seed=s, overrides=set_, steps=steps)
+               for s in (parse_seeds(seeds) if seeds is not None else [seed or 0])]
+        from lra_bench.model import check as check_model
+
+        check_model(rcs[0])  # a bad model config fails before any data is made or read
+        splits = data.load(rcs[0], ddir)
+        summaries = []
+        for rc in rcs:
+            summaries.append(runner.execute(rc, ddir, rdir, splits=splits))
+            _print_outcome(summaries[-1])
+            if summaries[-1]["status"] == "interrupted":
+                break  # the user asked to stop: the remaining seeds do not start
+        if len(rcs) > 1:
+            done = sum(s["status"] == "completed" for s in summaries)
+            err.print(f"{done}/{len(rcs)} seeds completed; `lra report` aggregates them, "
+                      "`lra report --runs` lists each", highlight=False)
+    interrupted = [s for s in summaries if s["status"] == "interrupted"]
+    if interrupted:
+        name = interrupted[0].get("signal") or "SIGINT"
+        raise typer.Exit(128 + int(getattr(signal, name, signal.SIGINT)))
+    if any(s["status"] != "completed" for s in summaries):
         raise typer.Exit(1)
-    mem = summary["peak_memory_bytes"]
-    out.print(
-        f"{summary['run_id']}  test acc {100 * summary['test_accuracy']:.2f}% (best val "
-        f"{100 * summary['val_accuracy']:.2f}% @ step {summary['best_step']}, last "
-        f"{100 * summary['test_accuracy_last']:.2f}%)  step {summary['step_time_ms']:.1f} ms  "
-        f"peak {mem / 2**20 if mem else float('nan'):.1f} MiB ({summary['memory_source']})",
-        highlight=False,
-    )
 
 
 @app.command()
@@ -104,37 +188,49 @@ def report(
     selection: str = typer.Option("best", help="test accuracy of the best-val parameters (best) "
                                   "or of the last ones (last)"),
     published: bool = typer.Option(False, help="show the papers' published accuracy rows too"),
+    runs_: bool = typer.Option(False, "--runs", help="list every run (any status) instead of "
+                               "the leaderboard"),
 ):
-    """Leaderboard of every completed run: one row per model, one column per task."""
+    """Leaderboard of every finished run: one row per model, one column per task."""
     from lra_bench import report as rep
 
     if format not in rep.FORMATS:
         raise UserError(f"unknown format '{format}'; choose one of: {', '.join(rep.FORMATS)}")
-    if selection not in ("best", "last"):
+    if selection not in rep.SELECTIONS:
         raise UserError(f"unknown selection '{selection}'; choose best or last")
     rdir = paths.results_dir(results_dir)
     runs, warnings = rep.load_runs(rdir)
     for w in warnings:
-        err.print(f"warning: {w}", highlight=False)
-    acc = rep.accuracy_table(runs, selection)
-    if acc.empty:
-        raise UserError(f"no completed runs in {rdir}; train one with: lra run --model "
-                        "transformer --task listops")
-    eff = rep.efficiency_table(runs)
-    rep.save_tables(rdir, {"accuracy": acc, "efficiency": eff})
+        err.print(f"warning: {w}", highlight=False, markup=False)
+    rule = rep.SELECTIONS[selection][2]
+    if runs_:
+        table = rep.runs_table(runs, selection, rdir)
+        if table.empty:
+            raise UserError(f"no runs in {rdir}; train one with: lra run --model transformer "
+                            "--task listops")
+        tables = [(f"Runs: accuracy (%) of the {rule}", *rep.run_rows(table))]
+        frames = {"runs": table}
+    else:
+        acc = rep.accuracy_table(runs, selection)
+        if acc.empty:
+            raise UserError(f"no completed runs in {rdir}; train one with: lra run --model "
+                            "transformer --task listops")
+        eff = rep.efficiency_table(runs)
+        tables = [(f"Test accuracy (%), {rule}; mean ± std over seeds (the latest run of each "
+                   "seed; diverged runs are counted, never averaged)", *rep.accuracy_rows(acc)),
+                  ("Efficiency (median step time, peak memory)", *rep.efficiency_rows(eff))]
+        frames = {"accuracy": acc, "efficiency": eff}
+        rep.save_tables(rdir, frames)
+        if published:
+            tasks = [c for c in rep.accuracy_rows(acc)[0][2:-1]]
+            tables.append(("Published accuracy (%, from the papers; not measured here)",
+                           *rep.published_rows(tasks or rep.TASK_ORDER)))
     if format == "csv":
-        sys.stdout.write(rep.to_csv(acc))
+        sys.stdout.write(rep.to_csv(next(iter(frames.values()))))
         return
     if format == "json":
-        sys.stdout.write(rep.to_json({"accuracy": acc, "efficiency": eff}) + "\n")
+        sys.stdout.write(rep.to_json(frames) + "\n")
         return
-    rule = "best-validation parameters on test" if selection == "best" else "last parameters on test"
-    tables = [(f"Test accuracy (%), {rule}; mean ± std over seeds", *rep.accuracy_rows(acc)),
-              ("Efficiency (median step time, peak memory)", *rep.efficiency_rows(eff))]
-    if published:
-        tasks = [c for c in rep.accuracy_rows(acc)[0][2:-1]]
-        tables.append(("Published accuracy (%, from the papers; not measured here)",
-                       *rep.published_rows(tasks or rep.TASK_ORDER)))
     for title, header, rows in tables:
         if format == "markdown":
             out.print(f"### {title}\n\n{rep.markdown(header, rows)}\n", highlight=False, markup=False)

@@ -219,6 +219,7 @@ def validate(rc: RunConfig) -> None:
         (t["schedule"] in ("rsqrt", "cosine", "constant"),
          f"train.schedule must be rsqrt, cosine or constant, got '{t['schedule']}'"),
         (t["learning_rate"] > 0, "train.learning_rate must be > 0"),
+        (t["checkpoint_every"] >= 0, "train.checkpoint_every must be >= 0 (0 = only at the end)"),
         (d.get("max_length", 1) > 0, "data.max_length must be > 0"),
     ]
     for ok, msg in checks:

@@ -25,28 +25,79 @@ def _task_columns(tasks) -> list[str]:
     return known + sorted(set(tasks) - set(known))
 
 
+SELECTIONS = {"best": ("test_accuracy", "best-val", "best-validation parameters on test"),
+              "last": ("test_accuracy_last", "last", "last parameters on test")}
+KEYS = ["preset", "model", "task"]
+
+
+def finished_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    """Completed and diverged runs, one per (preset, model, task, seed): the latest started, so
+    re-running a seed replaces it and `n` counts seeds, not runs."""
+    if runs.empty or "status" not in runs:
+        return runs.iloc[0:0]
+    done = runs[runs["status"].isin(["completed", "diverged"])]
+    if "started_at" in done:
+        done = done.sort_values("started_at", kind="stable", na_position="first")
+    return done.drop_duplicates([*KEYS, "seed"] if "seed" in done else KEYS, keep="last")
+
+
 def accuracy_table(runs: pd.DataFrame, selection: str = "best") -> pd.DataFrame:
     """One row per (preset, model), one column per task: mean test accuracy (%) over seeds.
 
     selection: `best` = the best-validation parameters on test, `last` = the final parameters.
+    Diverged runs have no accuracy: they are counted in `<task>_diverged`, never averaged in; a
+    task whose runs all diverged has no mean (NaN), and neither has the row's `avg`.
     """
-    column = "test_accuracy" if selection == "best" else "test_accuracy_last"
-    done = runs[runs.get("status") == "completed"] if len(runs) else runs
-    if done.empty:
+    column, label, _ = SELECTIONS[selection]
+    finished = finished_runs(runs)
+    if finished.empty:
         return pd.DataFrame()
-    grouped = done.groupby(["preset", "model", "task"])[column]
-    agg = grouped.agg(["mean", "std", "count"]).reset_index()
-    agg["mean"] *= 100.0
-    agg["std"] = agg["std"].fillna(0.0) * 100.0
+    completed = finished[finished["status"] == "completed"]
+    values = completed[column] if column in completed else pd.Series(dtype=float)
+    agg = values.groupby([completed[k] for k in KEYS]).agg(["mean", "std", "count"])
+    diverged = finished[finished["status"] == "diverged"].groupby(KEYS).size().rename("diverged")
+    agg = agg.join(diverged, how="outer").reset_index()
+    agg[["count", "diverged"]] = agg[["count", "diverged"]].fillna(0).astype(int)
+    agg["mean"] = agg["mean"].astype(float) * 100.0
+    agg["std"] = agg["std"].astype(float).fillna(0.0) * 100.0
     tasks = _task_columns(agg["task"].unique())
-    table = agg.pivot(index=["preset", "model"], columns="task", values="mean")[tasks]
+    wide = {v: agg.pivot(index=["preset", "model"], columns="task", values=v)[tasks]
+            for v in ("mean", "std", "count", "diverged")}
+    table = wide["mean"].copy()
     table["avg"] = table[tasks].mean(axis=1, skipna=False)
-    seeds = agg.pivot(index=["preset", "model"], columns="task", values="count")[tasks]
-    std = agg.pivot(index=["preset", "model"], columns="task", values="std")[tasks]
     for t in tasks:
-        table[f"{t}_std"] = std[t]
-        table[f"{t}_n"] = seeds[t]
+        table[f"{t}_std"] = wide["std"][t]
+        table[f"{t}_n"] = wide["count"][t].fillna(0).astype(int)
+        table[f"{t}_diverged"] = wide["diverged"][t].fillna(0).astype(int)
+    table["selection"] = label
     return table.reset_index()
+
+
+def runs_table(runs: pd.DataFrame, selection: str = "best", results_dir: Path | None = None
+               ) -> pd.DataFrame:
+    """Every run, one row each, whatever its status; accuracy only where the run completed."""
+    if runs.empty:
+        return pd.DataFrame()
+    column, label, _ = SELECTIONS[selection]
+    out = runs.copy()
+    for c in ("seed", "started_at", "val_accuracy", "best_step", column, "diverged_step",
+              "interrupted_step", "checkpoint_step", "step_time_ms", "steps"):
+        if c not in out:
+            out[c] = None
+    completed = out["status"] == "completed"
+    out["test_accuracy"] = out[column].where(completed) * 100.0
+    out["val_accuracy"] = out["val_accuracy"].where(completed) * 100.0
+    out["step_time_ms"] = out["step_time_ms"].where(completed)
+    if results_dir is not None:
+        live = [results.is_active(Path(results_dir) / "runs" / str(r)) for r in out["run_id"]]
+        stopped = (out["status"] == "running") & ~pd.Series(live, index=out.index, dtype=bool)
+        out.loc[stopped, "status"] = "stopped"
+    out["selection"] = label
+    cols = ["run_id", "preset", "model", "task", "seed", "status", "steps", "diverged_step",
+            "interrupted_step", "checkpoint_step", "best_step", "val_accuracy", "test_accuracy",
+            "step_time_ms", "selection", "started_at"]
+    return out[cols].sort_values([*KEYS, "seed", "started_at"], na_position="first",
+                                 kind="stable").reset_index(drop=True)
 
 
 def efficiency_table(runs: pd.DataFrame) -> pd.DataFrame:
@@ -76,22 +127,57 @@ def _fmt(v, digits=2) -> str:
     return str(v)
 
 
+def _int(v) -> str:
+    return "-" if v is None or pd.isna(v) else str(int(v))
+
+
+def accuracy_cell(mean, std, n: int, diverged: int) -> str:
+    """'37.00 ± 1.41 (n=2)'; diverged runs are named, never shown as a number."""
+    if n == 0:
+        return ("diverged" + (f" (n={diverged})" if diverged > 1 else "")) if diverged else "-"
+    text = f"{mean:.2f}"
+    notes = [f"n={n}"] if n > 1 or diverged else []
+    if n > 1:
+        text += f" ± {std:.2f}"
+    if diverged:
+        notes.append(f"+{diverged} diverged")
+    return text + (f" ({', '.join(notes)})" if notes else "")
+
+
 def accuracy_rows(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
-    tasks = [c for c in table.columns if c not in ("preset", "model", "avg")
-             and not c.endswith(("_std", "_n"))]
+    tasks = [c for c in table.columns if c not in ("preset", "model", "avg", "selection")
+             and not c.endswith(("_std", "_n", "_diverged"))]
     header = ["preset", "model", *tasks, "avg"]
     rows = []
     for _, r in table.iterrows():
         cells = [r["preset"], r["model"]]
         for t in tasks:
-            if pd.isna(r[t]):
-                cells.append("-")
-            elif r[f"{t}_n"] > 1:
-                cells.append(f"{r[t]:.2f} ± {r[f'{t}_std']:.2f} (n={int(r[f'{t}_n'])})")
-            else:
-                cells.append(f"{r[t]:.2f}")
+            cells.append(accuracy_cell(r[t], r[f"{t}_std"], int(r[f"{t}_n"]),
+                                       int(r.get(f"{t}_diverged", 0))))
         cells.append(_fmt(r["avg"]))
         rows.append(cells)
+    return header, rows
+
+
+def run_rows(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+    header = ["run", "preset", "model", "task", "seed", "status", "val acc", "test acc",
+              "best step", "step ms"]
+    rows = []
+    for _, r in table.iterrows():
+        status = r["status"]
+        if status == "diverged":
+            status = f"diverged at step {_int(r['diverged_step'])}"
+        elif status == "interrupted":
+            status = f"interrupted at step {_int(r['interrupted_step'])}"
+        elif status == "stopped":
+            status = f"stopped (checkpoint step {_int(r['checkpoint_step'])})"
+        if r["status"] == "completed":
+            accs = [_fmt(r["val_accuracy"]), _fmt(r["test_accuracy"]), _int(r["best_step"]),
+                    _fmt(r["step_time_ms"])]
+        else:
+            accs = ["diverged" if r["status"] == "diverged" else "-"] * 2 + ["-", "-"]
+        rows.append([r["run_id"], r["preset"], r["model"], r["task"], _int(r["seed"]), status,
+                     *accs])
     return header, rows
 
 

@@ -3,10 +3,13 @@
     runs/<run-id>/config.json     the fully resolved config
     runs/<run-id>/metrics.jsonl   one line per evaluation
     runs/<run-id>/summary.json    the run's outcome (see `lra_bench.trainer`)
+    runs/<run-id>/checkpoints/    orbax checkpoints (see `lra_bench.checkpoint`)
+    runs/<run-id>/.lock           held (flock) by the process running it; free once it ends
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -15,6 +18,8 @@ import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+from lra_bench.errors import UserError
 
 
 def utc_now() -> str:
@@ -43,33 +48,132 @@ def write_json_atomic(path: Path, obj: Any) -> None:
 
 
 class RunDir:
-    def __init__(self, results_dir: Path, run_id: str):
+    """One run's folder. `create` makes a new one; `open` an existing one (to resume it)."""
+
+    def __init__(self, results_dir: Path, run_id: str, *, exists: bool = False):
         self.run_id = run_id
         self.path = Path(results_dir) / "runs" / run_id
-        self.path.mkdir(parents=True, exist_ok=False)
+        if not exists:
+            self.path.mkdir(parents=True, exist_ok=False)  # atomic: one process gets a name
+        self._lock_fd: int | None = None
+
+    @classmethod
+    def create(cls, results_dir: Path, model: str, task: str) -> "RunDir":
+        """A new run folder; a drawn id that is already taken is drawn again."""
+        for _ in range(100):
+            try:
+                return cls(results_dir, new_run_id(model, task))
+            except FileExistsError:
+                continue
+        raise RuntimeError(f"could not create a new run folder under {results_dir}")
+
+    @classmethod
+    def open(cls, results_dir: Path, ref: str) -> "RunDir":
+        """An existing run by id, or `latest`: the most recently started run."""
+        runs = Path(results_dir) / "runs"
+        if ref == "latest":
+            started = [(s.get("started_at", ""), _mtime(path.parent / "config.json"), path.parent.name)
+                       for path, s in _summaries(results_dir)[0]]
+            if not started:
+                raise UserError(f"no runs to resume in {runs}; start one with: lra run --model "
+                                "transformer --task listops")
+            return cls(results_dir, max(started)[2], exists=True)
+        if "/" in ref or ref in ("", ".", "..") or not (runs / ref / "config.json").is_file():
+            raise UserError(f"no run '{ref}' in {runs}; see `lra report --runs` for run ids, or "
+                            "use --resume latest")
+        return cls(results_dir, ref, exists=True)
+
+    def lock(self) -> bool:
+        """Take the run's lock for this process's lifetime; False when another process holds it.
+        The kernel drops the lock when its holder dies, even by SIGKILL."""
+        fd = os.open(self.path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return False
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd
+        return True
+
+    def unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing the descriptor releases the flock
+            self._lock_fd = None
 
     def write(self, name: str, obj: Any) -> None:
         write_json_atomic(self.path / name, obj)
+
+    def read(self, name: str) -> Any:
+        with open(self.path / name) as f:
+            return json.load(f)
 
     def append_metrics(self, record: dict) -> None:
         with open(self.path / "metrics.jsonl", "a") as f:
             f.write(json.dumps(record, sort_keys=True) + "\n")
             f.flush()
 
+    def rewrite_metrics(self, records: list[dict]) -> None:
+        """Replace metrics.jsonl (on resume: the evaluations up to the restored checkpoint)."""
+        path = self.path / "metrics.jsonl"
+        fd, tmp = tempfile.mkstemp(dir=self.path, prefix=".metrics.jsonl.", suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            f.writelines(json.dumps(r, sort_keys=True) + "\n" for r in records)
+        os.replace(tmp, path)
+
     def discard(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
 
 
+def is_active(run_path: Path) -> bool:
+    """Whether a live process holds the run's lock (i.e. it is really running)."""
+    try:
+        fd = os.open(Path(run_path) / ".lock", os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def _mtime(path: Path) -> int:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return 0
+
+
 def read_summaries(results_dir: Path) -> tuple[list[dict], list[str]]:
-    """Every run's summary, and a warning for each one that cannot be read (never an exception)."""
-    summaries, warnings = [], []
+    """Every run's summary, and a warning naming each file that cannot be read and why (never an
+    exception: one damaged file must not hide the other runs)."""
+    found, warnings = _summaries(results_dir)
+    return [s for _, s in found], warnings
+
+
+def _summaries(results_dir: Path) -> tuple[list[tuple[Path, dict]], list[str]]:
+    found, warnings = [], []
     for path in sorted(Path(results_dir).glob("runs/*/summary.json")):
         try:
-            with open(path) as f:
-                s = json.load(f)
-            if not isinstance(s, dict) or "model" not in s or "task" not in s:
-                raise ValueError("not a run summary")
-            summaries.append(s)
+            text = path.read_text()
+            if not text.strip():
+                raise ValueError("the file is empty")
+            s = json.loads(text)
+            if not isinstance(s, dict):
+                raise ValueError(f"expected a JSON object, found {type(s).__name__}")
+            missing = [k for k in ("model", "task", "status") if k not in s]
+            if missing:
+                raise ValueError(f"not a run summary (no {', '.join(missing)})")
+            s.setdefault("run_id", path.parent.name)
+            found.append((path, s))
+        except json.JSONDecodeError as e:
+            warnings.append(f"skipped {path}: truncated or corrupt JSON ({e})")
+        except UnicodeDecodeError as e:
+            warnings.append(f"skipped {path}: not UTF-8 text ({e.reason} at byte {e.start})")
         except (OSError, ValueError) as e:
             warnings.append(f"skipped {path}: {e}")
-    return summaries, warnings
+    return found, warnings

@@ -1,55 +1,126 @@
 """`lra run`: resolve -> load data -> train -> record. Nothing is written until the config and
-the data have been checked, so a user error leaves no trace in the results folder."""
+the data have been checked, so a user error leaves no trace in the results folder.
+
+`resume` continues a run from its newest checkpoint with the config saved in its folder. The run
+folder's lock (see `results.RunDir.lock`) keeps two processes from training one run at once.
+"""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Callable
 
 import flax
 import jax
 
 from lra_bench import data, measure, results
 from lra_bench.config import RunConfig
+from lra_bench.errors import UserError
+from lra_bench.interruption import StopOnSignal
 from lra_bench.model import check as check_model
 from lra_bench.progress import ProgressReporter
-from lra_bench.trainer import Diverged, train_and_evaluate
+from lra_bench.trainer import Diverged, Interrupted, train_and_evaluate
+
+# Fields of a previous segment's outcome that a resumed segment replaces.
+_OUTCOME = ("error", "diverged_step", "interrupted_step", "signal", "ended_at")
 
 
 def execute(rc: RunConfig, data_dir: Path, results_dir: Path, interactive: bool | None = None,
-            log=None) -> dict:
+            log=None, splits: dict | None = None) -> dict:
     check_model(rc)
-    splits = data.load(rc, data_dir)
-    run_id = results.new_run_id(rc.model_name, rc.task_name)
-    rd = results.RunDir(results_dir, run_id)
+    splits = data.load(rc, data_dir) if splits is None else splits
+    rd = results.RunDir.create(results_dir, rc.model_name, rc.task_name)
+    rd.lock()
     rd.write("config.json", rc.to_dict())
     summary = {
-        "run_id": run_id, "model": rc.model_name, "task": rc.task_name, "preset": rc.preset,
+        "run_id": rd.run_id, "model": rc.model_name, "task": rc.task_name, "preset": rc.preset,
         "seed": rc.seed, "status": "running", "started_at": results.utc_now(),
         "jax_version": jax.__version__, "flax_version": flax.__version__,
         "git_commit": measure.git_commit(), "dtype": rc.model["dtype"],
         "batch_size": rc.train["batch_size"], "max_length": rc.data["max_length"],
         "train_examples": int(len(splits["train"]["labels"])),
+        "overrides": list(rc.overrides),
         **measure.device_info(),
     }
     rd.write("summary.json", summary)
-    reporter = ProgressReporter(rc.train["steps"], f"{rc.model_name}/{rc.task_name}",
-                                rc.train["log_every"], interactive)
-    t0 = time.time()
+    return _train(rc, splits, rd, summary, interactive, resuming=False)
+
+
+def resume(ref: str, data_dir: Path, results_dir: Path, interactive: bool | None = None,
+           check_config: Callable[[str, RunConfig], None] | None = None) -> dict:
+    """Continue run `ref` (a run id or `latest`). Every check comes before the first write."""
+    rd = results.RunDir.open(results_dir, ref)
     try:
-        summary.update(train_and_evaluate(rc, splits, on_eval=rd.append_metrics, reporter=reporter))
-        summary["status"] = "completed"
-    except Diverged as e:
-        summary.update(status="diverged", diverged_step=e.step, error=str(e))
-    except KeyboardInterrupt:
-        summary["status"] = "interrupted"
+        rc = RunConfig.from_dict(rd.read("config.json"))
+        summary = rd.read("summary.json")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UserError(f"run {rd.run_id} cannot be resumed: its config.json or summary.json is "
+                        f"unreadable ({type(e).__name__}: {e})") from None
+    if check_config is not None:
+        check_config(rd.run_id, rc)
+    if not rd.lock():
+        raise UserError(f"run {rd.run_id} is still running in another process; wait for it, or "
+                        "stop it (Ctrl-C / kill) and resume again")
+    try:
+        status = summary.get("status")
+        if status == "completed":
+            raise UserError(f"run {rd.run_id} already completed; nothing to resume (start a new "
+                            "run with lra run --model ... --task ...)")
+        if status == "diverged":
+            raise UserError(f"run {rd.run_id} diverged at step {summary.get('diverged_step')}; "
+                            "resuming it would diverge again: start a new run with a lower "
+                            "train.learning_rate or a train.grad_clip")
+        splits = data.load(rc, data_dir)
+    except BaseException:
+        rd.unlock()
         raise
-    except BaseException as e:
-        summary.update(status="failed", error=f"{type(e).__name__}: {e}")
-        raise
-    finally:
-        reporter.close()
-        summary["ended_at"] = results.utc_now()
-        summary["wall_time_s"] = round(time.time() - t0, 3)
-        rd.write("summary.json", summary)
+    return _train(rc, splits, rd, summary, interactive, resuming=True)
+
+
+def _train(rc: RunConfig, splits: dict, rd: results.RunDir, summary: dict,
+           interactive: bool | None, resuming: bool) -> dict:
+    t0 = time.time()
+    earlier_wall = summary.get("wall_time_s", 0.0) if resuming else 0.0
+    reporter = ckpt = None
+    with StopOnSignal() as stop:
+        try:
+            from lra_bench.checkpoint import Checkpoints
+
+            ckpt = Checkpoints(rd.path)
+            if resuming:
+                step = ckpt.latest_step()
+                # The evaluations after the newest checkpoint are redone: keep those before it.
+                rd.rewrite_metrics(ckpt.progress(step)["evals"] if step is not None else [])
+                summary["resumed_from_steps"] = [*summary.get("resumed_from_steps", []), step or 0]
+                for key in _OUTCOME:
+                    summary.pop(key, None)
+                summary["status"] = "running"
+                rd.write("summary.json", summary)
+            reporter = ProgressReporter(rc.train["steps"], f"{rc.model_name}/{rc.task_name}",
+                                        rc.train["log_every"], interactive)
+            summary.update(train_and_evaluate(rc, splits, on_eval=rd.append_metrics,
+                                              reporter=reporter, checkpoints=ckpt,
+                                              should_stop=stop.requested))
+            summary["status"] = "completed"
+        except Diverged as e:
+            summary.update(status="diverged", diverged_step=e.step, error=str(e))
+        except Interrupted as e:
+            summary.update(status="interrupted", interrupted_step=e.step, signal=stop.name)
+        except KeyboardInterrupt:
+            summary.update(status="interrupted", signal="SIGINT")
+            raise
+        except BaseException as e:
+            summary.update(status="failed", error=f"{type(e).__name__}: {e}")
+            raise
+        finally:
+            if reporter is not None:
+                reporter.close()
+            if ckpt is not None:
+                summary["checkpoint_step"] = ckpt.latest_step()
+                ckpt.close()
+            summary["ended_at"] = results.utc_now()
+            summary["wall_time_s"] = round(earlier_wall + time.time() - t0, 3)
+            rd.write("summary.json", summary)
+            rd.unlock()
     return summary

@@ -4,6 +4,10 @@ The train step is a pure function of (state, batch): the NNX model is split once
 graph definition and array state, and `jax.jit` compiles the step over that state with its
 buffers donated, so parameters and optimiser state are updated in place. Dropout keys are
 `fold_in(seed key, step)`, so a step's randomness depends on nothing but the seed and the step.
+
+A run with `checkpoints` saves every `train.checkpoint_every` steps, at the end and when asked
+to stop, and starts from its newest checkpoint: state, data-stream position, best-val parameters
+and the evaluations so far, so a resumed run ends with exactly the metrics of an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import optax
 from flax import nnx
 
 from lra_bench import measure
+from lra_bench.checkpoint import Checkpoints, all_finite
 from lra_bench.config import RunConfig
 from lra_bench.data.pipeline import TrainStream, eval_batches
 from lra_bench.model import Classifier
@@ -104,21 +109,51 @@ class TrainResult:
 
 
 class Diverged(Exception):
-    def __init__(self, step: int, loss: float):
-        super().__init__(f"loss became {loss} at step {step}")
+    def __init__(self, step: int, loss: float, what: str = "loss"):
+        message = f"loss became {loss}" if what == "loss" else f"{what} became non-finite"
+        super().__init__(f"{message} at step {step}")
         self.step, self.loss = step, loss
 
 
+class Interrupted(Exception):
+    """The run stopped on request after `step`, with a checkpoint at that step."""
+
+    def __init__(self, step: int):
+        super().__init__(f"stopped on request after step {step}")
+        self.step = step
+
+
 def train_and_evaluate(rc: RunConfig, splits: dict, on_eval: Callable[[dict], None] | None = None,
-                       reporter=None) -> dict:
+                       reporter=None, checkpoints: Checkpoints | None = None,
+                       should_stop: Callable[[], bool] | None = None) -> dict:
     """Train, evaluate every `eval_every` steps, test the best-val and the last parameters.
 
+    With `checkpoints`, continue from the newest one if there is one. `should_stop` is polled
+    after every step; when it says so the run checkpoints and raises `Interrupted`.
     Returns the measured part of the run summary.
     """
     t = rc.train
     steps = build(rc)
-    state = steps.init_state
-    stream = TrainStream(splits["train"], t["batch_size"], seed=rc.seed)
+    state, best_params = steps.init_state, None
+    progress = {"position": [0, 0], "best_accuracy": -1.0, "best_step": 0, "evals": [],
+                "step_times": [], "data_waits": []}
+    restored = checkpoints.restore(state) if checkpoints is not None else None
+    if restored is not None:
+        state, best_params, progress = restored
+    start, total = int(state["step"]), t["steps"]
+    step_times, data_waits, evals = progress["step_times"], progress["data_waits"], progress["evals"]
+    best = {"accuracy": progress["best_accuracy"], "step": progress["best_step"], "params": best_params}
+    stream = TrainStream(splits["train"], t["batch_size"], seed=rc.seed,
+                         start=tuple(progress["position"]))
+
+    def save_checkpoint(step: int) -> None:
+        if not bool(all_finite((state["params"], state["opt_state"]))):
+            raise Diverged(step, float("nan"), what="parameters")
+        checkpoints.save(state, best["params"] if best["params"] is not None else state["params"], {
+            "position": list(stream.position), "best_accuracy": best["accuracy"],
+            "best_step": best["step"], "evals": evals, "step_times": step_times,
+            "data_waits": data_waits})
+
     try:
         first = next(stream)
         t0 = time.perf_counter()
@@ -127,11 +162,9 @@ def train_and_evaluate(rc: RunConfig, splits: dict, on_eval: Callable[[dict], No
         memory, memory_source = measure.peak_memory(compiled)
         flops = measure.cost_flops(compiled)
 
-        step_times, data_waits, evals = [], [], []
-        best = {"accuracy": -1.0, "step": 0, "params": None}
-        batch, total = first, t["steps"]
-        for step in range(1, total + 1):
-            if step > 1:
+        batch = first
+        for step in range(start + 1, total + 1):
+            if step > start + 1:
                 t_wait = time.perf_counter()
                 batch = next(stream)
                 data_waits.append(time.perf_counter() - t_wait)
@@ -159,6 +192,12 @@ def train_and_evaluate(rc: RunConfig, splits: dict, on_eval: Callable[[dict], No
                 if val["accuracy"] > best["accuracy"]:
                     best = {"accuracy": val["accuracy"], "step": step,
                             "params": jax.tree.map(jnp.copy, state["params"])}
+            every = t["checkpoint_every"]
+            stop = should_stop is not None and should_stop()
+            if checkpoints is not None and ((every and step % every == 0) or step == total or stop):
+                save_checkpoint(step)
+            if stop:
+                raise Interrupted(step)
     finally:
         stream.close()
 
