@@ -16,8 +16,12 @@ from lra_bench.trainer import Diverged, train_and_evaluate
 
 
 def execute(rc: RunConfig, data_dir: Path, results_dir: Path, interactive: bool | None = None,
-            log=None) -> dict:
+            log=None, preflight: bool = True) -> dict:
     splits = data.load(rc, data_dir)
+    if preflight:  # will the train step fit in memory? A UserError before anything is written
+        from lra_bench.preflight import ensure_fits
+
+        ensure_fits(rc)
     run_id = results.new_run_id(rc.model_name, rc.task_name)
     rd = results.RunDir(results_dir, run_id)
     rd.write("config.json", rc.to_dict())
