@@ -222,17 +222,18 @@ def sweep(
     if resume:
         sweep_id = sw.resolve_id(rdir, resume)
         settings, rows = sw.load(rdir, sweep_id)
-        err.print(f"resuming sweep {sweep_id} with its stored settings ({len(rows)} points done)",
+        err.print(f"resuming sweep {sweep_id} with its stored settings ({len(rows)} of its points done)",
                   highlight=False)
     else:
         settings = sw.plan(task, models, lengths, preset, batch_size, steps, warmup, mode, set_,
                            timeout, memory_limit)
-        sweep_id, rows = None, []
+        sweep_id, rows = sw.new_sweep_id(settings), []
     try:
-        sweep_id, rows = sw.run_sweep(settings, rdir, sweep_id, rows, err)
+        sw.run_sweep(settings, rdir, sweep_id, rows, err)
     except KeyboardInterrupt:
-        err.print(f"interrupted; the finished points are kept: lra sweep --resume {sweep_id or ''}"
-                  .rstrip(), highlight=False)
+        err.print(f"interrupted; finished points are kept; continue with: lra sweep --resume "
+                  f"{sweep_id}" + (f" --results-dir {results_dir}" if results_dir else ""),
+                  highlight=False)
         raise typer.Exit(130) from None
     err.print(f"wrote {sw.sweeps_dir(rdir) / sweep_id}.csv and .json", highlight=False)
     _, _, df = sr.load(rdir, sweep_id)
@@ -247,8 +248,9 @@ def preflight_cmd(
     preset: str = typer.Option("smoke", help="the task's hyperparameter preset: smoke or lra"),
     set_: List[str] = typer.Option([], "--set", help="override a config value: section.key=value"),
     mode: str = typer.Option("train", help="train or forward"),
-    memory_limit: Optional[str] = typer.Option(None, help="check against this much memory, "
-                                               "e.g. 16GiB (default: the device's, on CPU free RAM)"),
+    memory_limit: Optional[str] = typer.Option(
+        None, help="check against this much memory, e.g. 16GiB (default: the device's, on CPU "
+        "free RAM)"),
 ):
     """Compile the step on abstract shapes (nothing allocated): estimated peak memory, FLOPs per
     step, and whether it fits. Exit 0 when it fits, 1 when it does not."""
@@ -257,7 +259,8 @@ def preflight_cmd(
     rc = config.resolve(model, task, preset, overrides=set_)
     step = pf.compile_abstract(rc, mode)
     capacity = pf.device_capacity(memory_limit)
-    verdict = {True: "fits", False: "DOES NOT FIT", None: "unknown (no estimate)"}[pf.fits(step, capacity)]
+    fits = pf.fits(step, capacity)
+    verdict = {True: "fits", False: "DOES NOT FIT", None: "unknown (no estimate or capacity)"}[fits]
     b, length = rc.train["batch_size"], rc.data["max_length"]
     flops = f"{step.flops / 1e9:,.2f} GFLOP" if step.flops else "unknown"
     lines = [
@@ -269,10 +272,10 @@ def preflight_cmd(
         f"available              {pf.format_bytes(capacity.bytes)} ({capacity.source})",
         f"verdict                {verdict}",
     ]
-    if pf.fits(step, capacity) is False:
+    if fits is False:
         lines.append(f"to fit: {pf.what_to_change(rc)}")
     out.print("\n".join(lines), highlight=False, markup=False)
-    if pf.fits(step, capacity) is False:
+    if fits is False:
         raise typer.Exit(1)
 
 

@@ -24,6 +24,7 @@ def plot_sweep(df: pd.DataFrame, path: Path, title: str, baseline: str = "transf
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, LogLocator
 
     path = Path(path)
     if path.suffix.lower() != ".png":
@@ -68,6 +69,8 @@ def plot_sweep(df: pd.DataFrame, path: Path, title: str, baseline: str = "transf
         ax.set_yscale("log")
         ax.set_xticks(lengths, [_length_label(n) for n in lengths])
         ax.minorticks_off()
+        ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         ax.set_xlabel("sequence length")
         ax.set_ylabel(label)
         ax.set_ylim(bottom=min(bottom, first if len(ok) else bottom) / 1.5, top=upper)

@@ -157,6 +157,7 @@ def ensure_fits(rc: RunConfig, limit: str | int | None = None) -> AbstractStep:
     if fits(step, capacity) is False:
         raise UserError(
             f"{rc.model_name}/{rc.task_name} needs {format_bytes(step.peak_bytes)} per train step "
-            f"(XLA estimate) but only {format_bytes(capacity.bytes)} is available ({capacity.source}); "
+            f"(XLA estimate) but only {format_bytes(capacity.bytes)} is available "
+            f"({capacity.source}); "
             f"{what_to_change(rc)} (or skip this check with --no-preflight)")
     return step

@@ -21,9 +21,11 @@ import io
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -213,7 +215,8 @@ def run_point(s: Settings, model: str, length: int) -> dict:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=s.timeout_s,
                                   env=worker_env())
         except subprocess.TimeoutExpired:  # subprocess.run has killed the worker
-            return {"status": "timeout", "message": f"no result after {s.timeout_s:g} s (--timeout)"}
+            return {"status": "timeout",
+                    "message": f"no result after {s.timeout_s:g} s (--timeout)"}
         if out.exists():
             return json.loads(out.read_text())
         return dead_worker_row(proc.returncode, proc.stderr)
@@ -240,8 +243,13 @@ def progress_line(i: int, n: int, row: dict) -> str:
             f"{row.get('compile_time_s', float('nan')):.1f} s")
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def run_sweep(s: Settings, results_dir: Path, sweep_id: str | None = None,
-              rows: list[dict] | None = None, console: Console | None = None) -> tuple[str, list[dict]]:
+              rows: list[dict] | None = None,
+              console: Console | None = None) -> tuple[str, list[dict]]:
     """Run every point of `s` that `rows` (a resumed sweep's) does not have yet."""
     console = console or Console(stderr=True)
     sweep_id = sweep_id or new_sweep_id(s)
@@ -250,6 +258,21 @@ def run_sweep(s: Settings, results_dir: Path, sweep_id: str | None = None,
     points = [(m, n) for m in s.models for n in s.lengths]
     todo = [p for p in points if p not in done]
     save(results_dir, sweep_id, s, rows)
+    main = threading.current_thread() is threading.main_thread()
+    # A scheduler's SIGTERM stops the sweep like Ctrl-C: the running worker is killed and the
+    # finished points stay on disk for --resume.
+    previous = signal.signal(signal.SIGTERM, _interrupt) if main else None
+    try:
+        _run_points(s, results_dir, sweep_id, rows, points, todo, console)
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, previous)
+    return sweep_id, rows
+
+
+def _run_points(s: Settings, results_dir: Path, sweep_id: str, rows: list[dict], points: list,
+                todo: list, console: Console) -> None:
+    """Shortest lengths first; append each point's row to `rows` and save, as it finishes."""
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/"
                   "{task.total}"), TimeElapsedColumn(), console=console, transient=True) as bar:
         task = bar.add_task("sweep", total=len(points), completed=len(points) - len(todo))
@@ -273,4 +296,3 @@ def run_sweep(s: Settings, results_dir: Path, sweep_id: str | None = None,
             bar.advance(task)
             bar.console.print(progress_line(len(rows), len(points), row), highlight=False,
                               markup=False)
-    return sweep_id, rows

@@ -81,7 +81,10 @@ def points_table(df: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
               "peak GiB", "memory source", "XLA estimate GiB", "message"]
 
     def f(v, scale=1.0, digits=3):
-        return "-" if v is None or pd.isna(v) else f"{float(v) / scale:.{digits}g}"
+        if v is None or pd.isna(v):
+            return "-"
+        v = float(v) / scale
+        return f"{v:,.0f}" if abs(v) >= 10**digits else f"{v:.{digits}g}"
 
     order = {m: i for i, m in enumerate(_model_order(df["model"], BASELINE))}
     rows = []

@@ -42,7 +42,8 @@ def measure_point(spec: dict, row: dict) -> None:
     from lra_bench.data import synthetic
     from lra_bench.trainer import build
 
-    row.update(measure.device_info(), jax_version=jax.__version__, git_commit=measure.git_commit())
+    row.update(measure.device_info(), jax_version=jax.__version__,
+               git_commit=measure.git_commit())
     rc = config.resolve(spec["model"], spec["task"], spec["preset"], seed=spec.get("seed", 0),
                         overrides=[*spec.get("overrides", []),
                                    f"data.max_length={spec['length']}",

@@ -108,7 +108,7 @@ def test_resume_runs_only_the_missing_points(swept, home, tmp_path, monkeypatch)
     monkeypatch.setenv("LRA_HOME", str(home))
     r = runner.invoke(app, ["sweep", "--resume", sweep_id, "--results-dir", str(tmp_path)])
     assert r.exit_code == 0, r.output
-    assert f"resuming sweep {sweep_id}" in r.stderr and "(4 points done)" in r.stderr
+    assert f"resuming sweep {sweep_id}" in r.stderr and "(4 of its points done)" in r.stderr
     after = json.loads(doc_path.read_text())["rows"]
     assert after[:4] == kept  # finished points untouched
     new = {r["model"]: r for r in after[4:]}
