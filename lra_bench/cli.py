@@ -110,7 +110,7 @@ def report(
                                    "(with --sweep: the LRA Table 2 efficiency rows)"),
     sweep: bool = typer.Option(False, "--sweep", help="report a sweep (ID, default the latest) "
                                "in the LRA Table 2 layout instead of the leaderboard"),
-    sweep_id: Optional[str] = typer.Argument(None, metavar="[ID]", help="with --sweep: which one"),
+    sweep_id: Optional[str] = typer.Argument(None, metavar="ID", help="with --sweep: which sweep"),
     plot: Optional[Path] = typer.Option(None, help="with --sweep: also draw time and memory "
                                         "against length into this .png"),
 ):
