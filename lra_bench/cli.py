@@ -135,6 +135,8 @@ def run(
                                          "newest checkpoint, with its saved config"),
     data_dir: Optional[Path] = typer.Option(None, help="default: $LRA_DATA_DIR or ./data"),
     results_dir: Optional[Path] = typer.Option(None, help="default: $LRA_RESULTS_DIR or ./results"),
+    preflight: bool = typer.Option(True, "--preflight/--no-preflight",
+                                   help="first check that the train step fits in memory"),
 ):
     """Train MODEL on TASK, then record accuracy, step time and peak memory."""
     import signal
@@ -164,7 +166,7 @@ def run(
         splits = data.load(rcs[0], ddir)
         summaries = []
         for rc in rcs:
-            summaries.append(runner.execute(rc, ddir, rdir, splits=splits))
+            summaries.append(runner.execute(rc, ddir, rdir, splits=splits, preflight=preflight))
             _print_outcome(summaries[-1])
             if summaries[-1]["status"] == "interrupted":
                 break  # the user asked to stop: the remaining seeds do not start
@@ -187,15 +189,24 @@ def report(
     format: str = typer.Option("table", "--format", "-f", help="table, markdown, csv or json"),
     selection: str = typer.Option("best", help="test accuracy of the best-val parameters (best) "
                                   "or of the last ones (last)"),
-    published: bool = typer.Option(False, help="show the papers' published accuracy rows too"),
+    published: bool = typer.Option(False, help="show the papers' published accuracy rows too "
+                                   "(with --sweep: the LRA Table 2 efficiency rows)"),
     runs_: bool = typer.Option(False, "--runs", help="list every run (any status) instead of "
                                "the leaderboard"),
+    sweep: bool = typer.Option(False, "--sweep", help="report a sweep (ID, default the latest) "
+                               "in the LRA Table 2 layout instead of the leaderboard"),
+    sweep_id: Optional[str] = typer.Argument(None, metavar="ID", help="with --sweep: which sweep"),
+    plot: Optional[Path] = typer.Option(None, help="with --sweep: also draw time and memory "
+                                        "against length into this .png"),
 ):
-    """Leaderboard of every finished run: one row per model, one column per task."""
+    """Leaderboard of every finished run (one row per model, one column per task), or with
+    --sweep [ID] the efficiency of a sweep (LRA Table 2)."""
     from lra_bench import report as rep
 
     if format not in rep.FORMATS:
         raise UserError(f"unknown format '{format}'; choose one of: {', '.join(rep.FORMATS)}")
+    if sweep or sweep_id is not None or plot is not None:
+        return _sweep_report(paths.results_dir(results_dir), sweep_id, format, published, plot)
     if selection not in rep.SELECTIONS:
         raise UserError(f"unknown selection '{selection}'; choose best or last")
     rdir = paths.results_dir(results_dir)
@@ -344,6 +355,132 @@ def data_info(
 
 def _log(message: str) -> None:
     err.print(message, highlight=False, markup=False)
+
+
+# ---- efficiency: sweep, preflight, the Table 2 report ---------------------------------------
+
+def _print_tables(tables, format: str) -> None:
+    from lra_bench import report as rep
+    from lra_bench import sweep_report as sr
+
+    for title, header, rows in tables:
+        if format == "markdown":
+            out.print(f"### {title}\n\n{rep.markdown(header, rows)}\n", highlight=False, markup=False)
+        else:
+            out.print(sr.rich_table(title, header, rows))
+
+
+def _sweep_report(results_dir: Path, sweep_id: Optional[str], format: str, published: bool,
+                  plot: Optional[Path]) -> None:
+    from lra_bench import sweep as sw
+    from lra_bench import sweep_report as sr
+
+    sweep_id, settings, df = sr.load(results_dir, sweep_id)
+    if plot is not None:
+        from lra_bench.plots import plot_sweep
+
+        plot_sweep(df, plot, sr.title(sweep_id, settings, df).split(";")[0])
+        err.print(f"plot written to {plot}", highlight=False)
+    if format == "csv":
+        sys.stdout.write(sw.rows_csv(df.to_dict("records")))
+        return
+    if format == "json":
+        from lra_bench import report as rep
+
+        tables = {"sweep": df}
+        if published:
+            tables["published"] = sr.published_efficiency()
+        sys.stdout.write(rep.to_json(tables) + "\n")
+        return
+    tables = [(sr.title(sweep_id, settings, df), *sr.measured_table(df)),
+              ("Every point", *sr.points_table(df))]
+    if published:
+        tables.append(sr.published_table())
+    _print_tables(tables, format)
+
+
+@app.command()
+@user_errors
+def sweep(
+    task: str = typer.Option("text", "--task", "-t", help="whose model config to time"),
+    models: str = typer.Option("all", "--models", "-m", help="comma-separated names, or all"),
+    lengths: str = typer.Option("1024,2048,3072,4096", help="comma-separated; 1K = 1024"),
+    batch_size: int = typer.Option(32, help="sequences per step (LRA Table 2: 32)"),
+    steps: int = typer.Option(10, help="timed steps per point (the median is reported)"),
+    warmup: int = typer.Option(2, help="untimed steps after compilation"),
+    mode: str = typer.Option("train", help="train (forward + backward + update) or forward"),
+    preset: str = typer.Option("lra", help="the task preset whose model config is timed"),
+    set_: List[str] = typer.Option([], "--set", help="override a config value: section.key=value"),
+    timeout: float = typer.Option(900.0, help="seconds per point before it counts as a timeout"),
+    memory_limit: Optional[str] = typer.Option(None, help="treat the device as having this much "
+                                               "memory, e.g. 16GiB (default: all of it)"),
+    resume: Optional[str] = typer.Option(None, help="continue sweep ID with its stored settings"),
+    results_dir: Optional[Path] = typer.Option(None, help="default: $LRA_RESULTS_DIR or ./results"),
+):
+    """Steps/s and peak memory of each model at each length, each point in a fresh process, on
+    synthetic batches of the task's shapes (LRA Table 2). Writes results/sweeps/<id>.csv/.json."""
+    from lra_bench import sweep as sw
+    from lra_bench import sweep_report as sr
+
+    rdir = paths.results_dir(results_dir)
+    if resume:
+        sweep_id = sw.resolve_id(rdir, resume)
+        settings, rows = sw.load(rdir, sweep_id)
+        err.print(f"resuming sweep {sweep_id} with its stored settings ({len(rows)} of its points done)",
+                  highlight=False)
+    else:
+        settings = sw.plan(task, models, lengths, preset, batch_size, steps, warmup, mode, set_,
+                           timeout, memory_limit)
+        sweep_id, rows = sw.new_sweep_id(settings), []
+    try:
+        sw.run_sweep(settings, rdir, sweep_id, rows, err)
+    except KeyboardInterrupt:
+        err.print(f"interrupted; finished points are kept; continue with: lra sweep --resume "
+                  f"{sweep_id}" + (f" --results-dir {results_dir}" if results_dir else ""),
+                  highlight=False)
+        raise typer.Exit(130) from None
+    err.print(f"wrote {sw.sweeps_dir(rdir) / sweep_id}.csv and .json", highlight=False)
+    _, _, df = sr.load(rdir, sweep_id)
+    _print_tables([(sr.title(sweep_id, settings, df), *sr.measured_table(df))], "table")
+
+
+@app.command("preflight")
+@user_errors
+def preflight_cmd(
+    model: str = typer.Option(..., "--model", "-m", help="a name from `lra list models`"),
+    task: str = typer.Option(..., "--task", "-t", help="a name from `lra list tasks`"),
+    preset: str = typer.Option("smoke", help="the task's hyperparameter preset: smoke or lra"),
+    set_: List[str] = typer.Option([], "--set", help="override a config value: section.key=value"),
+    mode: str = typer.Option("train", help="train or forward"),
+    memory_limit: Optional[str] = typer.Option(
+        None, help="check against this much memory, e.g. 16GiB (default: the device's, on CPU "
+        "free RAM)"),
+):
+    """Compile the step on abstract shapes (nothing allocated): estimated peak memory, FLOPs per
+    step, and whether it fits. Exit 0 when it fits, 1 when it does not."""
+    from lra_bench import preflight as pf
+
+    rc = config.resolve(model, task, preset, overrides=set_)
+    step = pf.compile_abstract(rc, mode)
+    capacity = pf.device_capacity(memory_limit)
+    fits = pf.fits(step, capacity)
+    verdict = {True: "fits", False: "DOES NOT FIT", None: "unknown (no estimate or capacity)"}[fits]
+    b, length = rc.train["batch_size"], rc.data["max_length"]
+    flops = f"{step.flops / 1e9:,.2f} GFLOP" if step.flops else "unknown"
+    lines = [
+        f"{model}/{task} ({preset} preset), {mode} step, batch {b}, length {length}, "
+        f"{step.params:,} parameters",
+        f"estimated peak memory  {pf.format_bytes(step.peak_bytes)} (XLA compiled estimate: "
+        "temp + arguments + outputs - donated)",
+        f"FLOPs per step         {flops} (XLA cost analysis)",
+        f"available              {pf.format_bytes(capacity.bytes)} ({capacity.source})",
+        f"verdict                {verdict}",
+    ]
+    if fits is False:
+        lines.append(f"to fit: {pf.what_to_change(rc)}")
+    out.print("\n".join(lines), highlight=False, markup=False)
+    if fits is False:
+        raise typer.Exit(1)
 
 
 def main() -> None:

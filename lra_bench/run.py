@@ -27,9 +27,13 @@ _OUTCOME = ("error", "diverged_step", "interrupted_step", "signal", "ended_at")
 
 
 def execute(rc: RunConfig, data_dir: Path, results_dir: Path, interactive: bool | None = None,
-            log=None, splits: dict | None = None) -> dict:
+            log=None, splits: dict | None = None, preflight: bool = True) -> dict:
     check_model(rc)
     splits = data.load(rc, data_dir) if splits is None else splits
+    if preflight:  # will the train step fit in memory? A UserError before anything is written
+        from lra_bench.preflight import ensure_fits
+
+        ensure_fits(rc)
     rd = results.RunDir.create(results_dir, rc.model_name, rc.task_name)
     rd.lock()
     rd.write("config.json", rc.to_dict())

@@ -1,0 +1,84 @@
+"""Pictures of a sweep: step time and peak memory against sequence length, log-log, one line per
+model, OOM points marked above the curves. Rendered headless (matplotlib's Agg backend)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from lra_bench.errors import UserError
+
+PANELS = (("step_time_ms", "time per step (ms)", 1.0),
+          ("peak_memory_bytes", "peak memory (GiB)", 2**30))
+
+
+def _length_label(n: int) -> str:
+    return f"{n // 1024}K" if n % 1024 == 0 else str(n)
+
+
+def plot_sweep(df: pd.DataFrame, path: Path, title: str, baseline: str = "transformer") -> Path:
+    """df: sweep rows (model, length, status, step_time_ms, peak_memory_bytes, ...)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, LogLocator
+
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise UserError(f"--plot {path}: give a .png path, e.g. --plot sweep.png")
+    lengths = sorted(int(n) for n in df["length"].unique())
+    models = list(dict.fromkeys(df["model"]))
+    models = ([baseline] if baseline in models else []) + [m for m in models if m != baseline]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), constrained_layout=True)
+    any_oom = (df["status"] == "OOM").any()
+    for ax, (column, label, scale) in zip(axes, PANELS):
+        values = pd.to_numeric(df[column], errors="coerce") / scale
+        ok = df.assign(value=values)[(df["status"] == "OOM").eq(False) & values.gt(0)]
+        ok = ok[ok["status"] == "ok"]
+        top = ok["value"].max() if len(ok) else 1.0
+        bottom = ok["value"].min() if len(ok) else 1.0
+        # OOM points have no value: they sit in a band above every measured point, one row
+        # per model, in the model's colour.
+        band = top * 2.0
+        step = max(top / bottom, 4.0) ** 0.12
+        for i, model in enumerate(models):
+            mine = ok[ok["model"] == model].sort_values("length")
+            (line,) = ax.plot(mine["length"], mine["value"], marker="o", label=model)
+            ooms = df[(df["model"] == model) & (df["status"] == "OOM")]["length"].astype(int)
+            if len(ooms):
+                ax.scatter(ooms, [band * step ** (i + 0.5)] * len(ooms), marker="X", s=70,
+                           color=line.get_color(), zorder=3)
+        if len(ok):
+            # Guides through the smallest first point: linear and quadratic growth in length.
+            first = ok[ok["length"] == ok["length"].min()]["value"].min()
+            x = np.geomspace(lengths[0], lengths[-1], 64)
+            for power, style in ((1, "--"), (2, "-.")):
+                y = first * (x / x[0]) ** power
+                y[y > band] = np.nan  # stop at the OOM band
+                ax.plot(x, y, style, color="0.6", lw=1, label="∝ L" if power == 1 else "∝ L²")
+        upper = band * step ** (len(models) + 0.5) if any_oom else top * 1.5
+        if any_oom:
+            ax.axhspan(band, upper, color="0.93", zorder=0)
+            ax.text(0.01, 0.985, "out of memory", transform=ax.transAxes, va="top", fontsize=8,
+                    color="0.35")
+            ax.scatter([], [], marker="X", s=70, color="0.3", label="OOM")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xticks(lengths, [_length_label(n) for n in lengths])
+        ax.minorticks_off()
+        ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.set_xlabel("sequence length")
+        ax.set_ylabel(label)
+        ax.set_ylim(bottom=min(bottom, first if len(ok) else bottom) / 1.5, top=upper)
+        ax.grid(True, which="major", alpha=0.3)
+    handles, labels = axes[1].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 8), fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

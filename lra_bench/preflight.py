@@ -1,0 +1,163 @@
+"""Will a run fit? Compile its step on abstract shapes and compare XLA's estimate with the memory
+there is, before a single parameter is allocated.
+
+`trainer.build` runs under `jax.eval_shape`: the model, the optimiser state and the step
+functions are traced, never materialised, so the state comes back as `jax.ShapeDtypeStruct`s and
+the step is lowered and compiled on those. The compiled executable is the one a real run would
+execute (same function, same shapes), so its memory analysis is the real run's estimate and it
+can even be called on concrete arrays afterwards (the sweep does).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lra_bench import measure
+from lra_bench.config import RunConfig
+from lra_bench.data import synthetic
+from lra_bench.errors import UserError
+
+MODES = ("train", "forward")
+
+
+@dataclass
+class AbstractStep:
+    """A step compiled on abstract shapes, and what it is expected to cost."""
+
+    mode: str
+    compiled: Any
+    state: Any  # the train state (train) or {"params", "rest"} (forward), as ShapeDtypeStructs
+    batch: dict
+    compile_time_s: float
+    peak_bytes: int | None  # XLA's estimate: temp + argument + output - alias
+    flops: float | None
+    params: int
+
+
+@dataclass
+class Capacity:
+    bytes: int | None
+    source: str
+
+
+def abstract_batch(rc: RunConfig, mode: str = "train") -> dict:
+    """The shapes and dtypes of one batch, as the data pipeline makes it."""
+    one = synthetic.make_split(rc.data, 1, seed=0)
+    b = rc.train["batch_size"]
+    batch = {k: jax.ShapeDtypeStruct((b, *v.shape[1:]), v.dtype) for k, v in one.items()}
+    if mode == "forward":  # eval batches carry per-row weights (padding rows of the last batch)
+        batch["weights"] = jax.ShapeDtypeStruct((b,), jnp.float32)
+    return batch
+
+
+def compile_abstract(rc: RunConfig, mode: str = "train") -> AbstractStep:
+    from lra_bench.trainer import build  # jax-heavy; keep `import lra_bench.preflight` light
+
+    if mode not in MODES:
+        raise UserError(f"unknown mode '{mode}'; choose one of: {', '.join(MODES)}")
+    built = {}
+
+    def init():
+        built["steps"] = build(rc)
+        return built["steps"].init_state
+
+    state = jax.eval_shape(init)
+    steps = built.pop("steps")  # only its jitted functions: its own init_state holds dead tracers
+    batch = abstract_batch(rc, mode)
+    t0 = time.perf_counter()
+    if mode == "train":
+        compiled = steps.train_step.lower(state, batch).compile()
+    else:
+        state = {"params": state["params"], "rest": state["rest"]}
+        compiled = steps.eval_step.lower(state["params"], state["rest"], batch).compile()
+    compile_time = time.perf_counter() - t0
+    params = int(sum(np.prod(x.shape) for x in jax.tree.leaves(state["params"])))
+    return AbstractStep(mode, compiled, state, batch, compile_time,
+                        measure.compiled_memory_estimate(compiled), measure.cost_flops(compiled),
+                        params)
+
+
+_UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "m": 1e6, "mb": 1e6, "g": 1e9, "gb": 1e9,
+          "t": 1e12, "tb": 1e12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def parse_bytes(text: str) -> int:
+    """'512MB', '1.5GiB', '2g', '1000000' -> bytes."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(text))
+    if not m or m.group(2).lower() not in _UNITS:
+        raise UserError(f"cannot read memory size '{text}'; write e.g. 512MB, 16GiB or 2e9")
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+def format_bytes(n: float | None) -> str:
+    if n is None:
+        return "unknown"
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if abs(n) >= size:
+            return f"{n / size:.2f} {unit}"
+    return f"{int(n)} B"
+
+
+def free_ram_bytes() -> int | None:
+    """MemAvailable from /proc/meminfo (what the kernel can hand out without swapping)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def device_capacity(limit: str | int | None = None) -> Capacity:
+    """Memory one step may use: an explicit limit (`--memory-limit`, else $LRA_MEMORY_LIMIT, to
+    plan for a smaller device), else the accelerator's allocator limit, else on CPU the machine's
+    free RAM."""
+    limit = limit if limit is not None else os.environ.get("LRA_MEMORY_LIMIT") or None
+    if limit is not None:
+        return Capacity(limit if isinstance(limit, int) else parse_bytes(limit), "memory limit")
+    device = jax.local_devices()[0]
+    stats = device.memory_stats() or {}
+    if "bytes_limit" in stats:
+        return Capacity(int(stats["bytes_limit"]), f"{device.device_kind} memory (bytes_limit)")
+    if device.platform == "cpu":
+        return Capacity(free_ram_bytes(), "free RAM (/proc/meminfo MemAvailable)")
+    return Capacity(None, f"{device.device_kind} memory (unknown)")
+
+
+def fits(step: AbstractStep, capacity: Capacity) -> bool | None:
+    if step.peak_bytes is None or capacity.bytes is None:
+        return None
+    return step.peak_bytes <= capacity.bytes
+
+
+def what_to_change(rc: RunConfig) -> str:
+    t, d = rc.train, rc.data
+    options = [f"lower train.batch_size (now {t['batch_size']})"]
+    if "grad_accum" in t:
+        options.append(f"raise train.grad_accum (now {t['grad_accum']}) with a smaller batch")
+    options.append(f"shorten data.max_length (now {d['max_length']})")
+    return ", ".join(options[:-1]) + " or " + options[-1] + ", e.g. --set train.batch_size=" \
+        f"{max(1, t['batch_size'] // 2)}"
+
+
+def ensure_fits(rc: RunConfig, limit: str | int | None = None) -> AbstractStep:
+    """The `lra run` gate: a UserError (one line, exit 2) when the train step will not fit."""
+    step = compile_abstract(rc, "train")
+    capacity = device_capacity(limit)
+    if fits(step, capacity) is False:
+        raise UserError(
+            f"{rc.model_name}/{rc.task_name} needs {format_bytes(step.peak_bytes)} per train step "
+            f"(XLA estimate) but only {format_bytes(capacity.bytes)} is available "
+            f"({capacity.source}); "
+            f"{what_to_change(rc)} (or skip this check with --no-preflight)")
+    return step

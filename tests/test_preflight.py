@@ -1,0 +1,75 @@
+import jax
+import pytest
+from typer.testing import CliRunner
+
+from lra_bench import config, measure, preflight
+from lra_bench.cli import app
+from lra_bench.data import synthetic
+from lra_bench.errors import UserError
+from lra_bench.trainer import build
+
+runner = CliRunner()
+TINY = ["model.num_layers=1", "model.emb_dim=16", "model.qkv_dim=16", "model.mlp_dim=16",
+        "model.num_heads=2", "train.batch_size=2"]
+
+
+def test_abstract_compile_allocates_nothing_and_matches_the_real_step():
+    rc = config.resolve("transformer", "listops", "smoke", overrides=TINY)
+    before = {id(a) for a in jax.live_arrays()}
+    step = preflight.compile_abstract(rc, "train")
+    new = [a for a in jax.live_arrays() if id(a) not in before]
+    assert sum(a.nbytes for a in new) < 4 * step.params  # not even one copy of the parameters
+    assert all(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(step.state))
+
+    real = build(rc)
+    batch = {k: jax.numpy.asarray(v) for k, v in synthetic.make_split(rc.data, 2, 0).items()}
+    compiled = real.train_step.lower(real.init_state, batch).compile()
+    assert step.peak_bytes == measure.compiled_memory_estimate(compiled) > 0
+    assert step.flops == measure.cost_flops(compiled) > 0
+    # The abstract executable runs on concrete arrays: the sweep times exactly what it estimated.
+    state, metrics = step.compiled(real.init_state, batch)
+    assert int(state["step"]) == 1 and float(metrics["loss"]) > 0
+
+    assert preflight.fits(step, preflight.Capacity(step.peak_bytes, "x")) is True
+    assert preflight.fits(step, preflight.Capacity(step.peak_bytes - 1, "x")) is False
+    assert preflight.fits(step, preflight.Capacity(None, "x")) is None
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("512MB", 512_000_000), ("1.5GiB", 3 * 2**29), ("2g", 2_000_000_000), ("1000", 1000),
+    ("16 KiB", 16384)])
+def test_memory_sizes_parse(text, expected):
+    assert preflight.parse_bytes(text) == expected
+
+
+def test_memory_size_typos_are_user_errors():
+    with pytest.raises(UserError, match="cannot read memory size '2 parsecs'"):
+        preflight.parse_bytes("2 parsecs")
+
+
+def test_capacity_is_the_limit_else_free_ram_on_cpu(monkeypatch):
+    monkeypatch.delenv("LRA_MEMORY_LIMIT", raising=False)
+    cpu = preflight.device_capacity()
+    assert cpu.bytes > 0 and "MemAvailable" in cpu.source
+    monkeypatch.setenv("LRA_MEMORY_LIMIT", "3MB")
+    assert preflight.device_capacity() == preflight.Capacity(3_000_000, "memory limit")
+    assert preflight.device_capacity("1KiB").bytes == 1024
+
+
+def test_preflight_command_and_run_refuse_what_does_not_fit(data_dir, results_dir, monkeypatch):
+    sets = [x for s in TINY for x in ("--set", s)]
+    r = runner.invoke(app, ["preflight", "-m", "transformer", "-t", "listops", *sets,
+                            "--memory-limit", "10KB"])
+    assert r.exit_code == 1, r.output
+    for text in ("estimated peak memory", "MiB (XLA compiled estimate", "FLOPs per step",
+                 "9.77 KiB (memory limit)", "DOES NOT FIT", "lower train.batch_size (now 2)"):
+        assert text in r.stdout, text
+
+    monkeypatch.setenv("LRA_MEMORY_LIMIT", "10KB")
+    r = runner.invoke(app, ["run", "-m", "transformer", "-t", "listops", *sets, "--data-dir",
+                            str(data_dir), "--results-dir", str(results_dir)])
+    assert r.exit_code == 2
+    (line,) = r.stderr.strip().splitlines()
+    assert line.startswith("error: transformer/listops needs ") and "9.77 KiB is available" in line
+    assert "train.batch_size (now 2)" in line and "data.max_length (now 128)" in line
+    assert not results_dir.exists()

@@ -1,0 +1,93 @@
+import csv
+import io
+
+import matplotlib.image
+import pytest
+from typer.testing import CliRunner
+
+from lra_bench import sweep
+from lra_bench.cli import app
+
+runner = CliRunner()
+GIB = 2**30
+
+
+def _row(model, length, status="ok", sps=None, gib=None):
+    ok = status == "ok"
+    return {"sweep_id": "s", "model": model, "task": "text", "preset": "lra", "mode": "train",
+            "length": length, "batch_size": 32, "status": status,
+            "steps_per_second": sps, "step_time_ms": 1000.0 / sps if ok else None,
+            "tokens_per_second": 32 * length * sps if ok else None,
+            "peak_memory_bytes": int(gib * GIB) if ok else None,
+            "memory_source": "device peak_bytes_in_use" if ok else None,
+            "flops_per_step": 1e12 if ok else None, "compile_time_s": 2.0,
+            "device_kind": "NVIDIA H100", "message": "" if ok else "RESOURCE_EXHAUSTED: oom"}
+
+
+@pytest.fixture
+def results(tmp_path):
+    s = sweep.Settings(models=["linear", "transformer"], lengths=[1024, 2048])
+    older = [_row("transformer", 1024, sps=1.0, gib=1.0)]
+    sweep.save(tmp_path, "20200101-000000-text-train-aaaaaa", s, older)
+    rows = [_row("linear", 1024, sps=16.0, gib=0.5), _row("linear", 2048, sps=15.0, gib=0.75),
+            _row("transformer", 1024, sps=8.0, gib=1.0), _row("transformer", 2048, "OOM")]
+    sweep.save(tmp_path, "20300101-000000-text-train-bbbbbb", s, rows)
+    return tmp_path
+
+
+def invoke(*args):
+    return runner.invoke(app, ["report", *map(str, args)])
+
+
+def test_table2_layout_with_speedups_ratios_and_oom(results):
+    r = invoke("--sweep", "--results-dir", results, "--format", "markdown")  # alone: the latest
+    assert r.exit_code == 0, r.output
+    assert "Sweep 20300101-000000-text-train-bbbbbb: text (lra preset), train step, batch 32" in r.stdout
+    assert "memory source: device peak_bytes_in_use" in r.stdout
+    lines = r.stdout.splitlines()
+    header = lines.index("| model | steps/s 1K | steps/s 2K | GiB 1K | GiB 2K |")
+    # The baseline first, without brackets; others relative to it where it has a value.
+    assert lines[header + 2] == "| transformer | 8 | OOM | 1 | OOM |"
+    assert lines[header + 3] == "| linear | 16 (2.00x) | 15 | 0.5 (0.50x) | 0.75 |"
+    assert "| linear | 2048 | ok | 66.7 |" in r.stdout  # the per-point table: step ms
+
+
+def test_an_older_sweep_by_id_and_unknown_ids(results):
+    r = invoke("--sweep", "20200101-000000-text-train-aaaaaa", "--results-dir", results,
+               "--format", "markdown")
+    assert r.exit_code == 0 and "| transformer | 1 | 1 |" in r.stdout
+    r = invoke("--sweep", "nope", "--results-dir", results)
+    assert r.exit_code == 2 and "no sweep 'nope'" in r.stderr and "20300101" in r.stderr
+
+
+def test_published_rows_are_marked_with_source_and_hardware(results):
+    r = invoke("--sweep", "--published", "--results-dir", results, "--format", "markdown")
+    assert r.exit_code == 0, r.output
+    assert "PUBLISHED, not measured here: LRA paper Table 2 (Tay et al. 2021), text task, batch 32" in r.stdout
+    assert "| model | hardware | steps/s 1K | steps/s 2K | steps/s 3K | steps/s 4K | GB 1K |" in r.stdout
+    assert "| Transformer | TPU v3 4x4 | 8.1 | 4.9 | 2.3 | 1.4 | 0.85 | 2.65 | 5.51 | 9.48 |" in r.stdout
+    # 9.1 / 8.1 = 1.12x faster, 0.37 / 0.85 = 0.44x the memory
+    assert "| Linear Transformer | TPU v3 4x4 | 9.1 (1.12x) |" in r.stdout
+    assert "| 0.37 (0.44x) |" in r.stdout
+
+
+def test_csv_format_is_the_sweep_schema(results):
+    r = invoke("--sweep", "--results-dir", results, "--format", "csv")
+    rows = list(csv.DictReader(io.StringIO(r.stdout)))
+    assert list(rows[0]) == sweep.COLUMNS and len(rows) == 4
+
+
+def test_plot_is_written(results, tmp_path):
+    png = tmp_path / "plots" / "sweep.png"
+    r = invoke("--sweep", "--results-dir", results, "--plot", png)
+    assert r.exit_code == 0, r.output
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    height, width, _ = matplotlib.image.imread(png).shape
+    assert width > 1000 and height > 500
+    r = invoke("--sweep", "--results-dir", results, "--plot", tmp_path / "x.jpg")
+    assert r.exit_code == 2 and "give a .png path" in r.stderr
+
+
+def test_no_sweeps_says_how_to_make_one(tmp_path):
+    r = invoke("--sweep", "--results-dir", tmp_path)
+    assert r.exit_code == 2 and "lra sweep" in r.stderr
