@@ -76,16 +76,32 @@ def run(
     set_: List[str] = typer.Option([], "--set", help="override a config value: section.key=value"),
     data_dir: Optional[Path] = typer.Option(None, help="default: $LRA_DATA_DIR or ./data"),
     results_dir: Optional[Path] = typer.Option(None, help="default: $LRA_RESULTS_DIR or ./results"),
+    dtype: Optional[str] = typer.Option(None, help="compute dtype, float32 or bfloat16 "
+                                        "(model.dtype); parameters stay float32"),
+    grad_accum: Optional[int] = typer.Option(None, help="micro-batches per optimiser step "
+                                             "(train.grad_accum)"),
+    coordinator: Optional[str] = typer.Option(None, help="multi-host: host:port of process 0"),
+    num_processes: Optional[int] = typer.Option(None, help="multi-host: number of processes"),
+    process_id: Optional[int] = typer.Option(None, help="multi-host: this process's index"),
 ):
     """Train MODEL on TASK, then record accuracy, step time and peak memory."""
+    from lra_bench import distributed
     from lra_bench.run import execute
 
+    set_ = list(set_)
+    if dtype is not None:
+        set_.append(f'model.dtype="{dtype}"')
+    if grad_accum is not None:
+        set_.append(f"train.grad_accum={grad_accum}")
     rc = config.resolve(model, task, preset, seed=seed, overrides=set_, steps=steps)
+    distributed.initialize(coordinator, num_processes, process_id)
     summary = execute(rc, paths.data_dir(data_dir), paths.results_dir(results_dir))
     status = summary["status"]
     if status != "completed":
         err.print(f"run {summary['run_id']} {status}: {summary.get('error', '')}")
         raise typer.Exit(1)
+    if not distributed.is_primary():
+        return  # process 0 reports the run
     mem = summary["peak_memory_bytes"]
     out.print(
         f"{summary['run_id']}  test acc {100 * summary['test_accuracy']:.2f}% (best val "
