@@ -43,8 +43,9 @@ def _env(devices: int) -> dict:
 
 @pytest.fixture(scope="module")
 def four_devices():
-    r = subprocess.run([sys.executable, str(ROOT / "tests" / "scaling_worker.py"), json.dumps(CURVE)],
-                       env=_env(4), capture_output=True, text=True, timeout=600)
+    worker = ROOT / "tests" / "scaling_worker.py"
+    r = subprocess.run([sys.executable, str(worker), json.dumps(CURVE)], env=_env(4),
+                       capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     return json.loads(r.stdout.strip().splitlines()[-1])
 
