@@ -114,7 +114,7 @@ def test_grad_accum_scans_over_k_micro_batches_of_the_batch():
     eqns = list(_eqns(jax.make_jaxpr(steps.train_step)(steps.init_state, batch)))
     (scan,) = [e for e in eqns if e.primitive.name == "scan"]
     assert scan.params["length"] == 4
-    # Inside the scan the model sees 4-row micro-batches: the embedding lookup's (4, 32, dim).
+    # Inside the scan the model sees 4-row micro-batches: (4, 1 + 32 tokens, dim) activations.
     inner = {tuple(v.aval.shape[:2]) for e in _eqns(scan.params["jaxpr"]) for v in e.outvars
              if len(getattr(v.aval, "shape", ())) == 3}
     assert (4, 33) in inner and not any(rows == 16 for rows, _ in inner)
@@ -130,7 +130,7 @@ def test_out_of_memory_names_grad_accum_and_bf16():
     e = jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate")
     msg = str(out_of_memory_error(e, rc, device_count=8))
     assert "--grad-accum 2 " in msg and "--dtype bfloat16" in msg and "8 device(s)" in msg
-    # 32 rows on 16 devices cannot be split further: no accumulation to suggest.
+    # 32 rows on 32 devices cannot be split further: no accumulation to suggest.
     assert "--grad-accum" not in str(out_of_memory_error(e, rc, device_count=32))
     assert out_of_memory_error(ValueError("out of memory"), rc, 1) is None
 
