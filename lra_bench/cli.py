@@ -137,20 +137,34 @@ def run(
     results_dir: Optional[Path] = typer.Option(None, help="default: $LRA_RESULTS_DIR or ./results"),
     preflight: bool = typer.Option(True, "--preflight/--no-preflight",
                                    help="first check that the train step fits in memory"),
+    dtype: Optional[str] = typer.Option(None, help="compute dtype, float32 or bfloat16 "
+                                        "(model.dtype); parameters stay float32"),
+    grad_accum: Optional[int] = typer.Option(None, help="micro-batches per optimiser step "
+                                             "(train.grad_accum)"),
+    coordinator: Optional[str] = typer.Option(None, help="multi-host: host:port of process 0"),
+    num_processes: Optional[int] = typer.Option(None, help="multi-host: number of processes"),
+    process_id: Optional[int] = typer.Option(None, help="multi-host: this process's index"),
 ):
     """Train MODEL on TASK, then record accuracy, step time and peak memory."""
     import signal
 
-    from lra_bench import data
+    from lra_bench import data, distributed
     from lra_bench import run as runner
 
+    set_ = list(set_)
+    if dtype is not None:
+        set_.append(f'model.dtype="{dtype}"')
+    if grad_accum is not None:
+        set_.append(f"train.grad_accum={grad_accum}")
+    distributed.initialize(coordinator, num_processes, process_id)
+    show = _print_outcome if distributed.is_primary() else (lambda summary: None)
     ddir, rdir = paths.data_dir(data_dir), paths.results_dir(results_dir)
     if resume is not None:
         check = resume_conflicts({"--model": model, "--task": task, "--preset": preset,
                                   "--seed": seed, "--steps": steps, "--set": list(set_),
                                   "--seeds": seeds})
         summaries = [runner.resume(resume, ddir, rdir, check_config=check)]
-        _print_outcome(summaries[0])
+        show(summaries[0])
     else:
         if model is None or task is None:
             raise UserError("--model and --task are required (or --resume RUN_ID to continue a "
@@ -167,7 +181,7 @@ def run(
         summaries = []
         for rc in rcs:
             summaries.append(runner.execute(rc, ddir, rdir, splits=splits, preflight=preflight))
-            _print_outcome(summaries[-1])
+            show(summaries[-1])
             if summaries[-1]["status"] == "interrupted":
                 break  # the user asked to stop: the remaining seeds do not start
         if len(rcs) > 1:

@@ -214,6 +214,9 @@ def validate(rc: RunConfig) -> None:
         (m["pooling"] in ("cls", "mean"), f"model.pooling must be cls or mean, got '{m['pooling']}'"),
         (m["dtype"] in ("float32", "bfloat16"), f"model.dtype must be float32 or bfloat16, got '{m['dtype']}'"),
         (t["batch_size"] > 0, f"train.batch_size must be > 0, got {t['batch_size']}"),
+        (t["grad_accum"] > 0 and t["batch_size"] % t["grad_accum"] == 0,
+         f"train.grad_accum ({t['grad_accum']}) must be > 0 and divide train.batch_size "
+         f"({t['batch_size']})"),
         (t["steps"] > 0, f"train.steps must be > 0, got {t['steps']}"),
         (t["eval_every"] > 0 and t["log_every"] > 0, "train.eval_every and train.log_every must be > 0"),
         (t["schedule"] in ("rsqrt", "cosine", "constant"),

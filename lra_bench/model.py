@@ -36,8 +36,10 @@ def sinusoidal_table(length: int, dim: int) -> np.ndarray:
 
 
 def masked_mean(x, mask):
-    w = mask[..., None].astype(x.dtype)
-    return (x * w).sum(axis=1) / jnp.maximum(w.sum(axis=1), 1.0)
+    # A float32 island: a bf16 sum over thousands of positions would lose the mean's low bits.
+    w = mask[..., None].astype(jnp.float32)
+    mean = (x.astype(jnp.float32) * w).sum(axis=1) / jnp.maximum(w.sum(axis=1), 1.0)
+    return mean.astype(x.dtype)
 
 
 def compute_dtype(name: str):

@@ -177,3 +177,25 @@ def _summaries(results_dir: Path) -> tuple[list[tuple[Path, dict]], list[str]]:
         except (OSError, ValueError) as e:
             warnings.append(f"skipped {path}: {e}")
     return found, warnings
+
+
+class NullRunDir:
+    """A run folder that writes nothing: what every process but 0 of a multi-host run gets."""
+
+    def __init__(self, run_id: str):
+        self.run_id, self.path = run_id, None
+
+    def write(self, name: str, obj: Any) -> None:
+        pass
+
+    def append_metrics(self, record: dict) -> None:
+        pass
+
+    def discard(self) -> None:
+        pass
+
+    def lock(self) -> None:
+        pass
+
+    def __getattr__(self, name):  # any other writer (checkpoints, metrics rewrites) is a no-op
+        return lambda *args, **kwargs: None

@@ -14,7 +14,7 @@ from typing import Callable
 import flax
 import jax
 
-from lra_bench import data, measure, results
+from lra_bench import data, distributed, measure, results
 from lra_bench.config import RunConfig
 from lra_bench.errors import UserError
 from lra_bench.interruption import StopOnSignal
@@ -34,8 +34,12 @@ def execute(rc: RunConfig, data_dir: Path, results_dir: Path, interactive: bool 
         from lra_bench.preflight import ensure_fits
 
         ensure_fits(rc)
-    rd = results.RunDir.create(results_dir, rc.model_name, rc.task_name)
-    rd.lock()
+    # Multi-host: process 0 alone writes results.
+    if distributed.is_primary():
+        rd = results.RunDir.create(results_dir, rc.model_name, rc.task_name)
+        rd.lock()
+    else:
+        rd = results.NullRunDir(results.new_run_id(rc.model_name, rc.task_name))
     rd.write("config.json", rc.to_dict())
     summary = {
         "run_id": rd.run_id, "model": rc.model_name, "task": rc.task_name, "preset": rc.preset,
@@ -91,9 +95,12 @@ def _train(rc: RunConfig, splits: dict, rd: results.RunDir, summary: dict,
         try:
             from lra_bench.checkpoint import Checkpoints
 
-            ckpt = Checkpoints(rd.path)
+            # Orbax synchronises every process of a multi-host run on save; until checkpoints are
+            # written collectively (a known gap), multi-host runs do not checkpoint.
+            single = jax.process_count() == 1
+            ckpt = Checkpoints(rd.path) if rd.path is not None and single else None
             if resuming:
-                step = ckpt.latest_step()
+                step = ckpt.latest_step() if ckpt is not None else None
                 # The evaluations after the newest checkpoint are redone: keep those before it.
                 rd.rewrite_metrics(ckpt.progress(step)["evals"] if step is not None else [])
                 summary["resumed_from_steps"] = [*summary.get("resumed_from_steps", []), step or 0]
@@ -101,8 +108,9 @@ def _train(rc: RunConfig, splits: dict, rd: results.RunDir, summary: dict,
                     summary.pop(key, None)
                 summary["status"] = "running"
                 rd.write("summary.json", summary)
-            reporter = ProgressReporter(rc.train["steps"], f"{rc.model_name}/{rc.task_name}",
-                                        rc.train["log_every"], interactive)
+            if rd.path is not None:
+                reporter = ProgressReporter(rc.train["steps"], f"{rc.model_name}/{rc.task_name}",
+                                            rc.train["log_every"], interactive)
             summary.update(train_and_evaluate(rc, splits, on_eval=rd.append_metrics,
                                               reporter=reporter, checkpoints=ckpt,
                                               should_stop=stop.requested))
@@ -111,6 +119,11 @@ def _train(rc: RunConfig, splits: dict, rd: results.RunDir, summary: dict,
             summary.update(status="diverged", diverged_step=e.step, error=str(e))
         except Interrupted as e:
             summary.update(status="interrupted", interrupted_step=e.step, signal=stop.name)
+        except UserError:  # found once training starts (batch vs devices, out of memory)
+            if not resuming:  # a new run's user error leaves nothing behind
+                rd.discard()
+                rd = results.NullRunDir(rd.run_id)
+            raise
         except KeyboardInterrupt:
             summary.update(status="interrupted", signal="SIGINT")
             raise

@@ -8,6 +8,11 @@ buffers donated, so parameters and optimiser state are updated in place. Dropout
 A run with `checkpoints` saves every `train.checkpoint_every` steps, at the end and when asked
 to stop, and starts from its newest checkpoint: state, data-stream position, best-val parameters
 and the evaluations so far, so a resumed run ends with exactly the metrics of an uninterrupted one.
+
+Scaling (see `lra_bench.distributed`): the step is jitted with the batch split over a 'data' mesh
+axis and the state replicated, so the same function runs on one device or many. With
+`train.grad_accum` K > 1 the step scans over K micro-batches and applies the mean gradient once:
+one optimiser step on the whole batch, with the activation memory of one micro-batch.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ from flax import nnx
 from lra_bench import measure
 from lra_bench.checkpoint import Checkpoints, all_finite
 from lra_bench.config import RunConfig
+from lra_bench.distributed import DataParallel, grad_accum_suggestion
+from lra_bench.errors import UserError
 from lra_bench.data.pipeline import TrainStream, eval_batches
 from lra_bench.model import Classifier
 from lra_bench.optim import make_optimizer, make_schedule
@@ -40,32 +47,62 @@ class Steps:
     train_step: Callable
     eval_step: Callable
     tx: optax.GradientTransformation
+    data_parallel: DataParallel | None = None
 
 
-def build(rc: RunConfig) -> Steps:
+def build(rc: RunConfig, data_parallel: DataParallel | None = None) -> Steps:
+    """The jitted steps of a run, laid out over `data_parallel` (default: every device)."""
+    dp = data_parallel or DataParallel.over()
+    accum = rc.train["grad_accum"]
+    dp.check_batch(rc.train["batch_size"], accum)
     model = Classifier(rc, rngs=nnx.Rngs(params=rc.seed))
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     tx = make_optimizer(rc.train)
     schedule = make_schedule(rc.train)
-    state = {
+    # Built eagerly (each initialiser op compiles once per process and shape, then is cached),
+    # then replicated over the mesh; on several hosts device_put checks that they all agree.
+    state = dp.replicate({
         "params": params,
         "rest": rest,
         "opt_state": tx.init(params),
         "step": jnp.zeros((), jnp.int32),
         "rng": jax.random.key(rc.seed + 1),
-    }
+    })
 
     def loss_fn(params, rest, batch, rng):
         model = nnx.merge(graphdef, params, rest)
         logits = model(batch["inputs"], deterministic=False, rngs=nnx.Rngs(dropout=rng))
+        # float32 logits (Classifier casts them): the loss is a float32 island under bf16.
         loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["labels"]).mean()
         accuracy = (logits.argmax(-1) == batch["labels"]).mean()
         return loss, accuracy
 
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+    def accumulated_grads(params, rest, batch, rng):
+        """Mean loss, accuracy and gradient over `accum` equal micro-batches (one micro-batch's
+        activations alive at a time). Micro-batch i takes rows i, i + K, i + 2K, ...: every
+        device's block of the batch splits evenly, so micro-batches stay split over the devices
+        and no rows move between them."""
+        def split(x):
+            x = x.reshape(x.shape[0] // accum, accum, *x.shape[1:]).swapaxes(0, 1)
+            return jax.lax.with_sharding_constraint(x, dp.micro_batch_sharding)
+
+        def add_micro_batch(totals, xs):
+            i, micro = xs
+            (loss, accuracy), grads = grad_fn(params, rest, micro, jax.random.fold_in(rng, i))
+            return jax.tree.map(jnp.add, totals, (grads, loss, accuracy)), None
+
+        zeros = (jax.tree.map(jnp.zeros_like, params), jnp.zeros(()), jnp.zeros(()))
+        totals, _ = jax.lax.scan(add_micro_batch, zeros,
+                                 (jnp.arange(accum), jax.tree.map(split, batch)))
+        grads, loss, accuracy = jax.tree.map(lambda t: t / accum, totals)
+        return (loss, accuracy), grads
+
     def train_step(state, batch):
         rng = jax.random.fold_in(state["rng"], state["step"])
-        (loss, accuracy), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state["params"], state["rest"], batch, rng)
+        gradients = grad_fn if accum == 1 else accumulated_grads
+        (loss, accuracy), grads = gradients(state["params"], state["rest"], batch, rng)
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         new_state = {
             **state,
@@ -85,7 +122,12 @@ def build(rc: RunConfig) -> Steps:
         correct = (logits.argmax(-1) == batch["labels"]).astype(jnp.float32)
         return {"loss": (losses * w).sum(), "correct": (correct * w).sum(), "count": w.sum()}
 
-    return Steps(graphdef, state, jax.jit(train_step, donate_argnums=0), jax.jit(eval_step), tx)
+    # A single sharding stands for every leaf of its argument (pytree prefix).
+    rep, rows = dp.replicated, dp.batch_sharding
+    train = jax.jit(train_step, in_shardings=(rep, rows), out_shardings=(rep, rep),
+                    donate_argnums=0)
+    evaluate_ = jax.jit(eval_step, in_shardings=(rep, rep, rows), out_shardings=rep)
+    return Steps(graphdef, state, train, evaluate_, tx, dp)
 
 
 def param_count(params) -> int:
@@ -94,8 +136,9 @@ def param_count(params) -> int:
 
 def evaluate(steps: Steps, params, rest, split: dict, batch_size: int, max_batches: int = 0) -> dict:
     totals = None
+    put = steps.data_parallel.put_global if steps.data_parallel else (lambda b: b)
     for batch in eval_batches(split, batch_size, max_batches):
-        out = steps.eval_step(params, rest, batch)
+        out = steps.eval_step(params, rest, put(batch))
         totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
     totals = jax.device_get(totals)
     n = max(float(totals["count"]), 1.0)
@@ -123,9 +166,28 @@ class Interrupted(Exception):
         self.step = step
 
 
+def out_of_memory_error(e: BaseException, rc: RunConfig, device_count: int) -> UserError | None:
+    """A UserError naming what to try when `e` is the device running out of memory."""
+    text = str(e)
+    if not isinstance(e, jax.errors.JaxRuntimeError) or not (
+            "RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower()):
+        return None
+    b, k = rc.train["batch_size"], rc.train["grad_accum"]
+    tries = []
+    if (more := grad_accum_suggestion(b, device_count, k)) is not None:
+        tries.append(f"--grad-accum {more} (the same optimiser step, 1/{more} of the batch's "
+                     "activations at a time)")
+    if rc.model["dtype"] != "bfloat16":
+        tries.append("--dtype bfloat16")
+    tries.append("more devices")
+    return UserError(f"out of device memory at train.batch_size {b} on {device_count} device(s) "
+                     f"(grad_accum {k}); try " + ", or ".join(tries))
+
+
 def train_and_evaluate(rc: RunConfig, splits: dict, on_eval: Callable[[dict], None] | None = None,
                        reporter=None, checkpoints: Checkpoints | None = None,
-                       should_stop: Callable[[], bool] | None = None) -> dict:
+                       should_stop: Callable[[], bool] | None = None,
+                       data_parallel: DataParallel | None = None) -> dict:
     """Train, evaluate every `eval_every` steps, test the best-val and the last parameters.
 
     With `checkpoints`, continue from the newest one if there is one. `should_stop` is polled
@@ -133,18 +195,27 @@ def train_and_evaluate(rc: RunConfig, splits: dict, on_eval: Callable[[dict], No
     Returns the measured part of the run summary.
     """
     t = rc.train
-    steps = build(rc)
+    steps = build(rc, data_parallel)
+    dp = steps.data_parallel
     state, best_params = steps.init_state, None
     progress = {"position": [0, 0], "best_accuracy": -1.0, "best_step": 0, "evals": [],
                 "step_times": [], "data_waits": []}
     restored = checkpoints.restore(state) if checkpoints is not None else None
     if restored is not None:
         state, best_params, progress = restored
+        # Restored arrays go back onto the mesh, replicated like the fresh state.
+        state = dp.replicate(state)
+        best_params = dp.replicate(best_params) if best_params is not None else None
     start, total = int(state["step"]), t["steps"]
     step_times, data_waits, evals = progress["step_times"], progress["data_waits"], progress["evals"]
     best = {"accuracy": progress["best_accuracy"], "step": progress["best_step"], "params": best_params}
+    # Each process reads and transfers only its own rows of every global batch.
     stream = TrainStream(splits["train"], t["batch_size"], seed=rc.seed,
-                         start=tuple(progress["position"]))
+                         start=tuple(progress["position"]),
+                         rows=dp.local_rows(t["batch_size"]),
+                         device_put=lambda b: dp.put_local(b, t["batch_size"]))
+    # Evaluate in micro-batches too (the same rows: eval_batches counts whole batches).
+    eval_size = t["batch_size"] // t["grad_accum"]
 
     def save_checkpoint(step: int) -> None:
         if not bool(all_finite((state["params"], state["opt_state"]))):
@@ -180,7 +251,7 @@ def train_and_evaluate(rc: RunConfig, splits: dict, on_eval: Callable[[dict], No
                                      "steps/s": len(recent) / max(sum(recent), 1e-9)})
             if step % t["eval_every"] == 0 or step == total:
                 val = evaluate(steps, state["params"], state["rest"], splits["val"],
-                               t["batch_size"], t["eval_batches"])
+                               eval_size, t["eval_batches"] * t["grad_accum"])
                 record = {"step": step, "train_loss": loss,
                           "train_accuracy": float(metrics["accuracy"]),
                           "learning_rate": float(metrics["learning_rate"]),
@@ -198,11 +269,15 @@ def train_and_evaluate(rc: RunConfig, splits: dict, on_eval: Callable[[dict], No
                 save_checkpoint(step)
             if stop:
                 raise Interrupted(step)
+    except jax.errors.JaxRuntimeError as e:
+        if (hint := out_of_memory_error(e, rc, dp.device_count)) is not None:
+            raise hint from None
+        raise
     finally:
         stream.close()
 
-    test_last = evaluate(steps, state["params"], state["rest"], splits["test"], t["batch_size"])
-    test_best = evaluate(steps, best["params"], state["rest"], splits["test"], t["batch_size"])
+    test_last = evaluate(steps, state["params"], state["rest"], splits["test"], eval_size)
+    test_best = evaluate(steps, best["params"], state["rest"], splits["test"], eval_size)
     # The first steps after compilation still warm caches; leave them out of the median.
     steady = step_times[2:] if len(step_times) > 4 else step_times
     return {
@@ -220,4 +295,8 @@ def train_and_evaluate(rc: RunConfig, splits: dict, on_eval: Callable[[dict], No
         "memory_source": memory_source,
         "flops_per_step": flops,
         "params": param_count(state["params"]),
+        **dp.describe(),
+        "grad_accum": t["grad_accum"],
+        "micro_batch_size": t["batch_size"] // t["grad_accum"],
+        "dtype": rc.model["dtype"],
     }

@@ -30,10 +30,15 @@ def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
 
 
 class TrainStream:
-    """Endless shuffled batches (the last incomplete batch of an epoch is dropped)."""
+    """Endless shuffled batches (the last incomplete batch of an epoch is dropped).
+
+    `rows` picks this process's part of every global batch of `batch_size` rows (multi-host: see
+    `lra_bench.distributed`); only those rows are gathered and handed to `device_put`.
+    """
 
     def __init__(self, split: dict[str, np.ndarray], batch_size: int, seed: int,
-                 prefetch: int = 4, start: tuple[int, int] = (0, 0), device_put=jax.device_put):
+                 prefetch: int = 4, start: tuple[int, int] = (0, 0), device_put=jax.device_put,
+                 rows: slice = slice(None)):
         n = len(split["labels"])
         if n < batch_size:
             raise ValueError(f"the training split has {n} examples, fewer than one batch ({batch_size})")
@@ -41,6 +46,7 @@ class TrainStream:
         self.batches_per_epoch = n // batch_size
         self.position = start  # of the next batch handed to the trainer
         self._device_put = device_put
+        self._rows = rows
         self._queue: queue.Queue = queue.Queue(maxsize=prefetch)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._fill, args=(start,), daemon=True)
@@ -52,7 +58,7 @@ class TrainStream:
             while not self._stop.is_set():
                 order = epoch_order(len(self.split["labels"]), self.seed, epoch)
                 for b in range(index, self.batches_per_epoch):
-                    rows = np.sort(order[b * self.batch_size:(b + 1) * self.batch_size])
+                    rows = np.sort(order[b * self.batch_size:(b + 1) * self.batch_size])[self._rows]
                     batch = gather(self.split, rows)
                     item = ((epoch, b), self._device_put(batch))
                     while not self._stop.is_set():

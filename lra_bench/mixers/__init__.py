@@ -33,6 +33,19 @@ Option errors: a mixer raises `UserError` from its constructor; `lra_bench.model
 builds the model abstractly before any data is loaded or written, so they surface first.
 
 Adding a mixer: write `lra_bench/mixers/<kind>.py` and `models/<name>.toml`. Nothing else changes.
+
+Mixed precision (`--dtype bfloat16`): `spec.dtype` is the compute dtype; parameters stay float32.
+Every mixer must
+  - run its projections and other matrix work in `spec.dtype` (pass `dtype=spec.dtype` to
+    `nnx.Linear` and friends; cast its own float32 parameters and tables to it);
+  - keep float32 islands where bf16's 8 mantissa bits break the maths: softmax logits and
+    statistics (accumulate logits with `preferred_element_type=jnp.float32`, normalise in
+    float32), pseudo-inverses and their iterations, DCTs and FFTs (no bf16 FFT exists anyway),
+    exp / feature kernels, normalisers and long sums over the sequence; cast the result back to
+    the input's dtype before the next matrix product;
+  - return `y` in the dtype of `x`.
+`tests/test_scaling.py` checks every registered model against the parts of this rule it can see
+in the traced step (bf16 matmuls, float32 exp/log, finite bf16 training).
 """
 
 from __future__ import annotations

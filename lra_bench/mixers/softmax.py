@@ -15,13 +15,14 @@ def softmax_attention(q, k, v, mask, *, dropout_rate: float = 0.0, dropout_rng=N
     q, k, v: (batch, length, heads, head_dim); mask: (batch, length) bool, True at real tokens.
     Without attention dropout this is `jax.nn.dot_product_attention`, which lets XLA pick a fused
     kernel (cuDNN flash attention on GPUs). That API has no dropout, so with dropout the same math
-    runs explicitly, with the softmax statistics in float32.
+    runs explicitly, as that API does it: logits accumulated and kept in float32, softmax in
+    float32, weights cast back to the compute dtype for the product with v.
     """
     key_mask = mask[:, None, None, :]  # (B, 1, 1, S) broadcasts over heads and queries
     if dropout_rate == 0.0 or dropout_rng is None:
         return jax.nn.dot_product_attention(q, k, v, mask=key_mask)
     scale = q.shape[-1] ** -0.5
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) * scale
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
     logits = jnp.where(key_mask, logits, jnp.finfo(jnp.float32).min)
     weights = jax.nn.softmax(logits, axis=-1)
     keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, weights.shape)
