@@ -21,7 +21,7 @@ demo: setup
 	$(BIN)/lra report
 
 test: setup
-	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+	$(BIN)/python -m pytest -p no:cacheprovider tests
 
 clean:
 	rm -rf $(VENV) *.egg-info
