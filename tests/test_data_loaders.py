@@ -160,8 +160,10 @@ def make_cifar_tar(path: Path, per_batch=5) -> list[np.ndarray]:
             imgs[:, 0, 1, :] = 0  # a black pixel
             images.append(imgs)
             planes = imgs.transpose(0, 3, 1, 2).reshape(per_batch, 3072)  # the archive's layout
-            batch = {b"data": planes, b"labels": list((np.arange(per_batch) + b) % 10)}
-            add_bytes(tar, f"cifar-10-batches-py/{name}", pickle.dumps(batch))
+            batch = {b"data": planes, b"labels": ((np.arange(per_batch) + b) % 10).tolist(),
+                     b"batch_label": f"batch {b}".encode(), b"filenames": [b"x.png"] * per_batch}
+            # protocol 2 and Python ints, as the official (Python 2) batches
+            add_bytes(tar, f"cifar-10-batches-py/{name}", pickle.dumps(batch, protocol=2))
     return images
 
 

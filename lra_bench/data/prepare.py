@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-from lra_bench.data.cache import CacheWriter, prep_config, read, read_manifest
+from lra_bench.data.cache import CacheWriter, prep_config, read, read_manifest, sha256_file
 from lra_bench.errors import UserError
 
 PREPARED = "prepared"
@@ -178,6 +178,20 @@ def files_fingerprint(paths: list[Path], root: Path | None = None) -> dict:
     if root is not None:
         out["root"] = str(Path(root).resolve())
     return out
+
+
+def archive_record(path: Path, size: int, official_sha256: str, official_bytes: int,
+                   log: Log) -> dict:
+    """What the manifest records of a source archive: its size and SHA-256, and whether they are
+    the official release's (a different archive is still read, with every check, and said so)."""
+    digest = sha256_file(path)
+    official = digest == official_sha256 and size == official_bytes
+    if not official:
+        log(f"note: {Path(path).name} is not the official archive (sha256 {digest[:12]}..., "
+            f"official {official_sha256[:12]}...); it is read with the same checks and its hash "
+            "is recorded in the manifest")
+    return {"file": Path(path).name, "bytes": size, "sha256": digest,
+            "official_sha256": official_sha256, "official": official}
 
 
 def subset_rows(n: int, limit: int, seed: int) -> "np.ndarray":
