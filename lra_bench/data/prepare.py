@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import re
 import shutil
 import sys
 import tempfile
@@ -43,14 +44,22 @@ def loader_module(name: str):
     return importlib.import_module(f"lra_bench.data.{name}")
 
 
+def folder_name(value, what: str) -> str:
+    """A task or variant name used as one folder name: never a path (`..`, `/`, hidden)."""
+    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,99}", value):
+        raise UserError(f"{what} {value!r} cannot name a folder: use letters, digits, '_', '-', "
+                        "'.' and '+' (not starting with '.', at most 100)")
+    return value
+
+
 def cache_path(data_dir: Path, task: str, variant: str) -> Path:
-    return Path(data_dir) / PREPARED / task / variant
+    return Path(data_dir) / PREPARED / folder_name(task, "task") / folder_name(variant, "data.variant")
 
 
 def generated_path(data_dir: Path, task: str, variant: str) -> Path:
     """Where --generate writes a source (ListOps TSVs, Pathfinder PNGs): where
     `python -m lra_bench.data.listops --out` has always put them."""
-    return Path(data_dir) / task / variant
+    return Path(data_dir) / folder_name(task, "task") / folder_name(variant, "data.variant")
 
 
 def prepare(task: str, preset: str, data: dict[str, Any], data_dir: Path, *,
