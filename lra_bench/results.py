@@ -187,6 +187,10 @@ SUMMARY_NUMBERS = ("seed", "steps", "val_accuracy", "best_step", "test_accuracy"
                    "data_wait_ms", "compile_time_s", "peak_memory_bytes", "flops_per_step",
                    "params", "diverged_step", "interrupted_step", "checkpoint_step",
                    "wall_time_s", "batch_size", "max_length", "train_examples")
+# what report and the CLI read from every completed run: present, and the first five numbers
+COMPLETED = ("test_accuracy", "test_accuracy_last", "val_accuracy", "step_time_ms", "params",
+             "best_step", "peak_memory_bytes", "memory_source", "compile_time_s", "device_kind",
+             "preset")
 
 
 def _number(v) -> bool:
@@ -206,6 +210,10 @@ def summary_problem(s: Any) -> str | None:
     for k in SUMMARY_NUMBERS:
         if s.get(k) is not None and not _number(s[k]):
             return f"'{k}' must be a number, found {type(s[k]).__name__}"
+    if s["status"] == "completed":
+        absent = [k for i, k in enumerate(COMPLETED) if k not in s or (i < 5 and s[k] is None)]
+        if absent:
+            return f"a completed run without {', '.join(absent)}"
     resumed = s.get("resumed_from_steps", [])
     if not isinstance(resumed, list) or not all(_number(x) for x in resumed):
         return "'resumed_from_steps' must be a list of steps"
@@ -253,6 +261,10 @@ def saved_config(doc: Any, run_id: str):
                           overrides=tuple(overrides), **sections)
     try:
         config.validate(rc)
+        if "variant" in rc.data:
+            from lra_bench.data.prepare import folder_name
+
+            folder_name(rc.data["variant"], "data.variant")
     except UserError as e:
         raise bad(f"holds values this checkout refuses ({e})") from None
     return rc

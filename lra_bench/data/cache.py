@@ -66,6 +66,8 @@ class CacheWriter:
 
     def __init__(self, dest: Path):
         self.dest = Path(dest)
+        # the folders made here go again on failure, so a refused source leaves nothing behind
+        self._made = [p for p in (self.dest.parent, *self.dest.parent.parents) if not p.exists()]
         self.dest.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = Path(tempfile.mkdtemp(dir=self.dest.parent, prefix=f".{self.dest.name}.tmp-"))
         self._splits: dict[str, dict] = {}
@@ -77,6 +79,11 @@ class CacheWriter:
     def __exit__(self, *exc) -> None:
         if not self._committed:
             shutil.rmtree(self.tmp, ignore_errors=True)
+            for folder in self._made:  # deepest first
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
 
     def _room(self, shape: tuple[int, ...], dtype, what: str) -> None:
         # A source can make arrays far bigger than itself (a short line -> a max_length row):
