@@ -488,3 +488,44 @@ def test_a_crafted_summary_is_skipped_by_report_and_refused_by_resume(tmp_path, 
 def test_saved_config_accepts_what_a_run_writes(saved):
     rc = results.saved_config(json.loads(json.dumps(saved)), "r")
     assert rc.to_dict() == json.loads(json.dumps(saved))
+
+
+@pytest.mark.parametrize("edit, words", [
+    (lambda d: d["settings"].update(lengths=["1024; rm -rf"]), "setting lengths"),
+    (lambda d: d["settings"].update(batch_size="32"), "setting batch_size"),
+    (lambda d: d["rows"][0].update(length="big"), "row 0"),
+    (lambda d: d["rows"][0].update(steps_per_second="fast"), "column steps_per_second"),
+    (lambda d: d.update(rows={"a": 1}), "no rows list"),
+])
+def test_a_crafted_sweep_file_is_refused_in_one_line(tmp_path, edit, words):
+    from lra_bench import sweep
+
+    row = {"model": "transformer", "length": 1024, "status": "ok", "steps_per_second": 2.0}
+    sweep.save(tmp_path, "20300101-000000-text-train-aaaaaa", sweep.Settings(), [row])
+    path = tmp_path / "sweeps" / "20300101-000000-text-train-aaaaaa.json"
+    doc = json.loads(path.read_text())
+    edit(doc)
+    path.write_text(json.dumps(doc))
+    r = lra("report", "--sweep", "--results-dir", tmp_path)
+    assert words in one_error_line(r)
+
+
+def test_a_crafted_checkpoint_progress_is_refused(tmp_path):
+    from lra_bench.checkpoint import check_progress
+
+    good = {"position": [0, 3], "best_accuracy": 0.5, "best_step": 2, "evals": [{}],
+            "step_times": [0.1], "data_waits": []}
+    assert check_progress(good, tmp_path, 2) is good
+    for bad in ({**good, "position": [-1, 0]}, {**good, "evals": "all"},
+                {**good, "step_times": ["x"]}, {**good, "best_accuracy": None}, []):
+        with pytest.raises(UserError, match="progress is malformed"):
+            check_progress(bad, tmp_path, 2)
+
+
+def test_a_listops_tsv_larger_than_any_split_is_refused(tmp_path, small_limits):
+    from lra_bench.data import listops
+
+    small_limits["listops"]["tsv_bytes"] = 100
+    (tmp_path / "basic_train.tsv").write_text("Source\tTarget\n" + "( [MAX 1 ] )\t1\n" * 20)
+    with pytest.raises(UserError, match="more than any ListOps split"):
+        listops.read_tsv(tmp_path / "basic_train.tsv")

@@ -123,7 +123,7 @@ def generated_source(module, task: str, data: dict, data_dir: Path, force: bool,
         try:
             if json.loads(marker.read_text()) == stamp:
                 return out
-        except (OSError, json.JSONDecodeError):
+        except (OSError, ValueError):  # unreadable, not JSON or not UTF-8: generate again
             pass
     if out.exists():
         log(f"{out} will be replaced: it was not generated with these settings")
