@@ -529,3 +529,36 @@ def test_a_listops_tsv_larger_than_any_split_is_refused(tmp_path, small_limits):
     (tmp_path / "basic_train.tsv").write_text("Source\tTarget\n" + "( [MAX 1 ] )\t1\n" * 20)
     with pytest.raises(UserError, match="more than any ListOps split"):
         listops.read_tsv(tmp_path / "basic_train.tsv")
+
+
+@pytest.mark.parametrize("announce", [True, False])
+def test_a_download_larger_than_the_release_stops_at_the_cap(tmp_path, small_limits, announce):
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Endless(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            self.send_response(200)
+            if announce:
+                self.send_header("Content-Length", str(10**12))
+            self.end_headers()
+            try:  # without a length: as much as the client takes
+                for _ in range(200):
+                    self.wfile.write(b"\0" * 65536)
+            except OSError:
+                pass
+
+    small_limits["lra_release"]["archive_bytes"] = 1_000_000
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Endless)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{httpd.server_address[1]}/lra_release.gz"
+        r = lra("data", "download", "--to", tmp_path / "data", "--url", url, "--insecure")
+        assert "more than the LRA release can be" in one_error_line(r)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert files(tmp_path / "data") == set()  # the partial download is deleted too
