@@ -465,9 +465,7 @@ def test_a_crafted_summary_is_skipped_by_report_and_refused_by_resume(tmp_path, 
     crafted_run(rdir, saved, {"model": "transformer", "task": "listops", "status": "completed",
                               "preset": "smoke", "seed": 0, "test_accuracy": 0.5,
                               "test_accuracy_last": 0.5, "val_accuracy": 0.5, "step_time_ms": 1.0,
-                              "best_step": 1, "peak_memory_bytes": None, "params": 10,
-                              "memory_source": "none", "compile_time_s": 1.0,
-                              "device_kind": "cpu",
+                              "best_step": 1, "params": 10,
                               "run_id": "../../../escape2"}, run_id="r3")
     crafted_run(rdir, saved, {"model": "transformer", "task": "listops", "status": "completed"},
                 run_id="r4")
@@ -476,6 +474,9 @@ def test_a_crafted_summary_is_skipped_by_report_and_refused_by_resume(tmp_path, 
     assert "'test_accuracy' must be a number" in r.stderr and "'model' must be text" in r.stderr
     assert "r4/summary.json: a completed run without test_accuracy" in r.stderr
     assert "50.0" in r.stdout
+    for fmt in ("table", "markdown", "json"):  # r3 has no efficiency fields: no row, no crash
+        r = lra("report", "--results-dir", rdir, "--format", fmt)
+        assert r.exit_code == 0 and "Traceback" not in r.output, r.output
     r = lra("report", "--results-dir", rdir, "--runs", "--format", "csv")
     assert "r3" in r.stdout and "escape" not in r.stdout  # the folder is the run id
     assert outside(tmp_path, rdir) == set()
