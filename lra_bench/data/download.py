@@ -331,6 +331,7 @@ def download(to: Path, url: str = OFFICIAL_URL, include: tuple[str, ...] = (),
     check_url(url, insecure)
     if sha256 is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", sha256):
         raise UserError(f"--sha256 {sha256!r}: expected 64 hex digits")
+    sha256 = sha256.lower() if sha256 is not None else None
     done = read_marker(release)
     if (done is not None and not archive.exists() and set(wanted) <= set(done["include"])
             and sha256 in (None, done.get("archive_sha256"))):

@@ -10,6 +10,8 @@ pixel is a pixel; the shift keeps it one.
 
 Sources: `tfds` (`tfds.data_source('cifar10')`; `tfds:DIR` names a data dir) or the original
 `cifar-10-python.tar.gz`. Splits as LRA: train[:90%] / train[90%:] / test, in source order.
+The archive's pickled batches are read with a restricted unpickler (`CifarUnpickler`): a crafted
+batch cannot run code (docs/security.md).
 """
 
 from __future__ import annotations
