@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 
 from lra_bench import results
 from lra_bench.cli import app
-from lra_bench.data import cache, download, image, pathfinder, safety
+from lra_bench.data import cache, download, image, safety
 from lra_bench.errors import UserError
 
 runner = CliRunner()

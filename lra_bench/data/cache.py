@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import shutil
 import stat
 import tempfile
@@ -88,7 +89,7 @@ class CacheWriter:
     def _room(self, shape: tuple[int, ...], dtype, what: str) -> None:
         # A source can make arrays far bigger than itself (a short line -> a max_length row):
         # refuse one that would fill the disk before the file is made.
-        ensure_free(self.tmp, int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize,
+        ensure_free(self.tmp, math.prod(int(n) for n in shape) * np.dtype(dtype).itemsize,
                     f"{self.dest.name}: {what} {tuple(shape)}")
 
     def empty_inputs(self, split: str, shape: tuple[int, ...], dtype) -> np.memmap:
