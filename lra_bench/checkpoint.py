@@ -22,6 +22,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from lra_bench.errors import UserError
+
 KEEP = 2
 
 
@@ -44,6 +46,26 @@ def all_finite(tree) -> jax.Array:
     leaves = [jnp.isfinite(x).all() for x in jax.tree.leaves(tree)
               if jnp.issubdtype(x.dtype, jnp.floating)]
     return jnp.stack(leaves).all() if leaves else jnp.array(True)
+
+
+def check_progress(p, directory: Path, step: int) -> dict:
+    """A checkpoint's progress JSON, refused in one line when its shape is not what `save` wrote
+    (a damaged or crafted run folder must not crash training with a traceback)."""
+    def number(v):
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    ok = (isinstance(p, dict)
+          and isinstance(p.get("position"), list) and len(p["position"]) == 2
+          and all(isinstance(v, int) and v >= 0 for v in p["position"])
+          and number(p.get("best_accuracy")) and isinstance(p.get("best_step"), int)
+          and isinstance(p.get("evals"), list) and all(isinstance(e, dict) for e in p["evals"])
+          and all(isinstance(p.get(k), list) and all(number(v) for v in p[k])
+                  for k in ("step_times", "data_waits")))
+    if not ok:
+        raise UserError(f"{directory}/{step}/progress is malformed; the run cannot be resumed "
+                        "from it (delete that checkpoint folder to resume from an older one, or "
+                        "start a new run)")
+    return p
 
 
 class Checkpoints:
@@ -75,7 +97,8 @@ class Checkpoints:
     def progress(self, step: int) -> dict:
         """The JSON part of a checkpoint alone (no arrays, no template needed)."""
         args = self._ocp.args
-        return self.manager.restore(step, args=args.Composite(progress=args.JsonRestore()))["progress"]
+        return check_progress(self.manager.restore(
+            step, args=args.Composite(progress=args.JsonRestore()))["progress"], self.directory, step)
 
     def restore(self, template: dict) -> tuple[dict, Any, dict] | None:
         """(state, best params, progress) of the newest checkpoint, shaped like `template` (the
@@ -89,7 +112,8 @@ class Checkpoints:
             state=args.StandardRestore(abstract(keys_to_data(template))),
             best_params=args.StandardRestore(abstract(template["params"])),
             progress=args.JsonRestore()))
-        return data_to_keys(out["state"], template), out["best_params"], out["progress"]
+        progress = check_progress(out["progress"], self.directory, step)
+        return data_to_keys(out["state"], template), out["best_params"], progress
 
     def close(self) -> None:
         self.manager.close()

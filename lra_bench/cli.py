@@ -277,12 +277,16 @@ def data_download(
                                       "pathfinder32/curv_baseline/"),
     keep_archive: bool = typer.Option(True, help="keep lra_release.gz after extracting"),
     retries: int = typer.Option(5, help="resume attempts within this call"),
+    insecure: bool = typer.Option(False, help="allow a plain-http --url"),
+    sha256: Optional[str] = typer.Option(None, help="the archive's expected SHA-256 (checked "
+                                         "before extraction)"),
 ):
-    """Fetch the LRA release archive (resumable) and extract the parts the tasks read."""
+    """Fetch the LRA release archive (resumable), check it and extract the parts the tasks read."""
     from lra_bench.data import download
 
     result = download.download(paths.data_dir(to), url or download.OFFICIAL_URL, tuple(include),
-                               keep_archive=keep_archive, retries=retries, log=_log)
+                               keep_archive=keep_archive, retries=retries, log=_log,
+                               insecure=insecure, sha256=sha256)
     files = ", ".join(f"{k}: {v}" for k, v in sorted(result["files"].items()))
     out.print(f"extracted to {paths.data_dir(to) / download.RELEASE} ({files})", highlight=False)
 
@@ -329,7 +333,6 @@ def data_info(
     verify: bool = typer.Option(False, help="re-hash every cached file against its manifest"),
 ):
     """What is prepared, where, how big, and from what."""
-    import json
 
     from rich.table import Table
 
@@ -358,8 +361,9 @@ def data_info(
                   m["created"])
     out.print(t if found else f"nothing prepared in {ddir}; see `lra data prepare --help`")
     marker = ddir / download.RELEASE / download.MARKER
-    if marker.exists():
-        files = json.loads(marker.read_text()).get("files", {})
+    done = download.read_marker(marker.parent)
+    if done is not None:
+        files = done["files"]
         out.print(f"release: {marker.parent} ("
                   + ", ".join(f"{k}: {v} files" for k, v in sorted(files.items())) + ")",
                   highlight=False)

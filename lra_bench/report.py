@@ -103,6 +103,14 @@ def runs_table(runs: pd.DataFrame, selection: str = "best", results_dir: Path | 
 def efficiency_table(runs: pd.DataFrame) -> pd.DataFrame:
     """Median step time, peak memory and size per (preset, model, task)."""
     done = runs[runs.get("status") == "completed"] if len(runs) else runs
+    # A summary without step time or size (written by hand, or damaged) has no efficiency row.
+    if done.empty or not {"step_time_ms", "params"} <= set(done):
+        return pd.DataFrame()
+    done = done.dropna(subset=["step_time_ms", "params"]).copy()
+    for c in ("peak_memory_bytes", "compile_time_s"):
+        done[c] = pd.to_numeric(done[c], errors="coerce") if c in done else float("nan")
+    for c in ("memory_source", "device_kind"):
+        done[c] = done[c].fillna("") if c in done else ""
     if done.empty:
         return pd.DataFrame()
     cols = {"step_time_ms": "median", "peak_memory_bytes": "max", "compile_time_s": "median",

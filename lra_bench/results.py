@@ -72,7 +72,7 @@ class RunDir:
         """An existing run by id, or `latest`: the most recently started run."""
         runs = Path(results_dir) / "runs"
         if ref == "latest":
-            started = [(s.get("started_at", ""), _mtime(path.parent / "config.json"), path.parent.name)
+            started = [(s.get("started_at") or "", _mtime(path.parent / "config.json"), path.parent.name)
                        for path, s in _summaries(results_dir)[0]]
             if not started:
                 raise UserError(f"no runs to resume in {runs}; start one with: lra run --model "
@@ -163,12 +163,10 @@ def _summaries(results_dir: Path) -> tuple[list[tuple[Path, dict]], list[str]]:
             if not text.strip():
                 raise ValueError("the file is empty")
             s = json.loads(text)
-            if not isinstance(s, dict):
-                raise ValueError(f"expected a JSON object, found {type(s).__name__}")
-            missing = [k for k in ("model", "task", "status") if k not in s]
-            if missing:
-                raise ValueError(f"not a run summary (no {', '.join(missing)})")
-            s.setdefault("run_id", path.parent.name)
+            problem = summary_problem(s)
+            if problem:
+                raise ValueError(problem)
+            s["run_id"] = path.parent.name  # the folder is the id, whatever the file says
             found.append((path, s))
         except json.JSONDecodeError as e:
             warnings.append(f"skipped {path}: truncated or corrupt JSON ({e})")
@@ -177,6 +175,112 @@ def _summaries(results_dir: Path) -> tuple[list[tuple[Path, dict]], list[str]]:
         except (OSError, ValueError) as e:
             warnings.append(f"skipped {path}: {e}")
     return found, warnings
+
+
+# What report, resume and the CLI read from a summary, by type: a summary where any of them has
+# another type is skipped by `lra report` (with a warning) and refused by `--resume`, so a damaged
+# or crafted file never reaches arithmetic or a path.
+SUMMARY_TEXT = ("run_id", "model", "task", "status", "preset", "started_at", "ended_at", "error",
+                "signal", "memory_source", "device_kind", "dtype")
+SUMMARY_NUMBERS = ("seed", "steps", "val_accuracy", "best_step", "test_accuracy",
+                   "test_accuracy_last", "test_loss", "final_train_loss", "step_time_ms",
+                   "data_wait_ms", "compile_time_s", "peak_memory_bytes", "flops_per_step",
+                   "params", "diverged_step", "interrupted_step", "checkpoint_step",
+                   "wall_time_s", "batch_size", "max_length", "train_examples")
+# what `lra report` averages for every completed run (efficiency fields may be missing: such a
+# run has no efficiency row)
+COMPLETED = ("test_accuracy", "test_accuracy_last", "preset")
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def summary_problem(s: Any) -> str | None:
+    """Why a parsed summary.json cannot be used, or None."""
+    if not isinstance(s, dict):
+        return f"expected a JSON object, found {type(s).__name__}"
+    missing = [k for k in ("model", "task", "status") if k not in s]
+    if missing:
+        return f"not a run summary (no {', '.join(missing)})"
+    for k in SUMMARY_TEXT:
+        if s.get(k) is not None and not isinstance(s[k], str):
+            return f"'{k}' must be text, found {type(s[k]).__name__}"
+    for k in SUMMARY_NUMBERS:
+        if s.get(k) is not None and not _number(s[k]):
+            return f"'{k}' must be a number, found {type(s[k]).__name__}"
+    if s["status"] == "completed":
+        absent = [k for k in COMPLETED if s.get(k) is None]
+        if absent:
+            return f"a completed run without {', '.join(absent)}"
+    resumed = s.get("resumed_from_steps", [])
+    if not isinstance(resumed, list) or not all(_number(x) for x in resumed):
+        return "'resumed_from_steps' must be a list of steps"
+    return None
+
+
+def saved_config(doc: Any, run_id: str):
+    """The RunConfig in a run's config.json, checked as strictly as a fresh one: known model,
+    task and preset, exactly the keys their TOMLs declare with the same types, then the value
+    checks of `config.validate`. A crafted file cannot name a path or smuggle a type."""
+    from lra_bench import config
+
+    where = f"run {run_id}: config.json"
+
+    def bad(msg: str) -> UserError:
+        return UserError(f"{where} {msg}; the run cannot be resumed (start a new run)")
+
+    if not isinstance(doc, dict):
+        raise bad("is not a JSON object")
+    for key in ("model_name", "task_name", "preset"):
+        if not isinstance(doc.get(key), str):
+            raise bad(f"has no text '{key}'")
+    seed, overrides = doc.get("seed"), doc.get("overrides", [])
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise bad("has no seed >= 0")
+    if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
+        raise bad("has overrides that are not a list of text")
+    try:
+        fresh = config.resolve(doc["model_name"], doc["task_name"], doc["preset"])
+    except UserError as e:
+        raise bad(f"names what this checkout lacks ({e})") from None
+    sections = {}
+    for section in config.SECTIONS:
+        saved, want = doc.get(section), getattr(fresh, section)
+        if not isinstance(saved, dict) or set(saved) != set(want):
+            diff = sorted(set(saved or {}) ^ set(want)) if isinstance(saved, dict) else []
+            raise bad(f"has another [{section}] than this checkout declares"
+                      + (f" (keys {', '.join(map(str, diff[:5]))})" if diff else ""))
+        for key, value in saved.items():
+            if not _same_kind(want[key], value):
+                raise bad(f"has {section}.{key} = {str(value)[:40]!r}, expected a "
+                          f"{type(want[key]).__name__}")
+        sections[section] = dict(saved)
+    rc = config.RunConfig(doc["model_name"], doc["task_name"], doc["preset"], seed,
+                          overrides=tuple(overrides), **sections)
+    try:
+        config.validate(rc)
+        if "variant" in rc.data:
+            from lra_bench.data.prepare import folder_name
+
+            folder_name(rc.data["variant"], "data.variant")
+    except UserError as e:
+        raise bad(f"holds values this checkout refuses ({e})") from None
+    return rc
+
+
+def _same_kind(want: Any, value: Any) -> bool:
+    """`value` could stand where `want` stands: bool, int, float (an int is a float), str, or a
+    list of such, element by element."""
+    if isinstance(want, bool) or isinstance(value, bool):
+        return isinstance(want, bool) and isinstance(value, bool)
+    if isinstance(want, float):
+        return _number(value)
+    if isinstance(want, list):
+        return isinstance(value, list) and (not want or all(_same_kind(want[0], v) for v in value))
+    if isinstance(want, (int, str)):
+        return isinstance(value, type(want))
+    return False  # nothing else is declared in a TOML this project reads
 
 
 class NullRunDir:

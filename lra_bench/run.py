@@ -60,11 +60,15 @@ def resume(ref: str, data_dir: Path, results_dir: Path, interactive: bool | None
     """Continue run `ref` (a run id or `latest`). Every check comes before the first write."""
     rd = results.RunDir.open(results_dir, ref)
     try:
-        rc = RunConfig.from_dict(rd.read("config.json"))
-        summary = rd.read("summary.json")
-    except (OSError, ValueError, KeyError, TypeError) as e:
+        saved, summary = rd.read("config.json"), rd.read("summary.json")
+    except (OSError, ValueError) as e:
         raise UserError(f"run {rd.run_id} cannot be resumed: its config.json or summary.json is "
                         f"unreadable ({type(e).__name__}: {e})") from None
+    problem = results.summary_problem(summary)
+    if problem:
+        raise UserError(f"run {rd.run_id} cannot be resumed: its summary.json is malformed "
+                        f"({problem})")
+    rc = results.saved_config(saved, rd.run_id)
     if check_config is not None:
         check_config(rd.run_id, rc)
     if not rd.lock():

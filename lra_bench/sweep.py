@@ -28,7 +28,7 @@ import tempfile
 import threading
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -179,9 +179,55 @@ def load(results_dir: Path, sweep_id: str) -> tuple[Settings, list[dict]]:
     path = sweeps_dir(results_dir) / f"{sweep_id}.json"
     try:
         doc = json.loads(path.read_text())
-        return Settings(**doc["settings"]), list(doc["rows"])
+        settings, rows = Settings(**doc["settings"]), doc["rows"]
+        # every setting keeps the type of its default: a crafted file cannot smuggle another
+        for f in fields(Settings):
+            value, default = getattr(settings, f.name), getattr(Settings(), f.name)
+            if not _same_kind(default, value, f.name == "memory_limit"):
+                raise TypeError(f"setting {f.name} has the wrong type")
+        bad = next((i for i, r in enumerate(rows) if row_problem(r)), None) \
+            if isinstance(rows, list) else -1
+        if bad is not None:
+            raise TypeError(f"row {bad}: {row_problem(rows[bad]) if bad >= 0 else 'no rows list'}")
+        return settings, list(rows)
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise UserError(f"cannot read sweep {path} ({e}); start a new sweep instead") from None
+
+
+TEXT_COLUMNS = ("sweep_id", "model", "task", "preset", "mode", "status", "memory_source",
+                "device_kind", "platform", "host", "jax_version", "git_commit", "message",
+                "started_at", "finished_at")
+
+
+def row_problem(r) -> str | None:
+    """Why a stored sweep row cannot be reported, or None: every column the report reads has its
+    type (numbers may be missing: null or "")."""
+    if not isinstance(r, dict):
+        return "not an object"
+    if not isinstance(r.get("model"), str) or not isinstance(r.get("length"), int) \
+            or r.get("status") not in STATUSES:
+        return "model, length and status must be text, an int and one of " + ", ".join(STATUSES)
+    for c in COLUMNS:
+        v = r.get(c)
+        if v is None or v == "":
+            continue
+        if isinstance(v, bool) or not isinstance(v, str if c in TEXT_COLUMNS else (int, float)):
+            return f"column {c} has the wrong type"
+    return None
+
+
+def _same_kind(default, value, optional: bool) -> bool:
+    if value is None:
+        return optional
+    if isinstance(default, bool) or isinstance(value, bool):
+        return False  # no setting is a bool
+    if isinstance(default, float):
+        return isinstance(value, (int, float))
+    if isinstance(default, list):
+        kind = int if default and isinstance(default[0], int) else str
+        return isinstance(value, list) and all(
+            isinstance(v, kind) and not isinstance(v, bool) for v in value)
+    return isinstance(value, str if default is None else type(default))
 
 
 def worker_env() -> dict:

@@ -109,7 +109,8 @@ def no_backoff(monkeypatch):
 
 
 def lra(*args):
-    return runner.invoke(app, ["data", "download", *map(str, args)])
+    # the test server is plain http on 127.0.0.1
+    return runner.invoke(app, ["data", "download", "--insecure", *map(str, args)])
 
 
 def check_extracted(to: Path, contents: dict[str, bytes]) -> None:

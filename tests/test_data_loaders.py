@@ -160,8 +160,10 @@ def make_cifar_tar(path: Path, per_batch=5) -> list[np.ndarray]:
             imgs[:, 0, 1, :] = 0  # a black pixel
             images.append(imgs)
             planes = imgs.transpose(0, 3, 1, 2).reshape(per_batch, 3072)  # the archive's layout
-            batch = {b"data": planes, b"labels": list((np.arange(per_batch) + b) % 10)}
-            add_bytes(tar, f"cifar-10-batches-py/{name}", pickle.dumps(batch))
+            batch = {b"data": planes, b"labels": ((np.arange(per_batch) + b) % 10).tolist(),
+                     b"batch_label": f"batch {b}".encode(), b"filenames": [b"x.png"] * per_batch}
+            # protocol 2 and Python ints, as the official (Python 2) batches
+            add_bytes(tar, f"cifar-10-batches-py/{name}", pickle.dumps(batch, protocol=2))
     return images
 
 
@@ -223,7 +225,8 @@ def make_pathfinder_tree(root: Path, n=40, res=32, damage=True, rgb_every=7) -> 
 def test_pathfinder_reads_release_layout_splits_80_10_10_and_counts_skips(tmp_path):
     make_pathfinder_tree(tmp_path / "release")
     splits, manifest = run_prepare("pathfinder", tmp_path, source=tmp_path / "release")
-    assert manifest["skipped"] == {"missing": 1, "empty": 1, "corrupt": 2}
+    assert manifest["skipped"] == {"missing": 1, "empty": 1, "corrupt": 2, "unsafe": 0,
+                                   "oversized": 0}
     sizes = [len(splits[s]["labels"]) for s in ("train", "val", "test")]
     assert sizes == [29, 3, 4]  # round(0.8 * 36), round(0.9 * 36) - 29, the rest
     for s in ("train", "val", "test"):

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import shutil
+import stat
 import tempfile
 import uuid
 from pathlib import Path
@@ -26,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from lra_bench.data.safety import ensure_free
 from lra_bench.errors import UserError
 from lra_bench.results import utc_now, write_json_atomic
 
@@ -64,6 +67,8 @@ class CacheWriter:
 
     def __init__(self, dest: Path):
         self.dest = Path(dest)
+        # the folders made here go again on failure, so a refused source leaves nothing behind
+        self._made = [p for p in (self.dest.parent, *self.dest.parent.parents) if not p.exists()]
         self.dest.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = Path(tempfile.mkdtemp(dir=self.dest.parent, prefix=f".{self.dest.name}.tmp-"))
         self._splits: dict[str, dict] = {}
@@ -75,14 +80,27 @@ class CacheWriter:
     def __exit__(self, *exc) -> None:
         if not self._committed:
             shutil.rmtree(self.tmp, ignore_errors=True)
+            for folder in self._made:  # deepest first
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
+
+    def _room(self, shape: tuple[int, ...], dtype, what: str) -> None:
+        # A source can make arrays far bigger than itself (a short line -> a max_length row):
+        # refuse one that would fill the disk before the file is made.
+        ensure_free(self.tmp, math.prod(int(n) for n in shape) * np.dtype(dtype).itemsize,
+                    f"{self.dest.name}: {what} {tuple(shape)}")
 
     def empty_inputs(self, split: str, shape: tuple[int, ...], dtype) -> np.memmap:
         """A zero-filled inputs array on disk, to be filled in place (for data larger than RAM)."""
+        self._room(shape, dtype, f"{split} inputs")
         return np.lib.format.open_memmap(self.tmp / f"{split}.inputs.npy", mode="w+",
                                          dtype=dtype, shape=shape)
 
     def scratch(self, name: str, shape: tuple[int, ...], dtype) -> np.memmap:
         """A working array on disk that is deleted before the cache is committed."""
+        self._room(shape, dtype, f"scratch {name}")
         return np.lib.format.open_memmap(self.tmp / f"scratch.{name}.npy", mode="w+",
                                          dtype=dtype, shape=shape)
 
@@ -90,14 +108,15 @@ class CacheWriter:
         """Record a split; `inputs` None means the array from `empty_inputs(split, ...)`."""
         path = self.tmp / f"{split}.inputs.npy"
         if inputs is None:
-            inputs = np.load(path, mmap_mode="r+")
+            inputs = np.load(path, mmap_mode="r+", allow_pickle=False)
             inputs.flush()
         else:
-            np.save(path, np.ascontiguousarray(inputs))
+            self._room(inputs.shape, inputs.dtype, f"{split} inputs")
+            np.save(path, np.ascontiguousarray(inputs), allow_pickle=False)
         labels = np.asarray(labels, np.int32)
         if len(labels) != len(inputs):
             raise ValueError(f"{split}: {len(inputs)} inputs but {len(labels)} labels")
-        np.save(self.tmp / f"{split}.labels.npy", labels)
+        np.save(self.tmp / f"{split}.labels.npy", labels, allow_pickle=False)
         self._splits[split] = {
             "count": int(len(labels)),
             "max_id": int(inputs.max(initial=0)),
@@ -121,7 +140,7 @@ class CacheWriter:
                 continue
             for part in ("inputs", "labels"):
                 path = self.tmp / f"{split}.{part}.npy"
-                arr = np.load(path, mmap_mode="r")
+                arr = np.load(path, mmap_mode="r", allow_pickle=False)
                 info[part] = {"file": path.name, "shape": list(arr.shape), "dtype": str(arr.dtype),
                               "bytes": path.stat().st_size, "sha256": sha256_file(path)}
                 del arr
@@ -145,12 +164,58 @@ def read_manifest(path: Path) -> dict[str, Any] | None:
             manifest = json.load(f)
     except FileNotFoundError:
         return None
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, ValueError) as e:
         raise UserError(f"{path}/{MANIFEST} is unreadable ({e}); re-prepare with --force") from None
-    if manifest.get("format") != FORMAT:
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        found = manifest.get("format") if isinstance(manifest, dict) else None
         raise UserError(f"{path} was prepared by another version of lra-bench (format "
-                        f"{manifest.get('format')}, expected {FORMAT}); re-prepare with --force")
+                        f"{found}, expected {FORMAT}); re-prepare with --force")
+    problem = manifest_problem(manifest)
+    if problem:
+        raise UserError(f"{path}/{MANIFEST} is malformed ({problem}); re-prepare with --force")
     return manifest
+
+
+def manifest_problem(m: dict) -> str | None:
+    """What is wrong with a manifest's shape, or None. Every value later used as a path, a key or
+    a number is checked here, so a crafted manifest cannot point a read outside its folder."""
+    for key, kind in (("config", dict), ("source", dict), ("splits", dict)):
+        if not isinstance(m.get(key), kind):
+            return f"'{key}' must be a {kind.__name__}"
+    for key in ("task", "variant", "created", "preset"):
+        if key in m and not isinstance(m[key], str):
+            return f"'{key}' must be a str"
+    src = m["source"]
+    if not all(isinstance(src.get(k), (str, type(None))) for k in ("kind", "root", "data_dir")):
+        return "source kind, root and data_dir must be text"
+    files = src.get("files", [])
+    if not isinstance(files, list) or not all(
+            isinstance(f, list) and len(f) == 3 and isinstance(f[0], str) for f in files):
+        return "source files must be [name, size, mtime] entries"
+    splits = m["splits"]
+    for split in SPLITS:
+        info = splits.get(split)
+        if not isinstance(info, dict):
+            return f"split '{split}' is missing"
+        if "same_as" in info:
+            target = splits.get(info["same_as"]) if isinstance(info["same_as"], str) else None
+            if not isinstance(target, dict) or "same_as" in target:
+                return f"split '{split}' is the same as an unknown split"
+            continue
+        if not isinstance(info.get("count"), int):
+            return f"split '{split}' has no count"
+        for part in ("inputs", "labels"):
+            meta = info.get(part)
+            if not isinstance(meta, dict):
+                return f"split '{split}' has no {part}"
+            if meta.get("file") != f"{split}.{part}.npy":
+                return f"{split} {part} file must be {split}.{part}.npy"
+            shape = meta.get("shape")
+            if (not isinstance(shape, list) or not all(isinstance(n, int) and n >= 0 for n in shape)
+                    or not isinstance(meta.get("bytes"), int) or not isinstance(meta.get("dtype"), str)
+                    or not isinstance(meta.get("sha256"), str)):
+                return f"{split} {part}: shape, bytes, dtype and sha256 must be given"
+    return None
 
 
 def split_info(manifest: dict, split: str) -> dict:
@@ -168,8 +233,10 @@ def read(path: Path, manifest: dict) -> dict[str, dict[str, np.ndarray]]:
             meta = info[part]
             file = Path(path) / meta["file"]
             try:
+                if not stat.S_ISREG(file.lstat().st_mode):  # no symlink or device in a cache
+                    raise OSError("not a regular file")
                 size = file.stat().st_size
-                arr = np.load(file, mmap_mode="r")
+                arr = np.load(file, mmap_mode="r", allow_pickle=False)
             except (OSError, ValueError) as e:
                 raise UserError(f"{file}: cannot read ({e}); re-prepare with --force") from None
             if size != meta["bytes"] or list(arr.shape) != meta["shape"] or str(arr.dtype) != meta["dtype"]:
@@ -182,7 +249,8 @@ def read(path: Path, manifest: dict) -> dict[str, dict[str, np.ndarray]]:
 def verify(path: Path, manifest: dict) -> list[str]:
     """Re-hash every file; the names of those whose checksum differs from the manifest."""
     bad = []
-    for split, info in manifest["splits"].items():
+    for split in SPLITS:  # the names read_manifest has checked
+        info = manifest["splits"][split]
         for part in ("inputs", "labels"):
             if part in info and sha256_file(Path(path) / info[part]["file"]) != info[part]["sha256"]:
                 bad.append(info[part]["file"])
@@ -203,6 +271,6 @@ def find_all(data_dir: Path) -> list[tuple[Path, dict]]:
             manifest = read_manifest(m.parent)
         except UserError:
             continue
-        if manifest is not None:
+        if manifest is not None and all(k in manifest for k in ("task", "variant", "created")):
             out.append((m.parent, manifest))
     return out

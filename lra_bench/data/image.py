@@ -10,6 +10,8 @@ pixel is a pixel; the shift keeps it one.
 
 Sources: `tfds` (`tfds.data_source('cifar10')`; `tfds:DIR` names a data dir) or the original
 `cifar-10-python.tar.gz`. Splits as LRA: train[:90%] / train[90%:] / test, in source order.
+The archive's pickled batches are read with a restricted unpickler (`CifarUnpickler`): a crafted
+batch cannot run code (docs/security.md).
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lra_bench.data.prepare import files_fingerprint, fraction_boundary, subset_rows
+from lra_bench.data.prepare import archive_record, files_fingerprint, fraction_boundary, subset_rows
+from lra_bench.data.safety import TarGuard
 from lra_bench.data.text import read_tfds, tfds_source
 from lra_bench.errors import UserError
 
@@ -45,17 +48,112 @@ def pixel_ids(gray: np.ndarray) -> np.ndarray:
     return gray.reshape(len(gray), -1).astype(np.uint16) + 1
 
 
-def read_cifar_tar(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """{train|test: (uint8 images (n, 32, 32, 3), labels)} from cifar-10-python.tar.gz."""
+# What the official batches reference: they are Python 2 pickles (protocol 2) of a dict holding
+# str, list of int, list of str and one uint8 array, which pickle rebuilds through numpy's
+# `_reconstruct`, `ndarray` and `dtype`. Nothing else may be named, so a crafted batch cannot
+# make the unpickler call anything (pickle's find_class is the only door to code).
+INT_DTYPES = frozenset({"u1", "i1", "u2", "i2", "u4", "i4", "u8", "i8"})
+CIFAR_SHA256 = "6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce"
+CIFAR_BYTES = 170_498_071
+
+
+class _NdarrayName:
+    """Stands for numpy.ndarray inside a pickle: usable as `_reconstruct`'s subtype, not callable,
+    so a pickle cannot allocate an array of any size it likes."""
+
+
+_NDARRAY = _NdarrayName()
+
+
+class ForbiddenGlobal(pickle.UnpicklingError):
+    pass
+
+
+def _reconstruct(subtype, shape, dtype):
+    if subtype is not _NDARRAY or tuple(shape) != (0,):
+        raise pickle.UnpicklingError("numpy _reconstruct called with other than (ndarray, (0,))")
+    return (getattr(np, "_core", None) or np.core).multiarray._reconstruct(np.ndarray, (0,), b"b")
+
+
+def _dtype(spec, align=False, copy=False):
+    code = spec.decode("latin1") if isinstance(spec, bytes) else spec
+    if not isinstance(code, str) or code.lstrip("<>|=") not in INT_DTYPES:
+        raise pickle.UnpicklingError(f"numpy dtype {spec!r} is not an integer type")
+    return np.dtype(code, bool(align), bool(copy))
+
+
+def _latin1(text, encoding="utf-8", errors="strict"):
+    """How Python 3 pickles bytes at protocol 2 (`_codecs.encode(str, 'latin1')`)."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError("_codecs.encode used for other than latin-1 bytes")
+    return text.encode("latin1")
+
+
+_ALLOWED = {("numpy.core.multiarray", "_reconstruct"): _reconstruct,
+            ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
+            ("numpy", "ndarray"): _NDARRAY,
+            ("numpy", "dtype"): _dtype,
+            ("_codecs", "encode"): _latin1}
+
+
+class CifarUnpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+        try:
+            return _ALLOWED[(module, name)]
+        except (KeyError, TypeError):
+            raise ForbiddenGlobal(f"{module}.{name}") from None
+
+    def persistent_load(self, pid):
+        raise pickle.UnpicklingError("persistent ids are not part of a CIFAR batch")
+
+
+def _plain(obj, depth: int = 0) -> bool:
+    """Only dicts, lists, bytes, str, ints and integer arrays, nested at most three deep."""
+    if depth > 3:
+        return False
+    if isinstance(obj, (bytes, str, int)):
+        return True
+    if isinstance(obj, np.ndarray):
+        return type(obj) is np.ndarray and obj.dtype.kind in "ui" and obj.dtype.fields is None
+    if isinstance(obj, (list, tuple)):
+        return all(_plain(x, depth + 1) for x in obj)
+    if isinstance(obj, dict):
+        return all(isinstance(k, (bytes, str)) and _plain(v, depth + 1) for k, v in obj.items())
+    return False
+
+
+def load_batch(f, where: str) -> dict:
+    """One CIFAR batch from an untrusted stream, with the restricted unpickler."""
+    try:
+        batch = CifarUnpickler(f, encoding="bytes").load()
+    except ForbiddenGlobal as e:
+        raise UserError(f"{where} names {str(e)[:120]}, which no CIFAR batch holds; refusing it "
+                        "(nothing was run: only numpy arrays, lists, str, bytes and ints are "
+                        "unpickled)") from None
+    except Exception as e:  # noqa: BLE001 - every failure of a crafted pickle is a data error
+        raise UserError(f"{where}: malformed CIFAR batch ({type(e).__name__}: "
+                        f"{str(e)[:120]})") from None
+    if not isinstance(batch, dict) or not _plain(batch):
+        raise UserError(f"{where}: malformed CIFAR batch (expected a dict of arrays, lists, "
+                        "bytes and ints)")
+    return batch
+
+
+def read_cifar_tar(path: Path, log=lambda m: None) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict]:
+    """({train|test: (uint8 images (n, 32, 32, 3), labels)}, archive record) from
+    cifar-10-python.tar.gz."""
+    guard = TarGuard(path, "cifar10")
     batches: dict[str, dict] = {}
     try:
+        size = guard.check_archive()
         with tarfile.open(path, "r:*") as tar:
             for m in tar:
-                name = m.name.rsplit("/", 1)[-1]
-                if m.isfile() and (name.startswith("data_batch_") or name == "test_batch"):
-                    # The official archive's format is pickled dicts; read them as bytes only.
-                    batches[name] = pickle.load(tar.extractfile(m), encoding="bytes")
-    except (tarfile.TarError, EOFError, zlib.error, OSError, pickle.UnpicklingError) as e:
+                member = guard.admit(m)
+                name = member.rsplit("/", 1)[-1] if member else ""
+                if name.startswith("data_batch_") or name == "test_batch":
+                    guard.take(m)
+                    batches[name] = load_batch(tar.extractfile(m), f"{path}: member {m.name}")
+    except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
         raise UserError(f"{path}: not a readable cifar-10-python archive ({e})") from None
     train_names = sorted(n for n in batches if n.startswith("data_batch_"))
     if not train_names or "test_batch" not in batches:
@@ -71,7 +169,9 @@ def read_cifar_tar(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
             raise UserError(f"{path}: CIFAR batches must hold (n, 3072) pixels and n labels")
         return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels
 
-    return {"train": stack(train_names), "test": stack(["test_batch"])}
+    record = archive_record(path, size, CIFAR_SHA256, CIFAR_BYTES, log)
+    record["skipped_members"] = guard.report(log)
+    return {"train": stack(train_names), "test": stack(["test_batch"])}, record
 
 
 # The loader protocol (see lra_bench.data.prepare).
@@ -92,11 +192,12 @@ def fingerprint(source: str, data: dict) -> dict:
 
 def build(source: str, data: dict, writer, log) -> dict:
     is_tfds, tfds_dir = tfds_source(source)
+    archive = None
     if is_tfds:
         raw = read_tfds(TFDS_NAME, ("train", "test"), tfds_dir, ("image", "label"), log)
         raw = {s: (np.stack(xs).astype(np.uint8), ys) for s, (xs, ys) in raw.items()}
     else:
-        raw = read_cifar_tar(Path(source))
+        raw, archive = read_cifar_tar(Path(source), log)
     images, labels = raw["train"]
     cut = fraction_boundary(len(labels), data["train_fraction"])
     parts = {"train": (images[:cut], labels[:cut]), "val": (images[cut:], labels[cut:]),
@@ -106,7 +207,7 @@ def build(source: str, data: dict, writer, log) -> dict:
             raise UserError(f"{source}: expected 32x32 RGB images, got {x.shape[1:]}")
         rows = subset_rows(len(y), data[f"num_{split}"], data["split_seed"])
         writer.put(split, y[rows], pixel_ids(rgb_to_grayscale(x[rows])))
-    return {"protocol": {
+    return {**({"archive": archive} if archive else {}), "protocol": {
         "tokens": "grey level + 1 (black is a pixel, not padding), vocab 257",
         "grayscale": "tf.image.rgb_to_grayscale: float32 weights 0.2989/0.5870/0.1140, "
                      "x 255.5, truncated",

@@ -26,6 +26,7 @@ import numpy as np
 
 from lra_bench.data.cache import token_dtype
 from lra_bench.data.prepare import files_fingerprint
+from lra_bench.data.safety import gib, limits
 from lra_bench.errors import UserError
 
 OPERATORS = ("[MIN", "[MAX", "[MED", "[SM")
@@ -115,6 +116,10 @@ def write_tsv(path: Path, rows: list[tuple[str, int]]) -> None:
 
 
 def read_tsv(path: Path) -> list[tuple[str, int]]:
+    cap = limits("listops")["tsv_bytes"]
+    if Path(path).stat().st_size > cap:  # it is read whole: refuse what cannot be real
+        raise UserError(f"{path} is {gib(Path(path).stat().st_size)}, more than any ListOps "
+                        f"split (cap {gib(cap)}); is it the right file?")
     rows = []
     lineno = 1
     try:

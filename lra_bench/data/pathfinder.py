@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import os
+import stat
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -28,12 +29,16 @@ import numpy as np
 
 from lra_bench.data.image import rgb_to_grayscale
 from lra_bench.data.prepare import fraction_boundary
+from lra_bench.data.safety import gib, inside, limits
 from lra_bench.errors import UserError
 
 SOURCE_HINT = ("the release images arrive with `lra data download`; --source takes the folder "
                "holding pathfinder<res>/; or add --generate to draw them offline")
-OK, MISSING, EMPTY, CORRUPT = 0, 1, 2, 3
-STATUS = {MISSING: "missing", EMPTY: "empty", CORRUPT: "corrupt"}
+OK, MISSING, EMPTY, CORRUPT, UNSAFE, OVERSIZED = 0, 1, 2, 3, 4, 5
+# unsafe: a path outside the folder, through a symlink, or not a regular file (device, fifo);
+# oversized: more bytes than any real image (limits.toml). Both are skipped unread.
+STATUS = {MISSING: "missing", EMPTY: "empty", CORRUPT: "corrupt", UNSAFE: "unsafe",
+          OVERSIZED: "oversized"}
 FRACTIONS = (0.8, 0.9)  # train | val | test boundaries
 
 
@@ -48,7 +53,9 @@ def release_dir(source: str, data: dict) -> Path:
 
 
 def metadata_files(folder: Path) -> list[Path]:
-    files = [p for p in (folder / "metadata").iterdir() if p.is_file() and p.suffix == ".npy"]
+    # regular files only: a symlinked or device "metadata file" is not read
+    files = [p for p in (folder / "metadata").iterdir()
+             if p.suffix == ".npy" and stat.S_ISREG(p.lstat().st_mode)]
     # numeric order (0, 1, ..., 10), so the example order, and the split, are the same everywhere
     return sorted(files, key=lambda p: (not p.stem.isdigit(), int(p.stem) if p.stem.isdigit() else 0, p.stem))
 
@@ -56,7 +63,11 @@ def metadata_files(folder: Path) -> list[Path]:
 def read_metadata(folder: Path) -> tuple[list[str], np.ndarray]:
     """(image paths relative to folder, labels) from every metadata file, in order."""
     paths, labels = [], []
+    cap = limits("pathfinder")
     for meta in metadata_files(folder):
+        if meta.stat().st_size > cap["metadata_bytes"]:
+            raise UserError(f"{meta}: {gib(meta.stat().st_size)} of metadata, more than any "
+                            f"release file (cap {gib(cap['metadata_bytes'])}); is it damaged?")
         try:
             lines = meta.read_text(encoding="utf-8").splitlines()
         except (OSError, UnicodeDecodeError) as e:
@@ -70,18 +81,33 @@ def read_metadata(folder: Path) -> tuple[list[str], np.ndarray]:
                                 f"label 0 or 1, got {line[:80]!r}")
             paths.append(f"{f[0]}/{f[1]}")
             labels.append(int(f[3]))
+        if len(paths) > cap["listed_images"]:
+            raise UserError(f"{folder}/metadata lists more than {cap['listed_images']:,} images, "
+                            "more than any release folder; is it damaged?")
     if not paths:
         raise UserError(f"{folder}/metadata lists no images; {SOURCE_HINT}")
     return paths, np.asarray(labels, np.int32)
 
 
-def decode_png(path: Path, resolution: int) -> tuple[int, np.ndarray | None]:
+def decode_png(folder: Path, rel: str, resolution: int) -> tuple[int, np.ndarray | None]:
+    """Decode folder/rel if it is a regular file inside folder, of a plausible size, whose header
+    says resolution x resolution: checked before any pixel is decoded."""
     from PIL import Image
 
+    path = inside(folder, rel)
+    if path is None:
+        return UNSAFE, None
     try:
-        if path.stat().st_size == 0:
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):
+            return UNSAFE, None
+        if st.st_size == 0:
             return EMPTY, None
+        if st.st_size > limits("pathfinder")["png_bytes"]:
+            return OVERSIZED, None
         with Image.open(path) as im:
+            if im.size != (resolution, resolution):  # read from the header; nothing decoded yet
+                return CORRUPT, None
             im.load()
             if im.mode == "L":
                 gray = np.asarray(im, np.uint8)
@@ -101,21 +127,29 @@ def decode_png(path: Path, resolution: int) -> tuple[int, np.ndarray | None]:
 def read_images(folder: Path, paths: list[str], resolution: int, pixels: np.ndarray, log) -> np.ndarray:
     """Decode every PNG into pixels[i] (threads: PIL releases the GIL while decoding);
     returns the status of each."""
+    from PIL import Image
+
     status = np.zeros(len(paths), np.int8)
     chunk = 2048
 
     def work(start: int) -> None:
         for i in range(start, min(start + chunk, len(paths))):
-            s, gray = decode_png(folder / paths[i], resolution)
+            s, gray = decode_png(folder, paths[i], resolution)
             status[i] = s
             if s == OK:
                 pixels[i] = gray.reshape(-1)
 
     starts = range(0, len(paths), chunk)
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        for n, _ in enumerate(pool.map(work, starts), start=1):
-            if n % 25 == 0 or n == len(starts):
-                log(f"pathfinder: decoded {min(n * chunk, len(paths))}/{len(paths)} images")
+    # Pillow's decompression-bomb limit, for our size: it refuses (at open) any image over twice
+    # this many pixels; decode_png refuses every other size before decoding too.
+    saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, resolution * resolution
+    try:
+        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+            for n, _ in enumerate(pool.map(work, starts), start=1):
+                if n % 25 == 0 or n == len(starts):
+                    log(f"pathfinder: decoded {min(n * chunk, len(paths))}/{len(paths)} images")
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
     return status
 
 
@@ -167,7 +201,8 @@ def build(source: str, data: dict, writer, log) -> dict:
             "images": f"pathfinder{res}/{data['difficulty']}",
             "tokens": "grey level + 1 (black is a pixel, not padding), vocab 257, row by row",
             "splits": f"80/10/10 of the readable images, seeded permutation (seed {data['split_seed']})",
-            "skipped": "empty, unreadable or wrongly sized PNGs, counted under 'skipped'",
+            "skipped": "empty, unreadable or wrongly sized PNGs, and unsafe ones (outside the "
+                       "folder, symlinks, devices, oversized files), counted under 'skipped'",
         },
     }
 

@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import importlib
 import json
+import re
 import shutil
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-from lra_bench.data.cache import CacheWriter, prep_config, read, read_manifest
+from lra_bench.data.cache import CacheWriter, prep_config, read, read_manifest, sha256_file
 from lra_bench.errors import UserError
 
 PREPARED = "prepared"
@@ -43,14 +44,22 @@ def loader_module(name: str):
     return importlib.import_module(f"lra_bench.data.{name}")
 
 
+def folder_name(value, what: str) -> str:
+    """A task or variant name used as one folder name: never a path (`..`, `/`, hidden)."""
+    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,99}", value):
+        raise UserError(f"{what} {value!r} cannot name a folder: use letters, digits, '_', '-', "
+                        "'.' and '+' (not starting with '.', at most 100)")
+    return value
+
+
 def cache_path(data_dir: Path, task: str, variant: str) -> Path:
-    return Path(data_dir) / PREPARED / task / variant
+    return Path(data_dir) / PREPARED / folder_name(task, "task") / folder_name(variant, "data.variant")
 
 
 def generated_path(data_dir: Path, task: str, variant: str) -> Path:
     """Where --generate writes a source (ListOps TSVs, Pathfinder PNGs): where
     `python -m lra_bench.data.listops --out` has always put them."""
-    return Path(data_dir) / task / variant
+    return Path(data_dir) / folder_name(task, "task") / folder_name(variant, "data.variant")
 
 
 def prepare(task: str, preset: str, data: dict[str, Any], data_dir: Path, *,
@@ -114,7 +123,7 @@ def generated_source(module, task: str, data: dict, data_dir: Path, force: bool,
         try:
             if json.loads(marker.read_text()) == stamp:
                 return out
-        except (OSError, json.JSONDecodeError):
+        except (OSError, ValueError):  # unreadable, not JSON or not UTF-8: generate again
             pass
     if out.exists():
         log(f"{out} will be replaced: it was not generated with these settings")
@@ -178,6 +187,20 @@ def files_fingerprint(paths: list[Path], root: Path | None = None) -> dict:
     if root is not None:
         out["root"] = str(Path(root).resolve())
     return out
+
+
+def archive_record(path: Path, size: int, official_sha256: str, official_bytes: int,
+                   log: Log) -> dict:
+    """What the manifest records of a source archive: its size and SHA-256, and whether they are
+    the official release's (a different archive is still read, with every check, and said so)."""
+    digest = sha256_file(path)
+    official = digest == official_sha256 and size == official_bytes
+    if not official:
+        log(f"note: {Path(path).name} is not the official archive (sha256 {digest[:12]}..., "
+            f"official {official_sha256[:12]}...); it is read with the same checks and its hash "
+            "is recorded in the manifest")
+    return {"file": Path(path).name, "bytes": size, "sha256": digest,
+            "official_sha256": official_sha256, "official": official}
 
 
 def subset_rows(n: int, limit: int, seed: int) -> "np.ndarray":

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lra_bench.data.prepare import files_fingerprint, fraction_boundary, subset_rows
+from lra_bench.data.prepare import archive_record, files_fingerprint, fraction_boundary, subset_rows
+from lra_bench.data.safety import TarGuard
 from lra_bench.errors import UserError
 
 SOURCE_HINT = ("the default source is tfds 'imdb_reviews' (tfds downloads it when it can); "
@@ -75,16 +76,25 @@ def read_tfds(name: str, splits: tuple[str, ...], data_dir: str | None, fields: 
                         "archive with --source") from None
 
 
-def read_acl_tar(path: Path) -> dict[str, tuple[list[bytes], np.ndarray]]:
-    """{train|test: (texts, labels)} from aclImdb_v1.tar.gz, in sorted member order."""
+ACL_SHA256 = "c40f74a18d3b61f90feba1e17730e0d38e8b97c05fde7008942e91923d1658fe"  # tfds 4.9.10
+ACL_BYTES = 84_125_825
+
+
+def read_acl_tar(path: Path, log=lambda m: None) -> tuple[dict[str, tuple[list[bytes], np.ndarray]], dict]:
+    """({train|test: (texts, labels)}, archive record) from aclImdb_v1.tar.gz, in sorted member
+    order."""
+    guard = TarGuard(path, "aclimdb")
     found: dict[str, list[tuple[str, bytes, int]]] = {"train": [], "test": []}
     try:
+        size = guard.check_archive()
         with tarfile.open(path, "r:*") as tar:
             for m in tar:
-                parts = m.name.split("/")
-                if (not m.isfile() or len(parts) < 4 or parts[-3] not in found
+                member = guard.admit(m)
+                parts = member.split("/") if member else []
+                if (len(parts) < 4 or parts[-3] not in found
                         or parts[-2] not in ("pos", "neg") or not parts[-1].endswith(".txt")):
                     continue
+                guard.take(m)
                 text = tar.extractfile(m).read()
                 found[parts[-3]].append((m.name, text, int(parts[-2] == "pos")))
     except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
@@ -97,7 +107,9 @@ def read_acl_tar(path: Path) -> dict[str, tuple[list[bytes], np.ndarray]]:
     for split, rows in found.items():
         rows.sort()
         out[split] = ([r[1] for r in rows], np.asarray([r[2] for r in rows], np.int32))
-    return out
+    record = archive_record(path, size, ACL_SHA256, ACL_BYTES, log)
+    record["skipped_members"] = guard.report(log)
+    return out, record
 
 
 # The loader protocol (see lra_bench.data.prepare).
@@ -121,10 +133,11 @@ def build(source: str, data: dict, writer, log) -> dict:
         raise UserError(f"data.validation must be one of {', '.join(VALIDATION)}, "
                         f"got '{data['validation']}'")
     is_tfds, tfds_dir = tfds_source(source)
+    archive = None
     if is_tfds:
         raw = read_tfds(TFDS_NAME, ("train", "test"), tfds_dir, ("text", "label"), log)
     else:
-        raw = read_acl_tar(Path(source))
+        raw, archive = read_acl_tar(Path(source), log)
     seed, L = data["split_seed"], data["max_length"]
     texts, labels = raw["train"]
     if data["validation"] == "holdout":
@@ -141,7 +154,7 @@ def build(source: str, data: dict, writer, log) -> dict:
     writer.put("test", labels[rows], byte_ids([texts[i] for i in rows], L))
     if data["validation"] == "test":
         writer.alias("val", "test")
-    return {"protocol": {
+    return {**({"archive": archive} if archive else {}), "protocol": {
         "tokens": "UTF-8 byte + 1, pad 0, vocab 257",
         "truncation": f"first {L} bytes",
         "validation": ("LRA: the test split doubles as validation (IMDB has none), so the "
