@@ -33,6 +33,10 @@ from lra_bench.errors import UserError
 GROUP = "lra_bench.mixers"
 CONTRACT = "see docs/plugins.md for the mixer contract"
 
+SIGNATURES = {"__init__": "(self, spec, *, rngs, **options)",
+              "__call__": "(self, x, mask, *, deterministic, rngs) -> (y, mask)",
+              "residual_stream": "(self, x, h, mask) -> x", "after_block": "(self, x, mask) -> (x, mask)"}
+
 # Plugin mixer classes built in this process -> the label their errors carry.
 _LABELS: dict[type, str] = {}
 
@@ -155,7 +159,8 @@ def blame(mixer, method: str):
         raise
     except Exception as e:  # noqa: BLE001 -- whatever the plugin raised, say where
         raise UserError(f"{label}: {method} raised {type(e).__name__}{_where(e)}: "
-                        f"{_first_line(e)}; fix the mixer ({CONTRACT})") from None
+                        f"{_first_line(e)}; fix the mixer (it must be {method}"
+                        f"{SIGNATURES[method]}; {CONTRACT})") from None
 
 
 def _fmt(a) -> str:
