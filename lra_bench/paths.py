@@ -43,11 +43,15 @@ def set_config_dirs(dirs) -> None:
 
 def user_config_dirs() -> list[Path]:
     """--config-dir folders, then $LRA_CONFIG_PATH's, absolute and checked, duplicates dropped."""
-    env = [Path(p).expanduser() for p in os.environ.get("LRA_CONFIG_PATH", "").split(os.pathsep)
-           if p.strip()]
-    out: list[Path] = []
-    for folder, where in [(d, "--config-dir") for d in _cli_config_dirs] + \
-                         [(d, "$LRA_CONFIG_PATH") for d in env]:
+    return [root.path for root in _user_roots()]
+
+
+def _user_roots() -> list[ConfigRoot]:
+    env = [p for p in os.environ.get("LRA_CONFIG_PATH", "").split(os.pathsep) if p.strip()]
+    out: list[ConfigRoot] = []
+    for given, where in [(str(d), "--config-dir") for d in _cli_config_dirs] + \
+                        [(d, "$LRA_CONFIG_PATH") for d in env]:
+        folder = Path(given).expanduser()
         if not folder.is_dir():
             raise UserError(f"{where} {folder}: no such folder; give a folder that holds tasks/ "
                             "and/or models/")
@@ -55,8 +59,8 @@ def user_config_dirs() -> list[Path]:
             raise UserError(f"{where} {folder} has neither tasks/ nor models/; give the folder "
                             "that holds them")
         folder = folder.resolve()
-        if folder not in out:
-            out.append(folder)
+        if all(folder != root.path for root in out):
+            out.append(ConfigRoot(given, folder))  # `lra list` shows the folder as given
     return out
 
 
@@ -88,7 +92,7 @@ def builtin_root() -> ConfigRoot:
 
 def config_roots() -> list[ConfigRoot]:
     """Every folder searched for tasks/ and models/, first match wins."""
-    return [ConfigRoot(str(d), d) for d in user_config_dirs()] + [builtin_root()]
+    return _user_roots() + [builtin_root()]
 
 
 def project_root():
