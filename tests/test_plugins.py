@@ -187,3 +187,23 @@ def test_entry_points_are_models_and_a_broken_one_is_one_line(tmp_path, monkeypa
                             "typo", "--task", "listops"])
     one_error_line(r, "unknown mixer kind 'softmaks'; choose one of: fastformer", "ghost",
                    "package.module:Class")
+
+
+def test_the_install_docs_user_model_and_task_resolve(tmp_path):
+    """docs/install.md's example files, as written there."""
+    import re
+
+    from lra_bench.model import check
+
+    doc = (paths.PACKAGE_DIR.parent / "docs" / "install.md").read_text()
+    blocks = re.findall(r"```toml\n# (my-configs/[\w./-]+)\n(.*?)```", doc, re.S)
+    assert len(blocks) == 2
+    for path, body in blocks:
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_text(body)
+    paths.set_config_dirs([tmp_path / "my-configs"])
+    rc = config.resolve("nystrom-32", "listops-short", "smoke")
+    assert rc.mixer["num_landmarks"] == 32 and rc.data["max_length"] == 64
+    assert rc.model["num_layers"] == 2 and rc.train["steps"] == 200
+    assert config.resolve("nystrom-32", "listops", "smoke").model["num_layers"] == 1
+    check(rc)
