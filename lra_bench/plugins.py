@@ -47,11 +47,23 @@ def builtin_kinds() -> list[str]:
     return sorted(p.stem for p in folder.glob("*.py") if not p.stem.startswith("_"))
 
 
+# Installed distributions whose entry_points.txt cannot be read (named in "unknown kind" errors).
+_unreadable: set[str] = set()
+
+
 def entry_points() -> dict[str, importlib.metadata.EntryPoint]:
-    """The installed `lra_bench.mixers` entry points by name (first on sys.path wins)."""
+    """The installed `lra_bench.mixers` entry points by name (first on sys.path wins). One
+    distribution's malformed entry_points.txt, which makes importlib.metadata.entry_points()
+    raise, skips that distribution only."""
     out: dict[str, importlib.metadata.EntryPoint] = {}
-    for ep in importlib.metadata.entry_points(group=GROUP):
-        out.setdefault(ep.name, ep)
+    for dist in importlib.metadata.distributions():
+        try:
+            eps = [ep for ep in dist.entry_points if ep.group == GROUP]
+        except Exception:  # noqa: BLE001 -- someone else's broken metadata
+            _unreadable.add(str(getattr(dist, "_path", "?")))
+            continue
+        for ep in eps:
+            out.setdefault(ep.name, ep)
     return dict(sorted(out.items()))
 
 
@@ -75,7 +87,7 @@ def default_models() -> dict:
     return out
 
 
-def is_plugin(kind: str) -> bool:
+def is_plugin(kind) -> bool:
     return kind not in builtin_kinds()
 
 
@@ -94,6 +106,8 @@ def _where(e: BaseException) -> str:
 
 def mixer_class(kind: str) -> tuple[type, str]:
     """The class a non-built-in `kind` names, and the label its errors carry."""
+    if not isinstance(kind, str):
+        raise UserError(f"[mixer] kind must be a string, got {kind!r}")
     if ":" in kind:
         target, label = kind, f"mixer '{kind}'"
         fix = "fix [mixer] kind (\"package.module:Class\") or install the package"
@@ -101,8 +115,10 @@ def mixer_class(kind: str) -> tuple[type, str]:
         eps = entry_points()
         if kind not in eps:
             known = builtin_kinds() + [n for n in eps if n not in builtin_kinds()]
+            unreadable = (f" (unreadable entry_points.txt: {', '.join(sorted(_unreadable))})"
+                          if _unreadable else "")
             raise UserError(f"unknown mixer kind '{kind}'; choose one of: {', '.join(known)}, "
-                            "or name a class as \"package.module:Class\"")
+                            f"or name a class as \"package.module:Class\"{unreadable}")
         ep = eps[kind]
         target = ep.value
         label = f"mixer plugin '{kind}' ({target}, from {_dist(ep)})"

@@ -166,6 +166,10 @@ def test_entry_points_are_models_and_a_broken_one_is_one_line(tmp_path, monkeypa
     (info / "entry_points.txt").write_text(
         "[lra_bench.mixers]\nghost = no_such_module_xyz:Mixer\nsoftmax = plug_ep:Mixer\n")
     (site / "plug_ep.py").write_text(textwrap.dedent(GOOD))
+    mangled = site / "mangled-1.0.dist-info"  # its entry_points.txt breaks importlib.metadata's
+    mangled.mkdir()
+    (mangled / "METADATA").write_text("Metadata-Version: 2.1\nName: mangled\nVersion: 1.0\n")
+    (mangled / "entry_points.txt").write_text("[lra_bench.mixers]\nno equals sign\nx =\n")
     monkeypatch.syspath_prepend(str(site))
     assert set(plugins.entry_points()) == {"ghost", "softmax"}
     models = config.available("models")
