@@ -194,8 +194,9 @@ def worker_env(s: Settings | None = None) -> dict:
     ($LRA_HOME is inherited) and the user's config folders (--config-dir, $LRA_CONFIG_PATH and
     those the sweep was started with, for --resume). Plugins resolve from the same Python."""
     env = dict(os.environ)
-    root = str(paths.PACKAGE_DIR.parent)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+    root = paths.checkout()  # a `PYTHONPATH=.` run; an installed package is found as it is
+    if root is not None:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
     dirs = [str(d) for d in paths.user_config_dirs()]
     dirs += [d for d in (s.config_dirs if s else []) if d not in dirs]
     env["LRA_CONFIG_PATH"] = os.pathsep.join(dirs)
