@@ -109,7 +109,7 @@ def test_a_smoke_run_from_the_wheel(installed, data_dir, tmp_path):
 def test_the_docs_plugin_runs_and_sweeps_like_a_built_in(installed, data_dir, tmp_path):
     r = lra(installed, "--config-dir", "my-configs", "run", "--model", "mean-nogate", "--task",
             "listops", "--preset", "smoke", "--steps", "2", "--set", "train.eval_every=2",
-            "--data-dir", data_dir, "--results-dir", tmp_path)
+            "--no-preflight", "--data-dir", data_dir, "--results-dir", tmp_path)
     assert "test acc" in r.stdout
     (run,) = (tmp_path / "runs").iterdir()
     saved = json.loads((run / "config.json").read_text())["mixer"]
@@ -120,7 +120,7 @@ def test_the_docs_plugin_runs_and_sweeps_like_a_built_in(installed, data_dir, tm
     # Two lengths, each point in its own worker process, the user's model from --config-dir.
     lra(installed, "--config-dir", "my-configs", "sweep", "--task", "listops", "--preset",
         "smoke", "--models", "mean-nogate", "--lengths", "16,32", "--batch-size", "2",
-        "--steps", "1", "--warmup", "0", "--results-dir", tmp_path)
+        "--steps", "1", "--warmup", "0", "--mode", "forward", "--results-dir", tmp_path)
     (table,) = (tmp_path / "sweeps").glob("*.csv")
     rows = list(csv.DictReader(table.open()))
     assert [(r["model"], r["length"], r["status"]) for r in rows] == [
