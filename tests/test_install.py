@@ -125,3 +125,5 @@ def test_the_docs_plugin_runs_and_sweeps_like_a_built_in(installed, data_dir, tm
     rows = list(csv.DictReader(table.open()))
     assert [(r["model"], r["length"], r["status"]) for r in rows] == [
         ("mean-nogate", "16", "ok"), ("mean-nogate", "32", "ok")], rows
+    table = lra(installed, "report", "--sweep", "--results-dir", tmp_path).stdout
+    assert "mean-nogate" in table
