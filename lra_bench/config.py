@@ -17,7 +17,6 @@ from __future__ import annotations
 import copy
 import tomllib
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from lra_bench import paths

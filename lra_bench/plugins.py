@@ -35,7 +35,8 @@ CONTRACT = "see docs/plugins.md for the mixer contract"
 
 SIGNATURES = {"__init__": "(self, spec, *, rngs, **options)",
               "__call__": "(self, x, mask, *, deterministic, rngs) -> (y, mask)",
-              "residual_stream": "(self, x, h, mask) -> x", "after_block": "(self, x, mask) -> (x, mask)"}
+              "residual_stream": "(self, x, h, mask) -> x",
+              "after_block": "(self, x, mask) -> (x, mask)"}
 
 # Plugin mixer classes built in this process -> the label their errors carry.
 _LABELS: dict[type, str] = {}

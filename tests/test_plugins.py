@@ -89,7 +89,8 @@ def test_config_dirs_add_and_override_and_list_shows_the_source(tmp_path, monkey
     listops = (paths.tasks_dir() / "listops.toml").read_text()
     (mine / "tasks" / "listops.toml").write_text(listops.replace(
         'description = "', 'description = "MINE '))
-    (env / "tasks" / "listops.toml").write_text(listops.replace('description = "', 'description = "ENV '))
+    (env / "tasks" / "listops.toml").write_text(listops.replace(
+        'description = "', 'description = "ENV '))
     (env / "tasks" / "tiny.toml").write_text(
         'description = "a user task"\n[data]\nloader = "synthetic"\nmax_length = 8\n'
         'vocab_size = 4\nnum_classes = 2\n[presets.smoke]\n')
@@ -143,8 +144,8 @@ def test_a_broken_plugin_is_one_line_exit_2_and_writes_nothing(case, plugin_home
 
 
 def test_preflight_and_sweep_stop_on_a_broken_plugin(plugin_home, results_dir):
-    r = runner.invoke(app, ["--config-dir", str(plugin_home), "preflight", "--model", "p_wrong_shape",
-                            "--task", "listops"])
+    r = runner.invoke(app, ["--config-dir", str(plugin_home), "preflight", "--model",
+                            "p_wrong_shape", "--task", "listops"])
     one_error_line(r, "mixer 'plug_wrong_shape:Mixer'", "the shape of x")
     # The sweep's parent never imports jax: a child process checks the plugin before any point.
     r = runner.invoke(app, ["--config-dir", str(plugin_home), "sweep", "--task", "listops",
