@@ -98,7 +98,7 @@ def _first_line(e: BaseException) -> str:
 
 def _where(e: BaseException) -> str:
     """' at file:line' of the innermost frame outside jax, flax and lra-bench: the plugin's."""
-    skip = (str(paths.PACKAGE_DIR), f"{os.sep}jax{os.sep}", f"{os.sep}flax{os.sep}",
+    skip = (f"{paths.PACKAGE_DIR}{os.sep}", f"{os.sep}jax{os.sep}", f"{os.sep}flax{os.sep}",
             f"{os.sep}jaxlib{os.sep}", f"{os.sep}importlib{os.sep}", "<frozen ")
     frames = [f for f in traceback.extract_tb(e.__traceback__)
               if not any(s in f.filename for s in skip)]
