@@ -35,6 +35,16 @@ def user_errors(fn):
     return wrapper
 
 
+@app.callback()
+def _global_options(
+    config_dir: List[Path] = typer.Option(
+        [], "--config-dir", metavar="DIR", help="also search DIR/tasks and DIR/models for configs, "
+        "before $LRA_CONFIG_PATH and the built-in ones (repeatable; a file named like a built-in "
+        "replaces it)"),
+):
+    paths.set_config_dirs(config_dir)
+
+
 @app.command("list")
 @user_errors
 def list_cmd(what: str = typer.Argument("all", help="tasks, models or all")):
@@ -45,23 +55,24 @@ def list_cmd(what: str = typer.Argument("all", help="tasks, models or all")):
         raise UserError(f"unknown listing '{what}'; choose one of: tasks, models, all")
     if what in ("tasks", "all"):
         t = Table(title="tasks", title_justify="left")
-        for c in ("task", "length", "classes", "presets", "description"):
+        for c in ("task", "length", "classes", "presets", "description", "source"):
             t.add_column(c)
-        for name in config.available("tasks"):
+        for name, entry in config.available("tasks").items():
             doc = config.load_spec("tasks", name)
             t.add_row(name, str(doc["data"].get("max_length", "")), str(doc["data"].get("num_classes", "")),
-                      ", ".join(sorted(doc.get("presets", {}))), doc.get("description", ""))
+                      ", ".join(sorted(doc.get("presets", {}))), doc.get("description", ""),
+                      entry.source)
         out.print(t)
     if what in ("models", "all"):
         t = Table(title="models", title_justify="left")
-        for c in ("model", "mixer", "options", "description"):
+        for c in ("model", "mixer", "options", "description", "source"):
             t.add_column(c)
-        for name in config.available("models"):
+        for name, entry in config.available("models").items():
             doc = config.load_spec("models", name)
             mixer = dict(doc.get("mixer", {}))
             kind = mixer.pop("kind", "?")
             t.add_row(name, kind, ", ".join(f"{k}={v}" for k, v in mixer.items()),
-                      doc.get("description", ""))
+                      doc.get("description", ""), entry.source)
         out.print(t)
 
 

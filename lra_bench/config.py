@@ -17,7 +17,6 @@ from __future__ import annotations
 import copy
 import tomllib
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from lra_bench import paths
@@ -60,18 +59,43 @@ class RunConfig:
         )
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
+def _read_toml(path) -> dict[str, Any]:
+    """`path`: a Path or an importlib.resources Traversable (the configs packed in a wheel)."""
     try:
-        with open(path, "rb") as f:
-            return tomllib.load(f)
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as e:
         raise UserError(f"{path}: malformed TOML ({e}); fix the file") from None
 
 
-def available(kind: str) -> dict[str, Path]:
-    """Registered tasks or models: one TOML file each, found by name."""
-    folder = paths.tasks_dir() if kind == "tasks" else paths.models_dir()
-    return {p.stem: p for p in sorted(folder.glob("*.toml"))}
+@dataclass(frozen=True)
+class Entry:
+    """Where a task or model comes from: a TOML file, or a mixer plugin's default model."""
+
+    name: str
+    source: str  # a config folder, LRA_HOME, built-in, or "plugin <distribution>"
+    path: Any = None  # the TOML file (Path or Traversable); None for a plugin's default model
+    doc: dict[str, Any] | None = None  # the plugin's default model
+
+
+def available(kind: str) -> dict[str, Entry]:
+    """Registered tasks or models by name, sorted: the first config root holding a name wins
+    (see lra_bench.paths); every `lra_bench.mixers` entry point that no TOML names is a model
+    of its own, with the mixer's default options."""
+    found: dict[str, Entry] = {}
+    for root in paths.config_roots():
+        folder = root.path / kind
+        if not folder.is_dir():
+            continue
+        for p in folder.iterdir():
+            stem = p.name[:-len(".toml")]
+            if p.name.endswith(".toml") and stem not in found:
+                found[stem] = Entry(stem, root.source, p)
+    if kind == "models":
+        from lra_bench import plugins
+
+        for name, entry in plugins.default_models().items():
+            found.setdefault(name, entry)
+    return dict(sorted(found.items()))
 
 
 def load_spec(kind: str, name: str) -> dict[str, Any]:
@@ -79,7 +103,8 @@ def load_spec(kind: str, name: str) -> dict[str, Any]:
     if name not in found:
         noun = kind[:-1]
         raise UserError(f"unknown {noun} '{name}'; choose one of: {', '.join(found)}")
-    return _read_toml(found[name])
+    entry = found[name]
+    return copy.deepcopy(entry.doc) if entry.path is None else _read_toml(entry.path)
 
 
 def _same_type(old: Any, new: Any) -> bool:

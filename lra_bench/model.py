@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from lra_bench import mixers
+from lra_bench import mixers, plugins
 from lra_bench.config import RunConfig
 
 PAD_ID = 0
@@ -61,16 +61,21 @@ class Block(nnx.Module):
     def __call__(self, x, mask, *, deterministic: bool, rngs: nnx.Rngs | None):
         drop = lambda t: self.dropout(t, deterministic=deterministic, rngs=rngs)  # noqa: E731
         h = self.norm1(x)
-        y, out_mask = self.mixer(h, mask, deterministic=deterministic, rngs=rngs)
+        # A user's (plugin) mixer is held to the contract here, at trace time; built-ins pass.
+        with plugins.blame(self.mixer, "__call__"):
+            out = self.mixer(h, mask, deterministic=deterministic, rngs=rngs)
+        y, out_mask = plugins.check_output(self.mixer, h, out)
         # Shortening mixers say what the residual adds to and what follows the block
         # (see lra_bench.mixers); mixers without these hooks run the plain pre-LN block.
         if hasattr(self.mixer, "residual_stream"):
-            x = self.mixer.residual_stream(x, h, mask)
+            with plugins.blame(self.mixer, "residual_stream"):
+                x = self.mixer.residual_stream(x, h, mask)
         x, mask = x + drop(y), out_mask
         h = drop(jax.nn.gelu(self.mlp_in(self.norm2(x))))
         x = x + drop(self.mlp_out(h))
         if hasattr(self.mixer, "after_block"):
-            x, mask = self.mixer.after_block(x, mask)
+            with plugins.blame(self.mixer, "after_block"):
+                x, mask = self.mixer.after_block(x, mask)
         return x, mask
 
 
@@ -122,8 +127,21 @@ class Encoder(nnx.Module):
 
 def check(rc: RunConfig) -> None:
     """Build the model abstractly (shapes only, nothing allocated) so that a bad mixer option or
-    schedule raises its UserError before any data is loaded or anything is written."""
-    nnx.eval_shape(lambda: Classifier(rc, rngs=nnx.Rngs(params=rc.seed)))
+    schedule raises its UserError before any data is loaded or anything is written. A user's
+    (plugin) mixer also runs a forward pass on abstract inputs of the task's shapes, so that
+    any breach of the mixer contract is one line before anything else happens."""
+    if not plugins.is_plugin(rc.mixer["kind"]):
+        nnx.eval_shape(lambda: Classifier(rc, rngs=nnx.Rngs(params=rc.seed)))
+        return
+    from lra_bench.data import synthetic
+
+    inputs = synthetic.make_split(rc.data, 2, seed=0)["inputs"]
+
+    def forward():
+        model = Classifier(rc, rngs=nnx.Rngs(params=rc.seed))
+        return model(jnp.asarray(inputs), deterministic=False, rngs=nnx.Rngs(dropout=0))
+
+    jax.eval_shape(forward)
 
 
 class Classifier(nnx.Module):

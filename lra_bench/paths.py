@@ -1,43 +1,113 @@
 """Where lra-bench finds its declarative configs and where it reads and writes data.
 
-`tasks/` and `models/` live at the project root. The package resolves them from, in order,
-$LRA_HOME, the source tree the package was imported from (editable installs and `PYTHONPATH=.`
-runs), and the current directory, so `lra` works from any working directory after install.
+Configs (`tasks/*.toml`, `models/*.toml`) are searched in config roots, first match by name wins:
+
+  1. `lra --config-dir DIR` (repeatable, in the order given)       source: DIR
+  2. $LRA_CONFIG_PATH, colon-separated folders                     source: the folder
+  3. the built-in set, one of (first that exists):
+     - $LRA_HOME, a checkout or any folder with tasks/ and models/  source: LRA_HOME
+     - the checkout this package was imported from (editable installs, `PYTHONPATH=.`)
+     - the copy shipped inside the installed package (`lra_bench/configs/`, packed by setup.py's
+       build step and read with importlib.resources), so a wheel works from any directory
+                                                                    source: built-in
+A user folder may hold tasks/, models/ or both; a file named like a built-in one replaces it.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from lra_bench.errors import UserError
 
 PACKAGE_DIR = Path(__file__).resolve().parent
+BUILTIN = "built-in"
+
+# Set by the CLI's --config-dir; searched before $LRA_CONFIG_PATH.
+_cli_config_dirs: list[Path] = []
 
 
-def _candidates() -> list[Path]:
-    out = []
-    if os.environ.get("LRA_HOME"):
-        out.append(Path(os.environ["LRA_HOME"]).expanduser())
-    out += [PACKAGE_DIR.parent, Path.cwd()]
+@dataclass(frozen=True)
+class ConfigRoot:
+    source: str  # what `lra list` shows
+    path: Any  # a Path, or an importlib.resources Traversable for the packaged copy
+
+
+def set_config_dirs(dirs) -> None:
+    """The CLI's --config-dir folders (replacing any set before)."""
+    _cli_config_dirs[:] = [Path(d).expanduser() for d in dirs]
+
+
+def user_config_dirs() -> list[Path]:
+    """--config-dir folders, then $LRA_CONFIG_PATH's, absolute and checked, duplicates dropped."""
+    return [root.path for root in _user_roots()]
+
+
+def _user_roots() -> list[ConfigRoot]:
+    env = [p for p in os.environ.get("LRA_CONFIG_PATH", "").split(os.pathsep) if p.strip()]
+    out: list[ConfigRoot] = []
+    for given, where in [(str(d), "--config-dir") for d in _cli_config_dirs] + \
+                        [(d, "$LRA_CONFIG_PATH") for d in env]:
+        folder = Path(given).expanduser()
+        if not folder.is_dir():
+            raise UserError(f"{where} {folder}: no such folder; give a folder that holds tasks/ "
+                            "and/or models/")
+        if not (folder / "tasks").is_dir() and not (folder / "models").is_dir():
+            raise UserError(f"{where} {folder} has neither tasks/ nor models/; give the folder "
+                            "that holds them")
+        folder = folder.resolve()
+        if all(folder != root.path for root in out):
+            out.append(ConfigRoot(given, folder))  # `lra list` shows the folder as given
     return out
 
 
-def project_root() -> Path:
-    for root in _candidates():
-        if (root / "tasks").is_dir() and (root / "models").is_dir():
-            return root
-    raise UserError(
-        "cannot find the tasks/ and models/ config folders; set LRA_HOME to the lra-bench checkout"
-    )
+def _has_configs(root) -> bool:
+    return (root / "tasks").is_dir() and (root / "models").is_dir()
 
 
-def tasks_dir() -> Path:
-    return project_root() / "tasks"
+def checkout() -> Path | None:
+    """The source checkout this package was imported from, if it was (not a wheel install)."""
+    root = PACKAGE_DIR.parent
+    return root if (root / "pyproject.toml").is_file() and _has_configs(root) else None
 
 
-def models_dir() -> Path:
-    return project_root() / "models"
+def builtin_root() -> ConfigRoot:
+    if os.environ.get("LRA_HOME"):
+        home = Path(os.environ["LRA_HOME"]).expanduser()
+        if not _has_configs(home):
+            raise UserError(f"LRA_HOME={home} has no tasks/ and models/ folders; point it at an "
+                            "lra-bench checkout, or unset it to use the installed configs")
+        return ConfigRoot("LRA_HOME", home)
+    if checkout() is not None:
+        return ConfigRoot(BUILTIN, checkout())
+    packaged = resources.files("lra_bench") / "configs"
+    if _has_configs(packaged):
+        return ConfigRoot(BUILTIN, packaged)
+    raise UserError("cannot find the built-in tasks/ and models/ configs (a broken install?); "
+                    "reinstall lra-bench or set LRA_HOME to an lra-bench checkout")
+
+
+def config_roots() -> list[ConfigRoot]:
+    """Every folder searched for tasks/ and models/, first match wins."""
+    return _user_roots() + [builtin_root()]
+
+
+def project_root():
+    """The folder holding the built-in tasks/ and models/."""
+    return builtin_root().path
+
+
+def tasks_dir():
+    """The built-in tasks/ folder."""
+    return builtin_root().path / "tasks"
+
+
+def models_dir():
+    """The built-in models/ folder."""
+    return builtin_root().path / "models"
 
 
 def data_dir(explicit: str | Path | None = None) -> Path:

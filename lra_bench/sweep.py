@@ -35,7 +35,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from lra_bench import config, paths, results
+from lra_bench import config, paths, plugins, results
 from lra_bench.errors import UserError
 
 MODES = ("train", "forward")
@@ -65,6 +65,7 @@ class Settings:
     timeout_s: float = 900.0
     memory_limit: str | None = None
     seed: int = 0
+    config_dirs: list[str] = field(default_factory=list)  # --config-dir / $LRA_CONFIG_PATH
 
 
 def parse_lengths(text: str) -> list[int]:
@@ -104,10 +105,14 @@ def plan(task: str, models: str, lengths: str, preset: str = "lra", batch_size: 
 
         parse_bytes(memory_limit)
     settings = Settings(task, preset, names, parse_lengths(lengths), batch_size, steps, warmup,
-                        mode, list(overrides), timeout_s, memory_limit, seed)
+                        mode, list(overrides), timeout_s, memory_limit, seed,
+                        [str(d) for d in paths.user_config_dirs()])
     for model in names:  # a typo in --set or a model/task mismatch fails here, once
-        config.resolve(model, task, preset, seed=seed, overrides=point_overrides(
+        rc = config.resolve(model, task, preset, seed=seed, overrides=point_overrides(
             settings, settings.lengths[0]))
+        if plugins.is_plugin(rc.mixer["kind"]):  # a broken plugin: one error, not N error rows
+            plugins.check_in_subprocess(model, task, preset, point_overrides(
+                settings, settings.lengths[0]), seed, worker_env(settings))
     return settings
 
 
@@ -230,12 +235,17 @@ def _same_kind(default, value, optional: bool) -> bool:
     return isinstance(value, str if default is None else type(default))
 
 
-def worker_env() -> dict:
-    """The worker imports this same package and reads the same tasks/ and models/."""
+def worker_env(s: Settings | None = None) -> dict:
+    """The worker imports this same package and reads the same configs: the built-in set
+    ($LRA_HOME is inherited) and the user's config folders (--config-dir, $LRA_CONFIG_PATH and
+    those the sweep was started with, for --resume). Plugins resolve from the same Python."""
     env = dict(os.environ)
-    root = str(paths.PACKAGE_DIR.parent)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
-    env["LRA_HOME"] = str(paths.project_root())
+    root = paths.checkout()  # a `PYTHONPATH=.` run; an installed package is found as it is
+    if root is not None:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
+    dirs = [str(d) for d in paths.user_config_dirs()]
+    dirs += [d for d in (s.config_dirs if s else []) if d not in dirs]
+    env["LRA_CONFIG_PATH"] = os.pathsep.join(dirs)
     return env
 
 
@@ -259,7 +269,7 @@ def run_point(s: Settings, model: str, length: int) -> dict:
                "--out", str(out)]
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=s.timeout_s,
-                                  env=worker_env())
+                                  env=worker_env(s))
         except subprocess.TimeoutExpired:  # subprocess.run has killed the worker
             return {"status": "timeout",
                     "message": f"no result after {s.timeout_s:g} s (--timeout)"}

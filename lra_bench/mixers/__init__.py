@@ -33,6 +33,8 @@ Option errors: a mixer raises `UserError` from its constructor; `lra_bench.model
 builds the model abstractly before any data is loaded or written, so they surface first.
 
 Adding a mixer: write `lra_bench/mixers/<kind>.py` and `models/<name>.toml`. Nothing else changes.
+Users add theirs without forking: an entry point in the group `lra_bench.mixers`, or
+`kind = "package.module:Class"` (see `lra_bench.plugins` and docs/plugins.md).
 
 Mixed precision (`--dtype bfloat16`): `spec.dtype` is the compute dtype; parameters stay float32.
 Every mixer must
@@ -81,8 +83,10 @@ def kinds() -> list[str]:
 
 
 def build(kind: str, spec: MixerSpec, options: dict[str, Any], rngs: nnx.Rngs) -> nnx.Module:
-    if kind not in kinds():
-        raise UserError(f"unknown mixer kind '{kind}'; choose one of: {', '.join(kinds())}")
+    if kind not in kinds():  # a user's mixer: an entry point or "module:Class"
+        from lra_bench import plugins
+
+        return plugins.build(kind, spec, options, rngs)
     module = importlib.import_module(f"{__name__}.{kind}")
     try:
         return module.Mixer(spec, rngs=rngs, **options)
