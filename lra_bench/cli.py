@@ -551,6 +551,8 @@ def grid_cmd(
                                                  "(usually one per GPU or one per node)"),
     slurm_opt: List[str] = typer.Option([], "--slurm-opt", help="slurm: extra #SBATCH "
                                         "--KEY=VALUE (repeatable)"),
+    preflight: bool = typer.Option(True, "--preflight/--no-preflight",
+                                   help="each run first checks that its train step fits"),
     dry_run: bool = typer.Option(False, help="print the plan (and sbatch script) and write "
                                  "nothing"),
     data_dir: Optional[Path] = typer.Option(None, help="default: $LRA_DATA_DIR or ./data"),
@@ -570,7 +572,7 @@ def grid_cmd(
         array_parallelism=array_parallelism, nodes=nodes, tasks_per_node=tasks_per_node,
         slurm_opts=list(slurm_opt))
     plan = grid.plan(models, tasks, parse_seeds(seeds), preset, list(set_), resources, retries,
-                     paths.data_dir(data_dir), paths.results_dir(results_dir))
+                     paths.data_dir(data_dir), paths.results_dir(results_dir), preflight)
     if dry_run:
         return _grid_dry_run(plan)
     grid.check_data(plan, _log)

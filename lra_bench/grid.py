@@ -175,7 +175,8 @@ def grids_dir(results_dir: Path) -> Path:
 
 
 def plan(models: str, tasks: str, seeds: list[int], preset: str, overrides: list[str],
-         resources: Resources, retries: int, data_dir: Path, results_dir: Path) -> dict:
+         resources: Resources, retries: int, data_dir: Path, results_dir: Path,
+         preflight: bool = True) -> dict:
     """The grid's plan: one job per (model, task, seed), every config resolved (so a bad name,
     preset or --set fails here, before anything is written)."""
     resources.check()
@@ -194,7 +195,8 @@ def plan(models: str, tasks: str, seeds: list[int], preset: str, overrides: list
                              "run_id": f"{grid_id}-{key}"})
     return {"grid_id": grid_id, "created_at": results.utc_now(), "preset": preset,
             "models": model_names, "tasks": task_names, "seeds": list(seeds),
-            "overrides": list(overrides), "retries": retries, "resources": resources.to_dict(),
+            "overrides": list(overrides), "retries": retries, "preflight": preflight,
+            "resources": resources.to_dict(),
             "data_dir": str(data_dir), "results_dir": str(results_dir), "jobs": jobs}
 
 
@@ -204,18 +206,22 @@ def run_command(plan_: dict, job: dict, resume: bool) -> list[str]:
     if resume:
         return ["run", "--resume", job["run_id"], *dirs]
     sets = [a for o in plan_["overrides"] for a in ("--set", o)]
+    preflight = [] if plan_.get("preflight", True) else ["--no-preflight"]
     return ["run", "--run-id", job["run_id"], "--model", job["model"], "--task", job["task"],
-            "--preset", plan_["preset"], "--seed", str(job["seed"]), *sets, *dirs]
+            "--preset", plan_["preset"], "--seed", str(job["seed"]), *sets, *preflight, *dirs]
 
 
 # ---- submitit executors ----------------------------------------------------------------------
 
 def slurm_parameters(plan_: dict) -> dict:
     """SlurmExecutor.update_parameters() arguments from the grid's flags (see docs/grid.md)."""
+    from submitit.slurm.slurm import _convert_mem
+
     r = plan_["resources"]
+    mem = parse_mem(r["mem"])
     params = {"job_name": f"lra-grid-{plan_['grid_id']}", "nodes": r["nodes"] or 1,
               "ntasks_per_node": r["tasks_per_node"] or 1, "cpus_per_task": r["cpus_per_job"],
-              "gpus_per_node": r["gpus_per_job"], "mem_gb": parse_mem(r["mem"]),
+              "gpus_per_node": r["gpus_per_job"], "mem": _convert_mem(mem) if mem else None,
               "time": parse_time(r["time"]), "partition": r["partition"],
               "account": r["account"], "qos": r["qos"],
               "array_parallelism": r["array_parallelism"],
@@ -228,9 +234,7 @@ def sbatch_text(plan_: dict, folder: Path, count: int) -> str:
     submitit's own function, for `--dry-run` (no srun needed here)."""
     from submitit.slurm import slurm
 
-    params = dict(slurm_parameters(plan_))
-    if "mem_gb" in params:
-        params["mem"] = slurm._convert_mem(params.pop("mem_gb"))
+    params = slurm_parameters(plan_)
     command = " ".join([shlex.quote(sys.executable), "-u -m submitit.core._submit",
                         shlex.quote(str(folder))])
     return slurm._make_sbatch_string(command=command, folder=folder,
@@ -548,7 +552,7 @@ def status(grid: Grid) -> list[dict]:
         elif alive and (rec is not None or summary is not None):
             state = "running"  # between attempts, loading data, compiling, requeued
         elif alive:
-            state = "pending" if waiting or slurm else "running"
+            state = "pending" if waiting else "running"
         elif summary is not None and summary.get("status") in ("running", "interrupted"):
             state = "interrupted"  # resumable from its newest checkpoint
         elif (rec is not None and rec.get("state") == "failed") or summary is not None:
@@ -580,6 +584,8 @@ def counts(rows: list[dict]) -> str:
 def create(plan_: dict) -> Grid:
     """Write the grid's folder and plan.json (after every check passed)."""
     path = grids_dir(Path(plan_["results_dir"])) / plan_["grid_id"]
+    if plan_["resources"]["executor"] == "slurm":
+        slurm_executor(plan_, path / "logs")  # no srun here: a UserError before any write
     path.mkdir(parents=True, exist_ok=False)
     results.write_json_atomic(path / "plan.json", plan_)
     return Grid(Path(plan_["results_dir"]), plan_["grid_id"])
