@@ -282,12 +282,12 @@ class GridJob(submitit.helpers.Checkpointable):
         self.job = next(j for j in plan_["jobs"] if j["key"] == key)
         self.env = dict(env or {})  # variables the child gets back (see ENV_KEEP)
         self._child: subprocess.Popen | None = None
-        self._stopping = False
+        self._stopping = self._cancelled = False
         self._tail: deque = deque(maxlen=30)
 
     def __getstate__(self):  # the child process and its pipes stay with this process
         state = dict(self.__dict__)
-        state.update(_child=None, _stopping=False, _tail=deque(maxlen=30))
+        state.update(_child=None, _stopping=False, _cancelled=False, _tail=deque(maxlen=30))
         return state
 
     # -- where it runs
@@ -358,8 +358,10 @@ class GridJob(submitit.helpers.Checkpointable):
             child.kill()  # it did not reach a step boundary: resume from the last checkpoint
 
     def _on_sigint(self, signum, frame) -> None:
-        # LocalJob.cancel and Ctrl-C: stop the run with a checkpoint. The child's own session
-        # keeps it alive if submitit kills this supervisor before the child is done.
+        # `lra grid cancel`, LocalJob.cancel and Ctrl-C: stop the run with a checkpoint, start no
+        # other attempt. The child's own session keeps it alive if submitit kills this
+        # supervisor before the child is done.
+        self._cancelled = True
         if self._child is not None and self._child.poll() is None and not self._stopping:
             self._stopping = True
             self._child.send_signal(signal.SIGTERM)
@@ -386,16 +388,19 @@ class GridJob(submitit.helpers.Checkpointable):
             status = (summary or {}).get("status")
             if status in DONE:
                 state = status
+            elif self._cancelled or (Path(self.grid_dir) / "cancelled.json").exists():
+                state = "cancelled"
             else:
                 started = (rdir / "runs" / run_id / "config.json").is_file()
                 argv = run_command(plan_, self.job, resume=started)
+                attempts = previous.get("attempts", 0) + attempt + 1  # over every submission
                 if primary:
-                    self._record(state="running", attempt=attempt + 1, job_id=job_id,
+                    self._record(state="running", attempts=attempts, job_id=job_id,
                                  host=socket.gethostname(), pid=os.getpid(),
-                                 command="lra " + shlex.join(argv),
-                                 attempts=previous.get("attempts", 0) + attempt + 1,
-                                 started_at=results.utc_now())
+                                 command="lra " + shlex.join(argv), started_at=results.utc_now())
                 self._start(argv)
+                if self._cancelled:  # the signal came while it was starting
+                    self._on_sigint(signal.SIGINT, None)
                 code = self._wait()
                 summary = run_summary(rdir, run_id)
                 status = (summary or {}).get("status")
@@ -411,7 +416,7 @@ class GridJob(submitit.helpers.Checkpointable):
                     state = "diverged"
                 else:
                     state = "failed"
-                    errors.append({"attempt": attempt + 1, "at": results.utc_now(),
+                    errors.append({"attempt": attempts, "at": results.utc_now(),
                                    "error": self._error(code, summary)})
             if not primary:
                 return {"key": self.key, "state": state}
@@ -555,6 +560,8 @@ def status(grid: Grid) -> list[dict]:
             state = "pending" if waiting else "running"
         elif summary is not None and summary.get("status") in ("running", "interrupted"):
             state = "interrupted"  # resumable from its newest checkpoint
+        elif rec is not None and rec.get("state") == "cancelled":
+            state = "cancelled"
         elif (rec is not None and rec.get("state") == "failed") or summary is not None:
             state = "failed"
             error = (rec or {}).get("error") or (summary or {}).get("error")
@@ -657,22 +664,26 @@ def run_local(grid: Grid, keys: list[str], parallel: int, say) -> None:
             time.sleep(0.5)
     except KeyboardInterrupt:
         say(f"interrupted: stopping {len(running)} running job(s) with a checkpoint")
-        for job, _ in running.values():
-            job.cancel()
-        wait_stopped(grid, [k for k in running])
+        stop_local(grid, list(running))
+        wait_stopped(grid, list(running))
         raise
     finally:
         os.close(lock)
 
 
 def wait_stopped(grid: Grid, keys: list[str], timeout: float = STOP_WAIT_S + 30) -> None:
-    """Wait until the runs of `keys` no longer hold their lock (they checkpointed and ended)."""
+    """Wait until the runs of `keys` no longer hold their lock (they checkpointed and ended) and
+    their local supervisors have recorded it and exited."""
     rdir = Path(grid.plan["results_dir"])
     deadline = time.time() + timeout
     byk = {j["key"]: j for j in grid.jobs}
-    while time.time() < deadline:
-        if not any(results.is_active(rdir / "runs" / byk[k]["run_id"]) for k in keys):
-            return
+
+    def busy(key: str) -> bool:
+        rec = read_json(job_file(grid.path, key)) or {}
+        return (results.is_active(rdir / "runs" / byk[key]["run_id"])
+                or _local_alive(rec.get("pid"), rec.get("host")))
+
+    while time.time() < deadline and any(busy(k) for k in keys):
         time.sleep(0.5)
 
 
@@ -703,12 +714,23 @@ def cancel(grid: Grid) -> list[str]:
             continue
         if slurm:
             submitit.SlurmJob(grid.logs, sub["job_id"]).cancel(check=False)  # scancel
-        elif _local_alive(int(sub["job_id"]), sub.get("host")):
-            os.kill(int(sub["job_id"]), signal.SIGINT)  # what LocalJob.cancel sends
+        else:
+            stop_local(grid, [key])
         hit.append(key)
     if not slurm:
         wait_stopped(grid, hit)
     return hit
+
+
+def stop_local(grid: Grid, keys: list[str]) -> None:
+    """SIGINT to the supervisors (GridJob) of local jobs: each stops its run with a checkpoint
+    and starts no other attempt. Not LocalJob.cancel: it signals submitit's controller, which
+    ignores SIGINT when `lra grid` was started in the background (nohup, &); the supervisor
+    installs its own handler. A job not yet started sees cancelled.json instead."""
+    for key in keys:
+        rec = read_json(job_file(grid.path, key)) or {}
+        if _local_alive(rec.get("pid"), rec.get("host")):
+            os.kill(int(rec["pid"]), signal.SIGINT)
 
 
 # ---- the report ------------------------------------------------------------------------------
