@@ -636,8 +636,9 @@ def _grid_status_table(g) -> None:
     from lra_bench import grid
 
     rows = grid.status(g)
-    t = Table(title=f"grid {g.grid_id} ({g.plan['preset']} preset, {g.plan['resources']['executor']}"
-              f"): {grid.counts(rows)}", title_justify="left")
+    where = g.plan["resources"]["executor"]
+    t = Table(title=f"grid {g.grid_id} ({g.plan['preset']} preset, {where}): {grid.counts(rows)}",
+              title_justify="left")
     for c in ("job", "state", "run id", "test acc", "attempts", "job id", "error / log"):
         t.add_column(c)
     for r in rows:

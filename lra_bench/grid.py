@@ -49,7 +49,6 @@ DONE = ("completed", "diverged")  # outcomes: resume and retries leave them alon
 LOCAL_TIMEOUT_MIN = 60 * 24 * 365  # LocalExecutor always sets a time limit; `--time` or none
 REQUEUE_GRACE_S = 60
 STOP_WAIT_S = 60  # how long a stopped run may take to finish its step and checkpoint
-ENV_KEEP = "LRA_GRID_CUDA_VISIBLE_DEVICES"  # LocalExecutor overwrites CUDA_VISIBLE_DEVICES
 
 
 # ---- planning: everything is checked before anything is written ------------------------------
@@ -280,14 +279,18 @@ class GridJob(submitit.helpers.Checkpointable):
     def __init__(self, grid_dir: str, plan_: dict, key: str, env: dict | None = None):
         self.grid_dir, self.plan, self.key = str(grid_dir), plan_, key
         self.job = next(j for j in plan_["jobs"] if j["key"] == key)
-        self.env = dict(env or {})  # variables the child gets back (see ENV_KEEP)
+        # Variables the child gets as given (None: unset). LocalExecutor sets CUDA_VISIBLE_DEVICES
+        # to the GPUs it hands out, "" when none: a grid without --gpus-per-job passes its own.
+        self.env = dict(env or {})
         self._child: subprocess.Popen | None = None
         self._stopping = self._cancelled = False
         self._tail: deque = deque(maxlen=30)
+        self._teeing: threading.Thread | None = None
 
     def __getstate__(self):  # the child process and its pipes stay with this process
         state = dict(self.__dict__)
-        state.update(_child=None, _stopping=False, _cancelled=False, _tail=deque(maxlen=30))
+        state.update(_child=None, _stopping=False, _cancelled=False, _tail=deque(maxlen=30),
+                     _teeing=None)
         return state
 
     # -- where it runs
@@ -325,10 +328,12 @@ class GridJob(submitit.helpers.Checkpointable):
         # once, forwarded by this supervisor as SIGTERM. On SLURM it stays in the job step:
         # scancel and preemption signal it directly.
         self._child = subprocess.Popen([sys.executable, "-m", "lra_bench", *argv], env=env,
-                                       stderr=subprocess.PIPE, text=True, bufsize=1,
-                                       preexec_fn=child_setup, start_new_session=local)
+                                       stderr=subprocess.PIPE, text=True, errors="replace",
+                                       bufsize=1, preexec_fn=child_setup,
+                                       start_new_session=local)
         self._tail.clear()
-        threading.Thread(target=self._tee, args=(self._child.stderr,), daemon=True).start()
+        self._teeing = threading.Thread(target=self._tee, args=(self._child.stderr,), daemon=True)
+        self._teeing.start()
         return self._child
 
     def _tee(self, stream) -> None:
@@ -341,6 +346,7 @@ class GridJob(submitit.helpers.Checkpointable):
         # poll, not wait(): a signal handler (checkpoint) may wait on the child meanwhile
         while (code := self._child.poll()) is None:
             time.sleep(0.2)
+        self._teeing.join(timeout=10)  # its last lines hold the error, if any
         return code
 
     def _stop_child(self, timeout: float = STOP_WAIT_S) -> None:
