@@ -222,3 +222,16 @@ def test_local_grid_end_to_end_with_a_failure_then_resume(tmp_path, monkeypatch,
     assert r.exit_code == 0 and r.stdout.count("(n=2)") == 4, r.output
     r = invoke("grid", "resume", "g1", "--results-dir", rdir)
     assert r.exit_code == 0 and "nothing to resume" in r.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--run-id", "../x"], "--run-id '../x': use letters, digits"),
+    (["--run-id", "a", "--seeds", "0,1"], "--run-id names one new run"),
+    (["--run-id", "taken"], "run taken already exists"),
+])
+def test_run_id_errors(args, message, tmp_path):
+    (tmp_path / "results" / "runs" / "taken").mkdir(parents=True)
+    r = invoke("run", "--model", "transformer", "--task", "listops", *args,
+               "--results-dir", tmp_path / "results", "--data-dir", tmp_path / "data")
+    assert r.exit_code == 2 and message in r.stderr, r.output
+    assert [p.name for p in (tmp_path / "results" / "runs").iterdir()] == ["taken"]
