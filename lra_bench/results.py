@@ -12,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import shutil
 import tempfile
 import uuid
@@ -30,6 +31,19 @@ def new_run_id(model: str, task: str) -> str:
     # Time for humans, a random suffix so runs started in the same second never collide.
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     return f"{stamp}-{model}-{task}-{uuid.uuid4().hex[:8]}"
+
+
+RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
+
+
+def check_new_run_id(results_dir: Path, run_id: str) -> None:
+    """A run id chosen by the caller (`lra run --run-id`, `lra grid`) must be a plain folder name
+    that no run has taken yet."""
+    if not RUN_ID.fullmatch(run_id):
+        raise UserError(f"--run-id '{run_id}': use letters, digits, '.', '_' and '-' only")
+    if (Path(results_dir) / "runs" / run_id).exists():
+        raise UserError(f"run {run_id} already exists in {Path(results_dir) / 'runs'}; continue "
+                        f"it with: lra run --resume {run_id}")
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
@@ -58,8 +72,16 @@ class RunDir:
         self._lock_fd: int | None = None
 
     @classmethod
-    def create(cls, results_dir: Path, model: str, task: str) -> "RunDir":
-        """A new run folder; a drawn id that is already taken is drawn again."""
+    def create(cls, results_dir: Path, model: str, task: str, run_id: str | None = None
+               ) -> "RunDir":
+        """A new run folder; a drawn id that is already taken is drawn again. A given `run_id`
+        is used as it is (taken: a UserError)."""
+        if run_id is not None:
+            check_new_run_id(results_dir, run_id)
+            try:
+                return cls(results_dir, run_id)
+            except FileExistsError:
+                check_new_run_id(results_dir, run_id)  # another process took it just now
         for _ in range(100):
             try:
                 return cls(results_dir, new_run_id(model, task))

@@ -27,7 +27,8 @@ _OUTCOME = ("error", "diverged_step", "interrupted_step", "signal", "ended_at")
 
 
 def execute(rc: RunConfig, data_dir: Path, results_dir: Path, interactive: bool | None = None,
-            log=None, splits: dict | None = None, preflight: bool = True) -> dict:
+            log=None, splits: dict | None = None, preflight: bool = True,
+            run_id: str | None = None) -> dict:
     check_model(rc)
     splits = data.load(rc, data_dir) if splits is None else splits
     if preflight:  # will the train step fit in memory? A UserError before anything is written
@@ -36,10 +37,10 @@ def execute(rc: RunConfig, data_dir: Path, results_dir: Path, interactive: bool 
         ensure_fits(rc)
     # Multi-host: process 0 alone writes results.
     if distributed.is_primary():
-        rd = results.RunDir.create(results_dir, rc.model_name, rc.task_name)
+        rd = results.RunDir.create(results_dir, rc.model_name, rc.task_name, run_id)
         rd.lock()
     else:
-        rd = results.NullRunDir(results.new_run_id(rc.model_name, rc.task_name))
+        rd = results.NullRunDir(run_id or results.new_run_id(rc.model_name, rc.task_name))
     rd.write("config.json", rc.to_dict())
     summary = {
         "run_id": rd.run_id, "model": rc.model_name, "task": rc.task_name, "preset": rc.preset,
