@@ -39,7 +39,6 @@ import argparse
 import os
 import signal
 import sys
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 import math
 from math import ceil, pi
@@ -552,40 +551,29 @@ def _generate_chunk(args) -> Batch:
 
 
 def _worker_init():
-    # Workers leave Ctrl-C / SIGTERM to the parent, which stops them and reports once.
+    # Ctrl-C reaches the whole process group: workers ignore it and the parent stops them.
+    # SIGTERM keeps its default, so a worker dies with its group (`timeout`, a batch system).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
-def _pool(workers: int, jobs: int):
-    workers = min(workers, jobs)
-    if workers <= 1:
-        return None
-    import multiprocessing
-    # spawn: the caller may have started threads (JAX), which fork would copy half-alive.
-    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_worker_init)
-
-
 def _run(function, jobs, workers: int):
-    """Yield function(job) in order, in worker processes when workers > 1. On any exit (an error,
-    KeyboardInterrupt, SIGTERM raised as an exception by the caller's handler) the pending jobs
-    are cancelled and the workers ended, without waiting for them."""
-    pool = _pool(workers, len(jobs))
-    if pool is None:
+    """Yield function(job) in order, in `workers` spawned processes when more than one. Closing
+    the generator (an error, Ctrl-C, SIGTERM turned into SystemExit) ends the workers and waits
+    for them, so nothing writes behind the caller's cleanup."""
+    workers = min(workers, len(jobs))
+    if workers <= 1:
         yield from map(function, jobs)
         return
-    futures = [pool.submit(function, j) for j in jobs]
+    import multiprocessing
+    # spawn: the caller may have started threads (JAX), which fork would copy half-alive.
+    pool = multiprocessing.get_context("spawn").Pool(workers, initializer=_worker_init)
     try:
-        for f in futures:
-            yield f.result()
+        yield from pool.imap(function, jobs)
+        pool.close()
     finally:
-        for f in futures:
-            f.cancel()
-        for p in list(getattr(pool, "_processes", {}).values()):
-            if p.is_alive():
-                p.terminate()
-        pool.shutdown(wait=False, cancel_futures=True)
+        pool.terminate()
+        pool.join()
 
 
 def _default_workers() -> int:
@@ -599,7 +587,11 @@ def generate_arrays(resolution: int, difficulty: str, n: int, seed: int, workers
     settings(resolution, difficulty)  # validate before starting workers
     check_style(style)
     jobs = [(resolution, difficulty, c, seed, i, style) for i, c in enumerate(_chunk_sizes(n))]
-    batches = list(_run(_generate_chunk, jobs, workers))
+    runner = _run(_generate_chunk, jobs, workers)
+    try:
+        batches = list(runner)
+    finally:
+        runner.close()
     images = np.concatenate([b.images for b in batches]) if batches else \
         np.zeros((0, resolution, resolution), np.uint8)
     labels = np.concatenate([b.labels for b in batches]) if batches else np.zeros(0, np.int64)
@@ -649,10 +641,14 @@ def generate_release(out_dir: Path, resolution: int, difficulty: str, num_images
     jobs = [(str(root), resolution, difficulty, c, seed, i, style)
             for i, c in enumerate(_chunk_sizes(num_images))]
     done = 0
-    for count in _run(_write_chunk, jobs, workers or _default_workers()):
-        done += count
-        if progress is not None:
-            progress(done)
+    runner = _run(_write_chunk, jobs, workers or _default_workers())
+    try:
+        for count in runner:
+            done += count
+            if progress is not None:
+                progress(done)
+    finally:
+        runner.close()  # workers end before the caller removes what they were writing into
 
 
 def main(argv=None) -> None:
