@@ -11,7 +11,7 @@ import numpy as np
 from scipy import ndimage
 
 STATS = ("mean", "std", "share_gt0", "share_gt64", "share_gt128", "halo_share", "components",
-         "mass", "marker_peak", "distractors")
+         "mass", "marker_peak", "marker_near_edge", "distractors")
 
 
 def per_image(images: np.ndarray, markers: np.ndarray, distractors: np.ndarray) -> dict:
@@ -21,7 +21,8 @@ def per_image(images: np.ndarray, markers: np.ndarray, distractors: np.ndarray) 
     mean / std: of the pixel values of one image; share_gt*: share of pixels above 0 / 64 / 128;
     halo_share: share of faint pixels (1..12), the Lanczos halo; components: 8-connected
     components of pixels > 64; mass: sum of pixel values / 255; marker_peak: brightest pixel of
-    the 3 x 3 around each marker centre, averaged over the two markers."""
+    the 3 x 3 around each marker centre, averaged over the two markers; marker_near_edge: share of
+    the two marker centres within 3 px of the border (where snakes2's Lanczos cuts them)."""
     x = images.astype(np.float64)
     n, r = len(x), x.shape[1]
     flat = x.reshape(n, -1)
@@ -44,6 +45,9 @@ def per_image(images: np.ndarray, markers: np.ndarray, distractors: np.ndarray) 
         "components": np.array([ndimage.label(im > 64, eight)[1] for im in images], float),
         "mass": flat.sum(1) / 255.0,
         "marker_peak": peaks.mean(1),
+        "marker_near_edge": (np.minimum(np.minimum(m[..., 0], m[..., 1]),
+                                        np.minimum(r - 1 - m[..., 0], r - 1 - m[..., 1])) < 3
+                             ).mean(1),
         "distractors": np.asarray(distractors, float),
     }
 
