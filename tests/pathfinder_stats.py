@@ -64,7 +64,9 @@ def welch_z(ours: dict, ref: dict) -> dict:
     out = {}
     for k in STATS:
         a, b = ours[k], ref[k]
-        se = np.sqrt(a["sd"] ** 2 / a["n"] + b["sd"] ** 2 / b["n"])
+        # A reference sample that never varied (a rare event not seen) borrows our spread.
+        ref_sd = b["sd"] if b["sd"] > 0 else a["sd"]
+        se = np.sqrt(a["sd"] ** 2 / a["n"] + ref_sd ** 2 / b["n"])
         out[k] = (a["mean"] - b["mean"]) / se if se > 0 else (0.0 if a["mean"] == b["mean"]
                                                               else np.inf)
     return out
