@@ -266,14 +266,13 @@ class Stamps:
         turn = np.abs(self.candidates(py, px)[2] - angle)
         turn = np.minimum(np.minimum(turn, 2 * pi - turn) * self.st.continuity, 0.5 * pi)
         w = np.maximum(np.cos(turn), 0) ** 2
-        if len(self._weights) < 200_000:
+        if len(self._weights) < 50_000:  # ~20 MB; at 128 px the keys are too many to keep
             self._weights[key] = w
         return w
 
     def candidates(self, py: int, px: int):
         """Candidate heads (ys, xs) around pivot (py, px), unique and in row-major order, the
-        orientation from the pivot to each, and the padded flat indices of the disc of m around
-        each (for the dilated mask)."""
+        orientation from the pivot to each, and the padded flat index of each."""
         hit = self._circles.get((py, px))
         if hit is not None:
             return hit
@@ -283,7 +282,7 @@ class Stamps:
         coords = np.unique(np.stack([ys[keep], xs[keep]], 1).astype(int), axis=0)
         cy, cx = coords[:, 0].copy(), coords[:, 1].copy()
         flat = (cy + self.pad) * self.full + cx + self.pad
-        out = (cy, cx, np.arctan2(cy - py, cx - px), flat[:, None] + self.small_flat)
+        out = (cy, cx, np.arctan2(cy - py, cx - px), flat)
         self._circles[(py, px)] = out
         return out
 
@@ -339,11 +338,12 @@ class _Canvas:
         mask segment) or None when it finds no room (snakes2's extend_snake)."""
         st, s, rng = self.st, self.s, self.rng
         py, px = _ceil_step(pivot[0], pivot[1], angle, st.paddle_length + 2 * s.m)
-        cy, cx, orient, taps = s.candidates(py, px)
+        cy, cx, orient, flat = s.candidates(py, px)
         if len(cy) == 0:
             return None
         weight = s.turn_weights(py, px, angle)
-        pmf = (1 - self.mask.ravel()[taps].max(1)) * weight  # mask dilated by a disc of m
+        taps = flat[:, None] + s.small_flat  # the disc of m around each candidate
+        pmf = (1 - self.mask.ravel()[taps].max(1)) * weight  # the mask dilated by that disc
         total = pmf.sum()
         if total < 1e-4:
             return None
