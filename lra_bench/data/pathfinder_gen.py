@@ -36,11 +36,11 @@ distribution, not its bytes. `data.style = "separated"` selects the older, clean
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import signal
 import sys
 from dataclasses import dataclass
-import math
 from math import ceil, pi
 from pathlib import Path
 from typing import NamedTuple
