@@ -337,8 +337,9 @@ def data_prepare(
     ddir = paths.data_dir(data_dir)
     for p in presets:
         data = config.resolve_data(task, p, set_)
-        dest, manifest, wrote = prepare.prepare(task, p, data, ddir, source=source,
-                                                generate=generate, force=force, log=_log)
+        with prepare.stop_cleanly():
+            dest, manifest, wrote = prepare.prepare(task, p, data, ddir, source=source,
+                                                    generate=generate, force=force, log=_log)
         counts = "/".join(str(prepare_count(manifest, s)) for s in ("train", "val", "test"))
         state = "prepared" if wrote else "already prepared"
         skipped = sum(manifest.get("skipped", {}).values())

@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
 import sys
+import time
 import types
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -124,8 +128,8 @@ def fake_generator(calls: list):
     """Stands in for lra_bench.data.pathfinder_gen: a valid release tree, labels alternating,
     pixel (0, 0) bright on positives."""
 
-    def generate_release(out_dir, resolution, difficulty, num_images, seed):
-        calls.append((resolution, difficulty, num_images, seed))
+    def generate_release(out_dir, resolution, difficulty, num_images, seed, style):
+        calls.append((resolution, difficulty, num_images, seed, style))
         folder = Path(out_dir) / f"pathfinder{resolution}" / difficulty
         (folder / "imgs" / "0").mkdir(parents=True)
         (folder / "metadata").mkdir()
@@ -137,7 +141,9 @@ def fake_generator(calls: list):
             lines.append(f"imgs/0 sample_{i}.png {i} {i % 2}\n")
         (folder / "metadata" / "0.npy").write_text("".join(lines))
 
-    return types.SimpleNamespace(generate_release=generate_release)
+    from lra_bench.data.pathfinder_gen import check_style
+
+    return types.SimpleNamespace(generate_release=generate_release, check_style=check_style)
 
 
 def test_run_generates_a_generated_preset_and_trains_on_it(tmp_path, monkeypatch):
@@ -151,9 +157,52 @@ def test_run_generates_a_generated_preset_and_trains_on_it(tmp_path, monkeypatch
     r = lra("run", "-m", "transformer", "-t", "pathfinder", "--data-dir", data,
             "--results-dir", results, *small, *tiny)
     assert r.exit_code == 0, r.output
-    assert calls == [(8, "curv_contour_length_14", 40, 0)]
+    assert calls == [(8, "curv_contour_length_14", 40, 0, "snakes2")]
     summary = json.loads(next(results.glob("runs/*/summary.json")).read_text())
     assert summary["status"] == "completed" and summary["train_examples"] == 32
     # the generated cache is current: preparing again does nothing
     again = lra("data", "prepare", "pathfinder", "--preset", "smoke", "--data-dir", data, *small)
     assert "already prepared" in again.stdout and len(calls) == 1
+
+
+def test_the_style_is_recorded_and_caches_never_mix(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setitem(sys.modules, "lra_bench.data.pathfinder_gen", fake_generator(calls))
+    data = tmp_path / "data"
+    small = ["--set", "data.num_images=20", "--set", "data.resolution=8", "--set",
+             "data.max_length=64", "--set", "data.grid=[8, 8]"]
+    lra("data", "prepare", "pathfinder", "--preset", "smoke", "--data-dir", data, *small)
+    manifest = data / "prepared" / "pathfinder" / "smoke" / "manifest.json"
+    assert json.loads(manifest.read_text())["config"]["style"] == "snakes2"
+    r = lra("data", "prepare", "pathfinder", "--preset", "smoke", "--data-dir", data, *small,
+            "--set", "data.style=separated")
+    assert "prepared in" in r.stdout and "already" not in r.stdout
+    assert [c[-1] for c in calls] == ["snakes2", "separated"]
+    assert json.loads(manifest.read_text())["config"]["style"] == "separated"
+    line = one_error_line(lra("data", "prepare", "pathfinder", "--preset", "smoke",
+                              "--data-dir", data, *small, "--set", "data.style=clean"),
+                          progress_lines=1)
+    assert "data.style must be one of snakes2, separated" in line
+
+
+@pytest.mark.parametrize("signum, code, word", [(signal.SIGTERM, 143, "terminated (SIGTERM)"),
+                                                (signal.SIGINT, 130, "interrupted (SIGINT)")])
+def test_a_signal_during_generation_stops_cleanly(tmp_path, signum, code, word):
+    """SIGTERM / Ctrl-C while worker processes draw images: one line, exit 143 / 130, no
+    traceback, no cache and no generated folder left behind."""
+    data = tmp_path / "data"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from lra_bench.cli import main; main()", "data", "prepare",
+         "pathfinder", "--preset", "smoke", "--data-dir", str(data),
+         "--set", "data.num_images=20000"],
+        stderr=subprocess.PIPE, text=True)
+    first = proc.stderr.readline()  # "pathfinder: drawing ...": the workers are starting
+    assert "drawing" in first, first
+    time.sleep(1.0)
+    proc.send_signal(signum)
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=60) == code
+    lines = rest.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(word), rest
+    assert not (data / "prepared").exists()
+    assert not list((data / "pathfinder").iterdir())

@@ -22,7 +22,8 @@ from lra_bench.errors import UserError
 Split = dict[str, np.ndarray]
 SPLITS = ("train", "val", "test")
 # Modules of this package that are machinery, not loaders.
-HELPERS = frozenset({"pipeline", "cache", "prepare", "download", "pathfinder_gen"})
+HELPERS = frozenset({"pipeline", "cache", "prepare", "download", "pathfinder_gen",
+                     "pathfinder_separated"})
 
 
 def loaders() -> list[str]:

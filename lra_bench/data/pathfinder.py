@@ -13,7 +13,9 @@ As LRA, 80/10/10 train/val/test; LRA sliced tfds's record order, we permute with
 manifest (LRA filtered empty images too). Ids are grey level + 1, pad 0, vocab 257: as for Image,
 the original masked black (0), the background of every Pathfinder image, as padding.
 
-`--generate` writes the same layout with `lra_bench.data.pathfinder_gen`.
+`--generate` writes the same layout with `lra_bench.data.pathfinder_gen`: by default
+(`data.style = "snakes2"`) the distribution of LRA's own images; `data.style = "separated"`
+selects a cleaner variant that is not LRA's task (docs/pathfinder-generator.md).
 """
 
 from __future__ import annotations
@@ -207,7 +209,7 @@ def build(source: str, data: dict, writer, log) -> dict:
     }
 
 
-GENERATOR_KEYS = ("resolution", "difficulty", "num_images", "generate_seed")
+GENERATOR_KEYS = ("resolution", "difficulty", "num_images", "generate_seed", "style")
 
 
 def generate_source(data: dict, out: Path, log) -> None:
@@ -219,7 +221,8 @@ def generate_source(data: dict, out: Path, log) -> None:
         raise UserError("the Pathfinder generator (lra_bench.data.pathfinder_gen) is not "
                         "installed; prepare from the release images instead (`lra data download`, "
                         "then --source <data-dir>/lra_release)") from None
+    style = pathfinder_gen.check_style(data.get("style", "snakes2"))
     log(f"pathfinder: drawing {data['num_images']} images of {data['resolution']} px, "
-        f"{data['difficulty']}, seed {data['generate_seed']}")
+        f"{data['difficulty']}, seed {data['generate_seed']}, style {style}")
     pathfinder_gen.generate_release(out, data["resolution"], data["difficulty"],
-                                    data["num_images"], data["generate_seed"])
+                                    data["num_images"], data["generate_seed"], style=style)

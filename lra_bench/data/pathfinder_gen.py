@@ -1,538 +1,529 @@
-"""Offline Pathfinder (32 px) and Path-X (128 px) generator, vectorised over images.
+"""Offline Pathfinder (32 px) and Path-X (128 px) generator that reproduces LRA's data.
 
-The images follow Linsley et al. 2018 as LRA used them (`snakes2.py` of
-github.com/drewlinsley/pathfinder with the settings in the docstrings of LRA's
-`lra_benchmarks/data/pathfinder.py`): two target contours of `contour_length` short oriented
-paddles whose first paddles start `seed_distance` apart near the centre, short distractor contours,
-and a circular marker on two contour ends; the label is 1 when both markers sit on one contour, 0
-when they sit on the two different ones. A contour is a chain of joints L + 2m apart (L the paddle
-length, m the paddle margin); each paddle covers the middle L of its link, so consecutive paddles
-are at most 2m apart. Each link turns from the last by an angle drawn with weight
-cos^2(continuity * turn) (nothing beyond 90 / continuity degrees) among the directions inside the
-image, and is checked against what is drawn, up to three draws. Paddles are drawn at `antialias`
-times the resolution and box-filtered down; target paddles have contrast snake x paddle contrast,
-distractor paddles snake contrast, markers 1; every image is stretched to a maximum of 255, as
-`scipy.misc.imsave` did.
+LRA's images were made with `snakes2.py` / `snakes.py` of github.com/drewlinsley/pathfinder
+(commit ab9c130) under the settings in the docstrings of LRA's `lra_benchmarks/data/pathfinder.py`.
+This module is our own implementation of the same random process, quirks included, so that a
+model trained here sees the task published LRA numbers were measured on (docs/pathfinder-generator.md
+compares statistics with images made by the official code):
 
-Where we differ from snakes2, and why (the README's "Pathfinder generator" section has numbers):
-- Every label can be read off the pixels. Two ink pixels (value > 0) are linked when their
-  Chebyshev distance is at most 2m, the largest gap inside a contour (the pixels holding paddle ends
-  are always inked, as a line rasteriser does). Target contours keep 2m + contour_clearance (plus
-  room for a marker at their ends) from every other contour, where snakes2 kept 2m everywhere, so
-  that a distractor could sit as close to a contour as its own paddles and bridge the two targets
-  of a negative. Then an image is kept only when, under that linking, each target is one component
-  without markers and the two targets are different components with markers on all four ends.
-  That test does not involve the label, which is drawn afterwards, so rejection biases no class.
-- When a target paddle finds no room, that target is cut back BACKTRACK paddles and regrown
-  (both restart from new first paddles after MAX_BACKTRACKS); snakes2 restarted the whole
-  image. Contours this long in an image this small nearly always run into a border or each
-  other: restarting costs tens of attempts per image, and cutting back yields the same kind of
-  contour.
-- Continuous coordinates and directions (snakes2 rounded to pixels); box filtering (snakes2:
-  Lanczos, whose ringing spreads faint values around every paddle).
+- Paddles. A paddle is drawn with Pillow at `antialias` times the resolution, from its start
+  pixel (integer coordinates, ends rounded up as snakes2 did) in a window of
+  2(L + ceil(t) + m) + 1 pixels, min-max rescaled to 0..255, Lanczos-resized, divided by 255,
+  scaled by its contrast and max-combined into the image. Its exclusion mask is the fine line
+  dilated by a disc of radius m * antialias, Lanczos-resized the same way. Every stamp depends only
+  on the paddle's orientation, so each is rendered once and cached.
+- Growth. Two target contours start `seed_distance` apart near the centre; each next paddle ends
+  on a circle of radius L + m around a pivot L + 2m beyond the last, on the pixels that circle
+  visits, with weight cos^2(continuity * turn) times (1 - the mask dilated by a disc of radius m).
+  A draw is accepted when mask + the paddle's mask stays below 1.8 everywhere: contours may touch.
+  Up to three draws per paddle; a target that finds no room redraws the whole image. Only the
+  second target's last paddle enters the mask (snakes2 forgets the first's).
+- Distractors (`distractor_length` paddles, up to 5 tries each) start where the mask dilated by
+  the paddle's own shape is <= 0.3. That kernel is the paddle mask's fully saturated pixels placed
+  one pixel off centre; for most orientations some border pixel then sees only taps outside the
+  image, OpenCV's dilate gives it -DBL_MAX, and snakes2 finds "no available coordinates": most
+  seeds fail, so few distractors are placed. We compute the same verdict per orientation.
+- Markers: discs of `marker_radius` drawn at the antialias scale and Lanczos-resized, at the first
+  pixel of a target's first paddle and the tip of a target's last paddle, max-combined; the image
+  is min-max stretched to 0..255 on saving (`scipy.misc.imsave`).
+
+Deliberate differences: labels are exactly balanced within each folder of 1000 (snakes2 flipped a
+coin per image), and the random numbers come from numpy's Generator, so images match the official
+distribution, not its bytes. `data.style = "separated"` selects the older, cleaner variant in
+`pathfinder_separated` (never the default; it is not LRA's task).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
+import signal
 import sys
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from math import ceil, pi
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
-from scipy import ndimage
 
 from lra_bench.errors import UserError
 
 DIFFICULTIES = {"curv_baseline": 6, "curv_contour_length_9": 9, "curv_contour_length_14": 14}
 RESOLUTIONS = (32, 128)
+STYLES = ("snakes2", "separated")
 IMAGES_PER_FOLDER = 1000  # the release's imgs/<n>/ and metadata/<n>.npy each hold one batch
-TARGET_RETRIES = 20  # redraws of a target pair's first paddles before the image is redrawn
-DISTRACTOR_ATTEMPTS = 5  # snakes2: max_distractor_contour_retrial = 4, so 5 tries per distractor
-SEED_CANDIDATES = 24  # distractor start positions tried at once per attempt
-PADDLE_TRIALS = 3  # snakes2: max_paddle_retrial = 2, so 3 draws per paddle
-BACKTRACK = 2  # paddles a target is cut back by when a paddle finds no room
-MAX_BACKTRACKS = 12  # cut-backs before the targets restart from new first paddles
-MAX_RESTARTS = 8  # restarts before the image is drawn again from scratch
-MAX_TICKS = 40  # bound on growth steps, in contour lengths
+MAX_PADDLE_RETRIAL = 2  # snakes2_wrapper defaults LRA kept: 3 draws per paddle
+MAX_DISTRACTOR_RETRIAL = 4  # 5 tries per distractor
+ACCEPT_BELOW = 1.8  # snakes2's overlap test: max(mask + paddle mask) < 1.8
+FREE_AT_MOST = 0.3  # a seed may start where ceil(mask - 0.3) == 0
+STOP_AVAILABILITY = 0.01  # distractors stop once under 1% of the image is free
 
 
 @dataclass(frozen=True)
 class Settings:
     resolution: int
     contour_length: int
-    paddle_length: float
+    paddle_length: int
     thickness: float
     margins: tuple[int, ...]  # one is drawn per image
-    padding: float
+    padding: int
     marker_radius: float
-    seed_distance: float
+    seed_distance: int
     continuity: float
     antialias: int
     distractor_length: int
     num_distractors: int
-    snake_contrast: float
+    snake_contrast: float  # distractor paddles; target paddles get snake x paddle contrast
     paddle_contrast: float
-    contour_clearance: float  # between a target contour and any other, beyond 2m
-    batch: int  # images grown at once (memory bound)
-
-    @property
-    def num_slots(self) -> int:
-        return 2 * self.contour_length + self.num_distractors * self.distractor_length
-
-    @property
-    def num_directions(self) -> int:
-        """Candidate directions per step: about one pixel of arc on the circle of radius L + m
-        over the allowed cone, as snakes2 enumerated the pixels on that circle."""
-        cone = pi / self.continuity
-        return int(ceil(cone * (self.paddle_length + max(self.margins))))
 
 
 def settings(resolution: int, difficulty: str) -> Settings:
-    """LRA's settings (docstrings of `lra_benchmarks/data/pathfinder.py`) for one data set."""
+    """LRA's settings (docstrings of `lra_benchmarks/data/pathfinder.py`; the rest are
+    snakes2_wrapper's defaults) for one data set. Lengths use Python 2's integer division, as
+    the 128 px recipe's `contour_length / 3` did when it ran."""
     if resolution not in RESOLUTIONS:
         raise UserError(f"Pathfinder resolution must be one of {RESOLUTIONS}, not {resolution}")
     if difficulty not in DIFFICULTIES:
         raise UserError(f"Pathfinder difficulty must be one of {', '.join(DIFFICULTIES)}, "
                         f"not '{difficulty}'")
     length = DIFFICULTIES[difficulty]
-    distractor_length = length // 3
+    d = length // 3
     if resolution == 32:
-        return Settings(resolution=32, contour_length=length, paddle_length=2, thickness=0.5,
-                        margins=(1,), padding=1, marker_radius=1.5, seed_distance=7,
-                        continuity=1.0, antialias=2, distractor_length=distractor_length,
-                        num_distractors=20 // distractor_length, snake_contrast=2.0,
-                        paddle_contrast=0.75, contour_clearance=1.0, batch=2000)
-    # Path-X: paddle length 5 and paddle contrast 1 are the snakes2_wrapper defaults LRA kept.
-    return Settings(resolution=128, contour_length=length, paddle_length=5, thickness=1.5,
-                    margins=(2, 3), padding=1, marker_radius=3, seed_distance=20,
-                    continuity=1.8, antialias=2, distractor_length=distractor_length,
-                    num_distractors=35 // distractor_length, snake_contrast=0.9,
-                    paddle_contrast=1.0, contour_clearance=2.0, batch=250)
+        return Settings(32, length, paddle_length=2, thickness=0.5, margins=(1,), padding=1,
+                        marker_radius=1.5, seed_distance=7, continuity=1.0, antialias=2,
+                        distractor_length=d, num_distractors=20 // d, snake_contrast=2.0,
+                        paddle_contrast=0.75)
+    return Settings(128, length, paddle_length=5, thickness=1.5, margins=(2, 3), padding=1,
+                    marker_radius=3, seed_distance=20, continuity=1.8, antialias=2,
+                    distractor_length=d, num_distractors=35 // d, snake_contrast=0.9,
+                    paddle_contrast=1.0)
 
 
-def link_distance(st: Settings, margin) -> np.ndarray:
-    """Largest Chebyshev distance (pixels) between the ink of consecutive paddles of a contour:
-    their ends are at most 2m apart and the pixels holding the ends are inked, so 2m (an
-    integer margin) bounds it."""
-    return (2 * np.asarray(margin)).astype(int)
+def check_style(style: str) -> str:
+    if style not in STYLES:
+        raise UserError(f"data.style must be one of {', '.join(STYLES)}, not '{style}'")
+    return style
 
 
 class Batch(NamedTuple):
     images: np.ndarray  # uint8 (n, r, r)
     labels: np.ndarray  # int64 (n,), 1 = the markers are on one contour
-    markers: np.ndarray  # float32 (n, 2, 2): (origin, terminal) centres as (y, x) pixel coords
+    markers: np.ndarray  # float32 (n, 2, 2): (origin, terminal) marker centres (y, x), pixels
     margins: np.ndarray  # int (n,): the paddle margin each image was drawn with
+    distractors: np.ndarray  # int (n,): distractor contours placed
 
 
 # ---------------------------------------------------------------------------------------------
-# Geometry: a paddle is a segment (ay, ax) -> (by, bx) in continuous pixel coordinates, pixel
-# (i, j) covering [i, i+1) x [j, j+1).
+# Rendering with Pillow, as snakes2 did (scipy.misc.imresize = min-max to uint8, then resize).
 
 
-def _point_segment_sq(py, px, ay, ax, vy, vx, inv_len2):
-    t = np.clip(((py - ay) * vy + (px - ax) * vx) * inv_len2, 0.0, 1.0)
-    ey = py - ay - t * vy
-    ex = px - ax - t * vx
-    return ey * ey + ex * ex
+def _to_uint8(a: np.ndarray) -> np.ndarray:
+    """scipy.misc's bytescale: uint8 passes unchanged, anything else is min-max stretched."""
+    if a.dtype == np.uint8:
+        return a
+    lo, hi = float(a.min()), float(a.max())
+    scale = 255.0 / ((hi - lo) or 1.0)
+    return ((a - lo) * scale).clip(0, 255).__add__(0.5).astype(np.uint8)
 
 
-def segment_distance_sq(p, q):
-    """Squared distance between segments p and q, each a tuple (ay, ax, by, bx) of broadcasting
-    arrays; 0 when they cross."""
-    pay, pax, pby, pbx = p
-    qay, qax, qby, qbx = q
-    pvy, pvx = pby - pay, pbx - pax
-    qvy, qvx = qby - qay, qbx - qax
-    pinv = 1.0 / (pvy * pvy + pvx * pvx)
-    qinv = 1.0 / (qvy * qvy + qvx * qvx)
-    d = np.minimum(
-        np.minimum(_point_segment_sq(qay, qax, pay, pax, pvy, pvx, pinv),
-                   _point_segment_sq(qby, qbx, pay, pax, pvy, pvx, pinv)),
-        np.minimum(_point_segment_sq(pay, pax, qay, qax, qvy, qvx, qinv),
-                   _point_segment_sq(pby, pbx, qay, qax, qvy, qvx, qinv)))
-    # Proper crossing: each segment's end points lie on opposite sides of the other's line.
-    s1 = pvy * (qax - pax) - pvx * (qay - pay)
-    s2 = pvy * (qbx - pax) - pvx * (qby - pay)
-    s3 = qvy * (pax - qax) - qvx * (pay - qay)
-    s4 = qvy * (pbx - qax) - qvx * (pby - qay)
-    return np.where((s1 * s2 < 0) & (s3 * s4 < 0), 0.0, d)
+def _lanczos(a: np.ndarray, size: int) -> np.ndarray:
+    from PIL import Image
+
+    img = Image.fromarray(_to_uint8(a))  # 2-d uint8: mode L
+    return np.asarray(img.resize((size, size), Image.Resampling.LANCZOS), np.float64)
 
 
-class _Scene:
-    """The paddles of `n` images being grown, in fixed slots: target A's paddles, target B's,
-    then each distractor's. A slot holds the paddle (ay, ax, by, bx) and the joint and angle it
-    was grown from, so a contour can be cut back and regrown."""
-
-    def __init__(self, st: Settings, margins: np.ndarray):
-        n, N = len(margins), st.contour_length
-        self.st = st
-        self.m = margins.astype(np.float32)
-        self.segs = np.zeros((n, st.num_slots, 4), np.float32)
-        self.mid = np.zeros((n, st.num_slots, 2), np.float32)
-        self.joint = np.zeros((n, st.num_slots, 2), np.float32)
-        self.angle = np.zeros((n, st.num_slots), np.float32)
-        self.valid = np.zeros((n, st.num_slots), bool)
-        self.owner = np.concatenate([
-            np.zeros(N, int), np.ones(N, int),
-            2 + np.repeat(np.arange(st.num_distractors), st.distractor_length)])
-        self.target = self.owner < 2
-        # Markers sit on target ends; keep other contours that much further from end paddles.
-        self.extra = np.zeros(st.num_slots, np.float32)
-        self.extra[[0, N - 1, N, 2 * N - 1]] = st.marker_radius - st.thickness / 2
-        self.widest = st.contour_clearance + 2 * self.extra.max()  # beyond 2m, for any pair
-
-    def in_bounds(self, ay, ax, by, bx):
-        lo, hi = self.st.padding, self.st.resolution - self.st.padding
-        return ((np.minimum(ay, by) >= lo) & (np.maximum(ay, by) <= hi)
-                & (np.minimum(ax, bx) >= lo) & (np.maximum(ax, bx) <= hi))
-
-    def clear(self, rows, slot, cand):
-        """(len(rows), K) bool: do candidate paddles `cand` ((len(rows), K) arrays) for `slot`
-        (one per row) keep clear of the committed paddles? 2m from their own contour's (except
-        the previous paddle, which they join) and from other distractors', as in snakes2;
-        2m + contour_clearance (+ marker room at target ends) between a target contour and any
-        other contour, so that targets never touch anything else."""
-        r = np.arange(len(rows))
-        valid = self.valid[rows]
-        valid[r, slot] = False
-        prev_same = (slot > 0) & (self.owner[np.maximum(slot - 1, 0)] == self.owner[slot])
-        valid[r[prev_same], slot[prev_same] - 1] = False
-        cols = np.flatnonzero(valid.any(0))
-        shape = cand[0].shape
-        ok = np.ones(shape, bool)
-        if cols.size == 0:
-            return ok
-        # Cheap prefilter: paddles whose midpoints are further apart than a paddle length plus
-        # the largest clearance cannot be too close; only the remaining pairs get the exact test.
-        mid = self.mid[rows][:, cols]  # (r, S, 2)
-        m = self.m[rows]
-        reach = 2 * m + self.widest + self.st.paddle_length
-        dy = ((cand[0] + cand[2]) * 0.5)[:, :, None] - mid[:, None, :, 0]
-        dx = ((cand[1] + cand[3]) * 0.5)[:, :, None] - mid[:, None, :, 1]
-        near = dy * dy + dx * dx < (reach * reach)[:, None, None]
-        i, j, k = np.nonzero(near & valid[:, cols][:, None, :])  # (r, K, S)
-        if i.size:
-            there, here = cols[k], slot[i]
-            apart = ((self.owner[there] != self.owner[here])
-                     & (self.target[there] | self.target[here]))
-            need = 2 * m[i] + apart * (self.st.contour_clearance + self.extra[there]
-                                       + self.extra[here])
-            p = tuple(c[i, j] for c in cand)
-            q = tuple(self.segs[rows[i], there].T)
-            bad = segment_distance_sq(p, q) < need * need
-            ok[i[bad], j[bad]] = False
-        return ok
-
-    def place(self, rows, slot, seg, joint, angle, ok):
-        self.segs[rows, slot] = seg
-        self.mid[rows, slot] = (seg[:, :2] + seg[:, 2:]) * 0.5
-        self.joint[rows, slot] = joint
-        self.angle[rows, slot] = angle
-        self.valid[rows[ok], slot[ok]] = True
-
-    def extend(self, rng, rows, slot):
-        """Grow paddle `slot` (one per row) after paddle slot - 1 of the same contour; returns
-        the rows that found room. As snakes2 did, the turn is drawn with weight
-        cos^2(continuity * turn) among the directions that stay in the image, then checked
-        against what is drawn, up to PADDLE_TRIALS draws."""
-        st, n = self.st, len(rows)
-        m = self.m[rows][:, None]
-        prev = slot - 1
-        th0 = self.angle[rows, prev]
-        step = 2 * m[:, 0] + st.paddle_length
-        py = self.joint[rows, prev, 0] + step * np.sin(th0)
-        px = self.joint[rows, prev, 1] + step * np.cos(th0)
-        k = st.num_directions
-        half = pi / (2 * st.continuity)
-        turn = (np.arange(k) + rng.random((n, k), np.float32)) * np.float32(2 * half / k) - half
-        ang = th0[:, None] + turn
-        uy, ux = np.sin(ang), np.cos(ang)
-        far = m + st.paddle_length
-        cand = (py[:, None] + m * uy, px[:, None] + m * ux,
-                py[:, None] + far * uy, px[:, None] + far * ux)
-        w = np.where(self.in_bounds(*cand), np.cos(st.continuity * turn) ** 2, 0.0)
-        cum = np.cumsum(w, 1)
-        draws = rng.random((n, PADDLE_TRIALS), np.float32) * cum[:, -1:]
-        pick = np.minimum((cum[:, None, :] <= draws[:, :, None]).sum(2), k - 1)  # (n, T)
-        i = np.arange(n)
-        tried = tuple(c[i[:, None], pick] for c in cand)
-        ok = self.clear(rows, slot, tried) & (cum[:, -1:] > 0)
-        first = ok.argmax(1)
-        found = ok[i, first]
-        pick = pick[i, first]
-        seg = np.stack([c[i, pick] for c in cand], -1)
-        self.place(rows, slot, seg, np.stack([py, px], -1), ang[i, pick], found)
-        return found
+def _ceil_step(y: float, x: float, angle: float, dist: float) -> tuple[int, int]:
+    """snakes2's translate_coord: move `dist` along `angle`, round both coordinates up."""
+    return math.ceil(y + dist * math.sin(angle)), math.ceil(x + dist * math.cos(angle))
 
 
-def _seed_targets(st: Settings, rng, scene: _Scene, rows: np.ndarray) -> np.ndarray:
-    """First paddles of both targets: as in snakes2, the first starts at least two seed distances
-    from every border and the second one seed distance from it, in a random direction; returns
-    which rows found a pair that keeps clear."""
-    L, N, sd = st.paddle_length, st.contour_length, st.seed_distance
-    todo = rows
-    for _ in range(TARGET_RETRIES):
-        k = len(todo)
-        t1 = rng.uniform(2 * sd, st.resolution - 2 * sd, (k, 2)).astype(np.float32)
-        phi = rng.uniform(0, 2 * pi, k).astype(np.float32)
-        t2 = t1 + sd * np.stack([np.sin(phi), np.cos(phi)], -1)
-        th = rng.uniform(-pi, pi, (k, 2)).astype(np.float32)
-        ok = np.ones(k, bool)
-        for c, t in ((0, t1), (1, t2)):
-            u = np.stack([np.sin(th[:, c]), np.cos(th[:, c])], -1)
-            seg = np.concatenate([t, t + L * u], -1)
-            ok &= scene.in_bounds(*seg.T)
-            if c == 1:  # the second must keep clear of the first
-                ok &= scene.clear(todo, np.full(k, N), tuple(seg.T[:, :, None]))[:, 0]
-            scene.place(todo, np.full(k, c * N), seg, t - scene.m[todo, None] * u, th[:, c], ok)
-        scene.valid[todo[~ok], 0] = False
-        todo = todo[~ok]
-        if todo.size == 0:
-            break
-    done = np.ones(len(scene.m), bool)
-    done[todo] = False
-    return done[rows]
+def _disc(radius: int) -> np.ndarray:
+    y, x = np.ogrid[-radius:radius + 1, -radius:radius + 1]
+    return x * x + y * y <= radius * radius
 
 
-def _grow_targets(st: Settings, rng, scene: _Scene) -> np.ndarray:
-    """Grow both targets to contour_length paddles, a paddle of each in turn as snakes2 did
-    (the one behind grows next). Where snakes2 threw the whole image away when a paddle found no
-    room, we cut that target back BACKTRACK paddles and regrow it (both restart from new first
-    paddles after MAX_BACKTRACKS): most contours this long run into a border or each other, and
-    restarting them costs tens of attempts per image. Returns which images got both contours."""
-    n, N = len(scene.m), st.contour_length
-    alive = _seed_targets(st, rng, scene, np.arange(n))
-    grown = np.repeat(np.where(alive, 1, N)[:, None], 2, 1)  # paddles of each target (n, 2)
-    fails = np.zeros(n, int)
-    restarts = np.zeros(n, int)
-    for _ in range(MAX_TICKS * N):
-        rows = np.flatnonzero(grown.min(1) < N)
-        if rows.size == 0:
-            break
-        c = (grown[rows, 1] < grown[rows, 0]).astype(int)  # the one behind; A on ties
-        k = grown[rows, c]
-        found = scene.extend(rng, rows, c * N + k)
-        grown[rows[found], c[found]] += 1
-        bad, c, k = rows[~found], c[~found], k[~found]
-        fails[bad] += 1
-        back = np.maximum(k - BACKTRACK, 1)
-        cut = (np.arange(N) >= back[:, None]) & (np.arange(N) < k[:, None])  # (b, N)
-        i, j = np.nonzero(cut)
-        scene.valid[bad[i], c[i] * N + j] = False
-        grown[bad, c] = back
-        again = bad[fails[bad] > MAX_BACKTRACKS]
-        if again.size:
-            scene.valid[again, :2 * N] = False
-            fails[again] = 0
-            restarts[again] += 1
-            seeded = _seed_targets(st, rng, scene, again) & (restarts[again] <= MAX_RESTARTS)
-            grown[again] = np.where(seeded[:, None], 1, N)
-            alive[again[~seeded]] = False
-    alive &= scene.valid[:, :2 * N].all(1)
-    return alive
-
-
-def _target_ends(st: Settings, scene: _Scene) -> np.ndarray:
-    """(n, 2 targets, 2 ends, yx): each target's first paddle start and last paddle end."""
-    N = st.contour_length
-    return np.stack([scene.segs[:, [0, N], :2], scene.segs[:, [N - 1, 2 * N - 1], 2:]], 2)
-
-
-def _add_distractors(st: Settings, rng, scene: _Scene, rows: np.ndarray) -> None:
-    """Up to num_distractors contours of distractor_length paddles, each tried
-    DISTRACTOR_ATTEMPTS times and left out when it does not fit (snakes2's allow_incomplete)."""
-    L, D = st.paddle_length, st.distractor_length
-    for d in range(st.num_distractors):
-        base = 2 * st.contour_length + d * D
-        todo = rows
-        for _ in range(DISTRACTOR_ATTEMPTS):
-            if todo.size == 0:
-                break
-            k = len(todo)
-            t = rng.uniform(st.padding, st.resolution - st.padding,
-                            (k, SEED_CANDIDATES, 2)).astype(np.float32)
-            th = rng.uniform(-pi, pi, (k, SEED_CANDIDATES)).astype(np.float32)
-            cand = (t[..., 0], t[..., 1], t[..., 0] + L * np.sin(th), t[..., 1] + L * np.cos(th))
-            ok = scene.in_bounds(*cand) & scene.clear(todo, np.full(k, base), cand)
-            pick = ok.argmax(1)
-            i = np.arange(k)
-            placed = ok[i, pick]
-            a = th[i, pick]
-            u = np.stack([np.sin(a), np.cos(a)], -1)
-            seg = np.stack([c[i, pick] for c in cand], -1)
-            scene.place(todo, np.full(k, base), seg, seg[:, :2] - scene.m[todo, None] * u, a,
-                        placed)
-            for j in range(1, D):
-                live = np.flatnonzero(placed)
-                placed[live] = scene.extend(rng, todo[live], np.full(len(live), base + j))
-            scene.valid[todo[~placed], base:base + D] = False
-            todo = todo[~placed]
-
-
-# ---------------------------------------------------------------------------------------------
-# Rendering: each paddle or marker is drawn at antialias x resolution in a small window around
-# it (coverage of the fine pixel centres), box-filtered to the output resolution and composited
-# with max, one slot at a time for all images at once.
-
-
-def _fine_centres(origin, size, aa):
-    return origin[:, None] + (np.arange(size * aa, dtype=np.float32) + 0.5) / aa
-
-
-def _composite(canvas, oy, ox, window):
-    """max-composite windows (n, W, W) at integer origins into canvas (n, H, H), which is
-    padded by W on every side so no window falls off it."""
-    n, w = window.shape[:2]
-    r = np.arange(w)
-    iy = (oy[:, None] + r)[:, :, None]
-    ix = (ox[:, None] + r)[:, None, :]
-    b = np.arange(n)[:, None, None]
-    canvas[b, iy, ix] = np.maximum(canvas[b, iy, ix], window)
-
-
-def _render_paddles(st: Settings, scene: _Scene, rows: np.ndarray):
-    """Paddle intensities (n, r, r) float32 and, per slot, a flat index of a pixel the paddle
-    inks (its brightest), for finding which component a paddle belongs to."""
-    aa, r = st.antialias, st.resolution
-    w = int(ceil(st.paddle_length + st.thickness)) + 3
-    canvas = np.zeros((len(rows), r + 2 * w, r + 2 * w), np.float32)
-    contrast = np.where(scene.owner < 2, st.snake_contrast * st.paddle_contrast, st.snake_contrast)
-    brightest = np.zeros((len(rows), st.num_slots), np.int64)
-    half_t2 = (st.thickness / 2) ** 2
-    for s in range(st.num_slots):
-        valid = scene.valid[rows, s]
-        if not valid.any():
+def _dilate_disc(a: np.ndarray, radius: int) -> np.ndarray:
+    """Grey dilation by a disc (values >= 0, outside ignored), with shifted maxima."""
+    out = a.copy()
+    h, w = a.shape
+    for dy, dx in np.argwhere(_disc(radius)) - radius:
+        if dy == 0 and dx == 0:
             continue
-        ay, ax, by, bx = (scene.segs[rows, s, i] for i in range(4))
-        # (slots left empty hold whatever their last failed try wrote: keep them on the canvas)
-        oy = np.clip(np.floor(np.minimum(ay, by) - st.thickness).astype(int) - 1, -w, r)
-        ox = np.clip(np.floor(np.minimum(ax, bx) - st.thickness).astype(int) - 1, -w, r)
-        cy = _fine_centres(oy.astype(np.float32), w, aa)[:, :, None]
-        cx = _fine_centres(ox.astype(np.float32), w, aa)[:, None, :]
-        vy, vx = (by - ay)[:, None, None], (bx - ax)[:, None, None]
-        inv = 1.0 / np.maximum(vy * vy + vx * vx, 1e-6)  # empty slots hold zero-length paddles
-        d2 = _point_segment_sq(cy, cx, ay[:, None, None], ax[:, None, None], vy, vx, inv)
-        fine = d2 <= half_t2
-        # Like a line rasteriser (snakes2 drew with PIL), ink the fine pixels holding both ends,
-        # so the ink of consecutive paddles is never further apart than their gap, 2m.
-        i = np.arange(len(rows))
-        for y, x in ((ay, ax), (by, bx)):
-            fy = np.clip(np.floor((y - oy) * aa).astype(int), 0, w * aa - 1)
-            fx = np.clip(np.floor((x - ox) * aa).astype(int), 0, w * aa - 1)
-            fine[i, fy, fx] = True
-        cover = fine.reshape(len(rows), w, aa, w, aa).mean((2, 4), dtype=np.float32)
-        cover *= (contrast[s] * valid)[:, None, None]
-        flat = cover.reshape(len(rows), -1).argmax(1)
-        brightest[:, s] = (np.clip(oy + flat // w, 0, r - 1) * r
-                           + np.clip(ox + flat % w, 0, r - 1))
-        _composite(canvas, oy + w, ox + w, cover)
-    return canvas[:, w:w + r, w:w + r], brightest
+        ys, yd = (slice(0, h - dy), slice(dy, h)) if dy >= 0 else (slice(-dy, h), slice(0, h + dy))
+        xs, xd = (slice(0, w - dx), slice(dx, w)) if dx >= 0 else (slice(-dx, w), slice(0, w + dx))
+        np.maximum(out[yd, xd], a[ys, xs], out=out[yd, xd])
+    return out
 
 
-def _stamp_markers(st: Settings, image, centres):
-    """max-composite discs of marker_radius (value 1) at centres (n, q, 2) into image (n, r, r)."""
-    aa, r, rad = st.antialias, st.resolution, st.marker_radius
-    w = int(ceil(2 * rad)) + 3
-    canvas = np.pad(image, ((0, 0), (w, w), (w, w)))
-    for q in range(centres.shape[1]):
-        y, x = centres[:, q, 0], centres[:, q, 1]
-        oy = np.floor(y - rad).astype(int) - 1
-        ox = np.floor(x - rad).astype(int) - 1
-        cy = _fine_centres(oy.astype(np.float32), w, aa)[:, :, None] - y[:, None, None]
-        cx = _fine_centres(ox.astype(np.float32), w, aa)[:, None, :] - x[:, None, None]
-        disc = (cy * cy + cx * cx <= rad * rad).reshape(len(y), w, aa, w, aa)
-        _composite(canvas, oy + w, ox + w, disc.mean((2, 4), dtype=np.float32))
-    return canvas[:, w:w + r, w:w + r]
+class Stamps:
+    """Paddle stamps (line, mask) of one margin, cached by orientation, and the per-pivot
+    candidate lists of a growth step; shared by every image drawn with that margin.
+
+    Images and masks are held with a border of `pad` pixels on every side, so that a stamp is
+    pasted without clipping; the border stays out of every test (mask values there are 0, which
+    can neither block a candidate nor fail the overlap test) and is cut off at the end."""
+
+    def __init__(self, st: Settings, margin: int):
+        self.st, self.m = st, margin
+        L, aa, r = st.paddle_length, st.antialias, st.resolution
+        self.half = L + int(ceil(st.thickness)) + margin
+        self.size = 2 * self.half + 1
+        self.width = int(round(st.thickness * aa))
+        if self.width != st.thickness * aa:
+            raise ValueError("thickness x antialias must be an integer")
+        self.pad = self.half + 1
+        self.full = r + 2 * self.pad
+        disc = np.argwhere(_disc(margin)) - margin  # extension: mask dilated by a disc of m
+        self.small_flat = disc[:, 0] * self.full + disc[:, 1]
+        self._paddles: dict[float, tuple[np.ndarray, np.ndarray]] = {}
+        self._kernels: dict[int, np.ndarray | None] = {}
+        self._circles: dict[tuple[int, int], tuple] = {}
+        self._first_free: dict[int, np.ndarray] = {}
+        self._weights: dict[tuple[int, int, float], np.ndarray] = {}
+        # Candidate heads of a step: the points of the circle of radius L + m at angles spaced by
+        # one pixel of arc, which snakes2 truncated to pixels.
+        rad = L + margin
+        ang = np.arange(0, 360, 360.0 / (2 * rad * np.pi)) * np.pi / 180
+        self._circle_dy, self._circle_dx = rad * np.sin(ang), rad * np.cos(ang)
+        self.valid_degrees = np.asarray([d for d in range(-180, 180)
+                                         if self.seed_kernel(d) is not None])
+
+    def paddle(self, angle: float) -> tuple[np.ndarray, np.ndarray]:
+        """(line, mask) stamps, (size, size) float64 in 0..1, of a paddle leaving the centre
+        pixel along `angle` (radians)."""
+        hit = self._paddles.get(angle)
+        if hit is not None:
+            return hit
+        from PIL import Image, ImageDraw
+
+        st, aa = self.st, self.st.antialias
+        fine = self.half * 2 * aa + 1
+        c = self.half * aa
+        hy, hx = _ceil_step(c, c, angle, st.paddle_length * aa)
+        im = Image.new("F", (fine, fine), 0.0)
+        ImageDraw.Draw(im).line([(c, c), (hx, hy)], fill=255.0, width=self.width)
+        line = np.asarray(im, np.float32)
+        mask = _dilate_disc(line, self.m * aa).astype(np.uint8)
+        out = (_lanczos(line, self.size) / 255.0, _lanczos(mask, self.size) / 255.0)
+        self._paddles[angle] = out
+        return out
+
+    def seed_kernel(self, degrees: int) -> np.ndarray | None:
+        """Tap offsets (k, 2) of the dilation a seed of this orientation uses, or None when that
+        dilation leaves some pixel with only out-of-image taps (OpenCV gives it -DBL_MAX and the
+        seed fails). The kernel is the paddle mask's pixels equal to 1 (the uint8 cast truncates
+        the rest), drawn one pixel past the kernel's anchor."""
+        if degrees in self._kernels:
+            return self._kernels[degrees]
+        st = self.st
+        n = 2 * (st.paddle_length + self.m) + 1
+        canvas = np.zeros((n + 2 * self.pad, n + 2 * self.pad))
+        _paste(canvas, self.paddle(degrees * np.pi / 180)[1], n // 2 + 1 + self.pad,
+               n // 2 + 1 + self.pad, self.half)
+        canvas = canvas[self.pad:self.pad + n, self.pad:self.pad + n]
+        taps = np.argwhere(canvas.astype(np.uint8) != 0) - n // 2
+        r = st.resolution
+        covered = np.zeros((r, r), bool)
+        for dy, dx in taps:  # pixels with at least one tap inside the image
+            covered[max(0, -dy):min(r, r - dy), max(0, -dx):min(r, r - dx)] = True
+        out = taps if len(taps) and covered.all() else None
+        self._kernels[degrees] = out
+        return out
+
+    def free(self, blocked: np.ndarray, degrees: int) -> np.ndarray:
+        """Flat indices of the pixels a seed may start on: where the dilation of `blocked`
+        (r, r) bool by the seed kernel is False."""
+        r = self.st.resolution
+        taken = np.zeros((r, r), bool)
+        for dy, dx in self._kernels[degrees]:  # dilated(p) = max over taps of lined(p + tap)
+            taken[max(0, -dy):min(r, r - dy), max(0, -dx):min(r, r - dx)] |= \
+                blocked[max(0, dy):min(r, r + dy), max(0, dx):min(r, r + dx)]
+        return np.flatnonzero(~taken)
+
+    def first_free(self, degrees: int) -> np.ndarray:
+        """`free` for the first target seed, whose mask is always the frame plus the band of
+        two seed distances that snakes2 adds: cached per orientation."""
+        hit = self._first_free.get(degrees)
+        if hit is None:
+            st, r = self.st, self.st.resolution
+            band = np.zeros((r, r), bool)
+            band[:st.padding], band[-st.padding:] = True, True
+            band[:, :st.padding], band[:, -st.padding:] = True, True
+            sd2 = 2 * st.seed_distance
+            band[:sd2], band[r - sd2:], band[:, :sd2], band[:, r - sd2:] = True, True, True, True
+            hit = self._first_free[degrees] = self.free(band, degrees)
+        return hit
+
+    def turn_weights(self, py: int, px: int, angle: float) -> np.ndarray:
+        """cos^2(min(continuity * turn, 90 deg)) of each candidate around (py, px) after a paddle
+        along `angle`; cached at 32 px, where pivots and angles are few."""
+        key = (py, px, angle)
+        hit = self._weights.get(key)
+        if hit is not None:
+            return hit
+        turn = np.abs(self.candidates(py, px)[2] - angle)
+        turn = np.minimum(np.minimum(turn, 2 * pi - turn) * self.st.continuity, 0.5 * pi)
+        w = np.maximum(np.cos(turn), 0) ** 2
+        if len(self._weights) < 50_000:  # ~20 MB; at 128 px the keys are too many to keep
+            self._weights[key] = w
+        return w
+
+    def candidates(self, py: int, px: int):
+        """Candidate heads (ys, xs) around pivot (py, px), unique and in row-major order, the
+        orientation from the pivot to each, and the padded flat index of each."""
+        hit = self._circles.get((py, px))
+        if hit is not None:
+            return hit
+        r = self.st.resolution
+        ys, xs = py + self._circle_dy, px + self._circle_dx
+        keep = (ys >= 0) & (ys < r) & (xs >= 0) & (xs < r)
+        coords = np.unique(np.stack([ys[keep], xs[keep]], 1).astype(int), axis=0)
+        cy, cx = coords[:, 0].copy(), coords[:, 1].copy()
+        flat = (cy + self.pad) * self.full + cx + self.pad
+        out = (cy, cx, np.arctan2(cy - py, cx - px), flat)
+        self._circles[(py, px)] = out
+        return out
 
 
-def link_components(ink: np.ndarray, distance) -> np.ndarray:
-    """Connected components (n, r, r) int of ink pixels (n, r, r) bool, two ink pixels being
-    linked when their Chebyshev distance is at most `distance` (an int, or one per image):
-    dilating each ink pixel into a distance x distance block anchored at it makes exactly those
-    pairs' blocks overlap or touch, so 8-connected components of the dilation are the answer.
-    Labels are unique across the batch; 0 is background."""
-    distance = np.broadcast_to(np.asarray(distance), (len(ink),))
-    labels = np.zeros(ink.shape, np.int32)
-    eight = np.zeros((3, 3, 3), bool)
-    eight[1] = True  # no links between images
-    offset = 0
-    for k in np.unique(distance):
-        sel = np.flatnonzero(distance == k)
-        grown = ink[sel].copy()
-        for axis in (1, 2):  # a block dilation is separable
-            src = grown.copy()
-            for shift in range(1, int(k)):
-                if axis == 1:
-                    grown[:, shift:] |= src[:, :-shift]
+def _paste(canvas: np.ndarray, stamp: np.ndarray, y: int, x: int, half: int, scale=1.0):
+    """max-combine `stamp` centred on padded coordinates (y, x) (it must fit)."""
+    view = canvas[y - half:y + half + 1, x - half:x + half + 1]
+    np.maximum(view, stamp * scale if scale != 1.0 else stamp, out=view)
+
+
+def _circle(st: Settings, y: int, x: int) -> np.ndarray:
+    """A marker as snakes2 drew it: a disc at the antialias scale, Lanczos-resized over the whole
+    image (so a marker near the border is cut and renormalised there, as in snakes2)."""
+    aa, r = st.antialias, st.resolution
+    yy, xx = np.ogrid[-y * aa:(r - y) * aa, -x * aa:(r - x) * aa]
+    fine = (xx * xx + yy * yy <= (st.marker_radius * aa) ** 2).astype(np.float64)
+    return _lanczos(fine, r)
+
+
+# ---------------------------------------------------------------------------------------------
+# One image, as snakes2's from_wrapper drew it.
+
+
+class _Canvas:
+    """The image and exclusion mask being drawn (padded), and snakes2's growth moves on them."""
+
+    def __init__(self, st: Settings, stamps: Stamps, rng: np.random.Generator):
+        self.st, self.s, self.rng = st, stamps, rng
+        r, p, P = st.resolution, st.padding, stamps.pad
+        self.image = np.zeros((stamps.full, stamps.full))
+        self.mask = np.zeros((stamps.full, stamps.full))
+        inner = self.mask[P:P + r, P:P + r]
+        inner[:p], inner[-p:], inner[:, :p], inner[:, -p:] = 1, 1, 1, 1
+
+    def inner(self, a: np.ndarray) -> np.ndarray:
+        P, r = self.s.pad, self.st.resolution
+        return a[P:P + r, P:P + r]
+
+    def draw(self, angle: float, y: int, x: int, contrast: float):
+        P = self.s.pad
+        _paste(self.image, self.s.paddle(angle)[0], y + P, x + P, self.s.half, contrast)
+
+    def add_mask(self, seg):
+        P = self.s.pad
+        _paste(self.mask, self.s.paddle(seg[0])[1], seg[1] + P, seg[2] + P, self.s.half)
+
+    def inside(self, *points) -> bool:
+        r = self.st.resolution
+        return all(0 <= y < r and 0 <= x < r for y, x in points)
+
+    def extend(self, pivot, angle, contrast):
+        """One paddle after a paddle with `pivot` and `angle`: (new pivot, new angle, head,
+        mask segment) or None when it finds no room (snakes2's extend_snake)."""
+        st, s, rng = self.st, self.s, self.rng
+        py, px = _ceil_step(pivot[0], pivot[1], angle, st.paddle_length + 2 * s.m)
+        cy, cx, orient, flat = s.candidates(py, px)
+        if len(cy) == 0:
+            return None
+        weight = s.turn_weights(py, px, angle)
+        taps = flat[:, None] + s.small_flat  # the disc of m around each candidate
+        pmf = (1 - self.mask.ravel()[taps].max(1)) * weight  # the mask dilated by that disc
+        total = pmf.sum()
+        if total < 1e-4:
+            return None
+        cmf = np.cumsum(pmf / total)
+        h, P = s.half, s.pad
+        for _ in range(MAX_PADDLE_RETRIAL + 1):
+            k = int(cmf.searchsorted(rng.random(), "right"))
+            k = 0 if k == len(cmf) else k  # snakes2's argmax(cmf - u > 0) when no entry is > u
+            hy, hx, o = int(cy[k]), int(cx[k]), float(orient[k])
+            back = o + pi if o < 0 else o - pi
+            view = self.mask[hy + P - h:hy + P + h + 1, hx + P - h:hx + P + h + 1]
+            if (view + s.paddle(back)[1]).max() < ACCEPT_BELOW:
+                self.draw(back, hy, hx, contrast)
+                return (py, px), o, (hy, hx), (back, hy, hx)
+        return None
+
+    def seed(self, contrast):
+        """A distractor's first paddle (snakes2's seed_snake): (pivot, angle, mask segment) or
+        None."""
+        st, s, rng, r = self.st, self.s, self.rng, self.st.resolution
+        L, m = st.paddle_length, s.m
+        for _ in range(MAX_PADDLE_RETRIAL + 1):
+            deg = int(rng.integers(-180, 180))
+            a = deg * pi / 180
+            if s.seed_kernel(deg) is None:  # (snakes2 tests availability first: same verdict)
+                return None
+            inner = self.inner(self.mask)
+            blocked = inner > FREE_AT_MOST
+            if 1 - blocked.mean() < STOP_AVAILABILITY:
+                return None
+            blocked[0], blocked[-1], blocked[:, 0], blocked[:, -1] = True, True, True, True
+            free = s.free(blocked, deg)
+            if len(free) == 0:
+                return None
+            ty, tx = divmod(int(free[rng.integers(len(free))]), r)
+            head = _ceil_step(ty, tx, a, L)
+            pivot = _ceil_step(head[0], head[1], a + pi if a < 0 else a - pi, L + m)
+            if self.inside(head, pivot):
+                self.draw(a, ty, tx, contrast)
+                return pivot, a, (a, ty, tx)
+        return None
+
+    def two_seeds(self, contrast):
+        """The targets' first paddles (snakes2's initialize_two_seeds): [(pivot, angle, tail,
+        mask segment)] * 2, or None when the attempt fails.
+
+        An attempt whose very first orientation has no usable kernel fails at once and the
+        image is redrawn with fresh draws, so we draw that first orientation among the usable
+        ones directly (the same distribution, without the wasted attempts); later draws keep
+        the chance of failing."""
+        st, s, rng, r = self.st, self.s, self.rng, self.st.resolution
+        L, m, sd = st.paddle_length, s.m, st.seed_distance
+        out, first = [], None
+        for which in range(2):
+            for trial in range(MAX_PADDLE_RETRIAL + 1):
+                if which == 0 and trial == 0:
+                    deg = int(s.valid_degrees[rng.integers(len(s.valid_degrees))])
                 else:
-                    grown[:, :, shift:] |= src[:, :, :-shift]
-        lab, count = ndimage.label(grown, structure=eight)
-        labels[sel] = np.where(ink[sel], lab + offset * (lab > 0), 0)
-        offset += count
-    return labels
+                    deg = int(rng.integers(-180, 180))
+                a = deg * pi / 180
+                if which == 0:
+                    if s.seed_kernel(deg) is None:
+                        return None
+                    free = s.first_free(deg)
+                    if len(free) == 0:
+                        return None
+                    tail = divmod(int(free[rng.integers(len(free))]), r)
+                else:
+                    phi = int(rng.integers(0, 360)) * pi / 180
+                    tail = (int(np.round(first[0] + sd * np.sin(phi))),
+                            int(np.round(first[1] + sd * np.cos(phi))))
+                head = _ceil_step(tail[0], tail[1], a, L)
+                pivot = _ceil_step(head[0], head[1], a + pi if a < 0 else a - pi, L + m)
+                if self.inside(head, pivot):
+                    break
+            else:
+                return None
+            first = tail
+            out.append((pivot, a, tail, (a, tail[0], tail[1])))
+        for pivot, a, tail, _ in out:
+            self.draw(a, tail[0], tail[1], contrast)
+        return out
 
 
-def _unambiguous(st: Settings, paddles, brightest, ends, margins):
-    """Keep an image only when each target contour is one linked component without markers and
-    the two are different components with markers on all four ends (label-free test)."""
-    n, N = len(paddles), st.contour_length
-    k = link_distance(st, margins)
-    b = np.arange(n)[:, None]
-    plain = link_components(paddles > 0, k).reshape(n, -1)[b, brightest[:, :2 * N]]
-    marked_image = _stamp_markers(st, paddles, ends.reshape(n, 4, 2))
-    marked = link_components(marked_image > 0, k).reshape(n, -1)[b, brightest[:, [0, N]]]
-    one_each = (plain[:, :N] == plain[:, :1]).all(1) & (plain[:, N:] == plain[:, N:N + 1]).all(1)
-    return one_each & (marked[:, 0] != marked[:, 1])
+def _targets(st: Settings, s: Stamps, rng):
+    """Two target contours, redrawn from scratch until both reach full length (snakes2's
+    `while not success: two_snakes(...)`): (canvas, origin tips, terminal tips)."""
+    contrast = st.snake_contrast * st.paddle_contrast
+    while True:
+        c = _Canvas(st, s, rng)
+        seeds = c.two_seeds(contrast)
+        if seeds is None:
+            continue
+        state = [[p, a, seg] for p, a, _, seg in seeds]
+        tips = [None, None]
+        for _ in range(st.contour_length - 1):
+            for k in range(2):
+                pivot, angle, seg = state[k]
+                step = c.extend(pivot, angle, contrast)
+                if step is None:
+                    break
+                c.add_mask(seg)  # the previous paddle's mask enters once the next is placed
+                state[k] = [step[0], step[1], step[3]]
+                tips[k] = step[2]
+            else:
+                continue
+            break
+        else:
+            c.add_mask(state[1][2])  # snakes2 adds only the second target's last paddle
+            return c, [seeds[0][2], seeds[1][2]], tips
 
 
-def _attempt(st: Settings, rng, n: int):
-    """Up to n accepted scenes: (paddle images, ends, margins) of the accepted ones."""
-    margins = rng.choice(np.asarray(st.margins), n)
-    scene = _Scene(st, margins)
-    alive = _grow_targets(st, rng, scene)
-    ends = _target_ends(st, scene)
-    rows = np.flatnonzero(alive)
-    _add_distractors(st, rng, scene, rows)
-    paddles, brightest = _render_paddles(st, scene, rows)
-    ok = _unambiguous(st, paddles, brightest, ends[rows], margins[rows])
-    return paddles[ok], ends[rows][ok], margins[rows][ok]
+def _distractors(st: Settings, c: _Canvas) -> int:
+    """snakes2's make_many_snakes for the distractor contours; returns how many were placed."""
+    placed = 0
+    for _ in range(st.num_distractors):
+        for _ in range(MAX_DISTRACTOR_RETRIAL + 1):
+            image, mask = c.image.copy(), c.mask.copy()
+            first = c.seed(st.snake_contrast)
+            ok = first is not None
+            if ok:
+                pivot, angle, seg = first
+                for _ in range(st.distractor_length - 1):
+                    step = c.extend(pivot, angle, st.snake_contrast)
+                    if step is None:
+                        ok = False
+                        break
+                    c.add_mask(seg)
+                    pivot, angle, _, seg = step
+            if ok:
+                c.add_mask(seg)
+                placed += 1
+                break
+            c.image, c.mask = image, mask
+    return placed
+
+
+def draw_image(st: Settings, s: Stamps, rng, label: int):
+    """One image: (uint8 (r, r), marker centres (2, 2), distractors placed)."""
+    c, origins, terminals = _targets(st, s, rng)
+    placed = _distractors(st, c)
+    origin = int(rng.integers(0, 2))
+    terminal = origin if label == 1 else 1 - origin
+    marks = [origins[origin], terminals[terminal]]
+    markers = np.maximum(_circle(st, *marks[0]), _circle(st, *marks[1])) / 255.0
+    return _to_uint8(np.maximum(c.inner(c.image), markers)), np.asarray(marks, np.float32), placed
+
+
+_STAMPS: dict[tuple[Settings, int], Stamps] = {}
+
+
+def stamps(st: Settings, margin: int) -> Stamps:
+    key = (st, margin)
+    if key not in _STAMPS:
+        _STAMPS[key] = Stamps(st, margin)
+    return _STAMPS[key]
 
 
 def generate_batch(st: Settings, count: int, rng: np.random.Generator) -> Batch:
     """`count` images with exactly balanced labels (count // 2 or count // 2 + 1 positives)."""
-    parts, have, tried = [], 0, 0
-    while have < count:
-        if tried > 50 * count + 10 * st.batch and have < tried / 1000:
-            raise RuntimeError(f"Pathfinder generator: kept {have} of {tried} images; "
-                               "the settings leave no room for the contours")
-        rate = max(have / tried, 0.05) if tried else 0.75
-        want = min(st.batch, int((count - have) / rate * 1.05) + 4)
-        p, e, m = _attempt(st, rng, want)
-        parts.append((p, e, m))
-        have, tried = have + len(p), tried + want
-    paddles = np.concatenate([p[0] for p in parts])[:count]
-    ends = np.concatenate([p[1] for p in parts])[:count]
-    margins = np.concatenate([p[2] for p in parts])[:count]
-    labels = rng.permutation(np.arange(count) % 2)
-    origin = rng.integers(0, 2, count)
-    terminal = np.where(labels == 1, origin, 1 - origin)
-    i = np.arange(count)
-    markers = np.stack([ends[i, origin, 0], ends[i, terminal, 1]], 1)
-    image = _stamp_markers(st, paddles, markers)
-    peak = image.max((1, 2), keepdims=True)
-    images = np.floor(image * (255.0 / peak) + 0.5).astype(np.uint8)
-    return Batch(images, labels.astype(np.int64), markers.astype(np.float32), margins)
+    labels = rng.permutation(np.arange(count) % 2).astype(np.int64)
+    margins = rng.choice(np.asarray(st.margins), count)
+    images = np.zeros((count, st.resolution, st.resolution), np.uint8)
+    markers = np.zeros((count, 2, 2), np.float32)
+    placed = np.zeros(count, int)
+    for i in range(count):
+        images[i], markers[i], placed[i] = draw_image(st, stamps(st, int(margins[i])), rng,
+                                                      int(labels[i]))
+    return Batch(images, labels, markers, margins, placed)
 
 
-def _chunk_rng(st: Settings, seed: int, chunk: int) -> np.random.Generator:
-    # The data set (resolution, contour length) is part of the seed so that two data sets made
-    # with one seed do not share their random draws.
-    return np.random.default_rng([seed, st.resolution, st.contour_length, chunk])
+# ---------------------------------------------------------------------------------------------
+# Data sets: folders of 1000, each from its own seeded stream, optionally in worker processes.
+
+
+def _chunk_rng(resolution: int, contour_length: int, seed: int, chunk: int, style: str):
+    # The data set (resolution, contour length, style) is part of the seed so that two data sets
+    # made with one seed do not share their random draws. The separated style keeps its streams.
+    key = [seed, resolution, contour_length, chunk] + ([1] if style == "snakes2" else [])
+    return np.random.default_rng(key)
 
 
 def _chunk_sizes(num_images: int) -> list[int]:
@@ -540,53 +531,82 @@ def _chunk_sizes(num_images: int) -> list[int]:
     return [IMAGES_PER_FOLDER] * full + ([rest] if rest else [])
 
 
+def _batch(resolution: int, difficulty: str, count: int, seed: int, chunk: int, style: str):
+    """(batch, continuity, distractor length, paddle length, thickness) of one folder."""
+    if style == "separated":
+        from lra_bench.data import pathfinder_separated as sep
+
+        st = sep.settings(resolution, difficulty)
+        b = sep.generate_batch(st, count, _chunk_rng(resolution, st.contour_length, seed, chunk,
+                                                     style))
+        b = Batch(b.images, b.labels, b.markers, b.margins, np.full(count, -1))
+    else:
+        st = settings(resolution, difficulty)
+        b = generate_batch(st, count, _chunk_rng(resolution, st.contour_length, seed, chunk, style))
+    return b, st
+
+
 def _generate_chunk(args) -> Batch:
-    resolution, difficulty, count, seed, chunk = args
-    st = settings(resolution, difficulty)
-    return generate_batch(st, count, _chunk_rng(st, seed, chunk))
+    return _batch(*args)[0]
 
 
-def _pool(workers: int, jobs: int):
-    workers = min(workers, jobs)
+def _worker_init():
+    # Ctrl-C reaches the whole process group: workers ignore it and the parent stops them.
+    # SIGTERM keeps its default, so a worker dies with its group (`timeout`, a batch system).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _run(function, jobs, workers: int):
+    """Yield function(job) in order, in `workers` spawned processes when more than one. Closing
+    the generator (an error, Ctrl-C, SIGTERM turned into SystemExit) ends the workers and waits
+    for them, so nothing writes behind the caller's cleanup."""
+    workers = min(workers, len(jobs))
     if workers <= 1:
-        return None
+        yield from map(function, jobs)
+        return
     import multiprocessing
     # spawn: the caller may have started threads (JAX), which fork would copy half-alive.
-    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    pool = multiprocessing.get_context("spawn").Pool(workers, initializer=_worker_init)
+    try:
+        yield from pool.imap(function, jobs)
+        pool.close()
+    finally:
+        pool.terminate()
+        pool.join()
 
 
 def _default_workers() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def generate_arrays(resolution: int, difficulty: str, n: int, seed: int,
-                    workers: int = 1, return_markers: bool = False):
+def generate_arrays(resolution: int, difficulty: str, n: int, seed: int, workers: int = 1,
+                    return_markers: bool = False, style: str = "snakes2"):
     """(images uint8 (n, r, r), labels int64 (n,)) — the same images generate_release writes
     for these arguments; with return_markers also the marker centres (n, 2, 2) (y, x)."""
     settings(resolution, difficulty)  # validate before starting workers
-    jobs = [(resolution, difficulty, c, seed, i) for i, c in enumerate(_chunk_sizes(n))]
-    pool = _pool(workers, len(jobs))
+    check_style(style)
+    jobs = [(resolution, difficulty, c, seed, i, style) for i, c in enumerate(_chunk_sizes(n))]
+    runner = _run(_generate_chunk, jobs, workers)
     try:
-        batches = list(pool.map(_generate_chunk, jobs) if pool else map(_generate_chunk, jobs))
+        batches = list(runner)
     finally:
-        if pool:
-            pool.shutdown()
-    if not batches:  # n == 0
-        batches = [Batch(np.zeros((0, resolution, resolution), np.uint8), np.zeros(0, np.int64),
-                         np.zeros((0, 2, 2), np.float32), np.zeros(0, int))]
-    images = np.concatenate([b.images for b in batches])
-    labels = np.concatenate([b.labels for b in batches])
+        runner.close()
+    images = np.concatenate([b.images for b in batches]) if batches else \
+        np.zeros((0, resolution, resolution), np.uint8)
+    labels = np.concatenate([b.labels for b in batches]) if batches else np.zeros(0, np.int64)
     if return_markers:
-        return images, labels, np.concatenate([b.markers for b in batches])
+        markers = np.concatenate([b.markers for b in batches]) if batches else \
+            np.zeros((0, 2, 2), np.float32)
+        return images, labels, markers
     return images, labels
 
 
 def _write_chunk(args) -> int:
     from PIL import Image
 
-    root, resolution, difficulty, count, seed, chunk = args
-    st = settings(resolution, difficulty)
-    batch = generate_batch(st, count, _chunk_rng(st, seed, chunk))
+    root, resolution, difficulty, count, seed, chunk, style = args
+    batch, st = _batch(resolution, difficulty, count, seed, chunk, style)
     root = Path(root)
     folder = root / "imgs" / str(chunk)
     folder.mkdir(parents=True, exist_ok=True)
@@ -608,26 +628,27 @@ def _write_chunk(args) -> int:
 
 
 def generate_release(out_dir: Path, resolution: int, difficulty: str, num_images: int,
-                     seed: int, workers: int | None = None, progress=None) -> None:
+                     seed: int, workers: int | None = None, progress=None,
+                     style: str = "snakes2") -> None:
     """Write `num_images` images in LRA's release layout:
     out_dir/pathfinder{resolution}/{difficulty}/imgs/<n>/sample_<k>.png (8-bit grayscale) and
     .../metadata/<n>.npy (plain text despite the name, one line per image, field 3 the label),
     1000 images per <n>. `progress(done_images)` is called as folders complete."""
     settings(resolution, difficulty)
+    check_style(style)
     root = Path(out_dir) / f"pathfinder{resolution}" / difficulty
     (root / "metadata").mkdir(parents=True, exist_ok=True)
-    jobs = [(str(root), resolution, difficulty, c, seed, i)
+    jobs = [(str(root), resolution, difficulty, c, seed, i, style)
             for i, c in enumerate(_chunk_sizes(num_images))]
-    pool = _pool(workers or _default_workers(), len(jobs))
     done = 0
+    runner = _run(_write_chunk, jobs, workers or _default_workers())
     try:
-        for count in (pool.map(_write_chunk, jobs) if pool else map(_write_chunk, jobs)):
+        for count in runner:
             done += count
             if progress is not None:
                 progress(done)
     finally:
-        if pool:
-            pool.shutdown()
+        runner.close()  # workers end before the caller removes what they were writing into
 
 
 def main(argv=None) -> None:
@@ -638,12 +659,14 @@ def main(argv=None) -> None:
     p.add_argument("--difficulty", default="curv_contour_length_14", choices=list(DIFFICULTIES))
     p.add_argument("--num-images", type=int, required=True)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--style", default="snakes2", choices=STYLES,
+                   help="snakes2: LRA's data (default); separated: the cleaner variant")
     p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     args = p.parse_args(argv)
     if args.num_images < 1:
         sys.exit("error: --num-images must be at least 1")
     generate_release(args.out, args.resolution, args.difficulty, args.num_images, args.seed,
-                     workers=args.workers,
+                     workers=args.workers, style=args.style,
                      progress=lambda d: print(f"pathfinder: {d}/{args.num_images} images",
                                               file=sys.stderr))
     print(f"pathfinder: wrote {args.out}/pathfinder{args.resolution}/{args.difficulty}",

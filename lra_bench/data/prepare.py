@@ -16,10 +16,12 @@ Preparing is idempotent: when the cache's settings and source fingerprint match,
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import re
 import shutil
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -138,6 +140,24 @@ def generated_source(module, task: str, data: dict, data_dir: Path, force: bool,
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+@contextlib.contextmanager
+def stop_cleanly():
+    """Ctrl-C (KeyboardInterrupt) or SIGTERM (SystemExit(143) from the CLI's handler) while
+    preparing: the temporary folders unwind away on the way out; then one line and exit
+    130 / 143 instead of a traceback."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        print("interrupted (SIGINT): nothing partial was kept; run the command again to prepare",
+              file=sys.stderr, flush=True)
+        raise SystemExit(130) from None
+    except SystemExit as e:
+        if e.code == 128 + signal.SIGTERM:
+            print("terminated (SIGTERM): nothing partial was kept; run the command again to "
+                  "prepare", file=sys.stderr, flush=True)
+        raise
 
 
 def prepare_command(task: str, preset: str, data_dir: Path, overrides=()) -> str:
