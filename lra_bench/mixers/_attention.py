@@ -1,0 +1,56 @@
+"""One softmax attention for every mixer that attends, with the best implementation per backend.
+
+GPU, bf16/fp16, no attention dropout: cuDNN's fused (flash) kernel through
+`jax.nn.dot_product_attention(implementation="cudnn")`; it never writes the N x N weights.
+Everywhere else (CPU, float32/float64, dropout, a head size cuDNN rejects) the lean explicit form:
+two einsums, a `where` for the key mask and `jax.nn.softmax`. On CPU this matters:
+`jax.nn.dot_product_attention`'s XLA path works on a 5-D (1, B, H, N, N) layout and writes about
+eight N x N arrays per step (five of them transposed copies), where this form writes three.
+
+Precision follows the mixed-precision rule of `lra_bench.mixers`: logits are accumulated, masked
+and normalised in `island(dtype)` (float32 for bf16/fp16/float32, float64 for float64); the
+weights go back to the compute dtype for the product with v.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+FUSED_DTYPES = (jnp.bfloat16, jnp.float16)
+
+
+def island(dtype):
+    """The dtype a numerically delicate step runs in: at least float32, float64 stays float64."""
+    return jnp.promote_types(dtype, jnp.float32)
+
+
+def _fused_applies(q, dropout: bool) -> bool:
+    return (not dropout and jax.default_backend() == "gpu" and q.dtype in FUSED_DTYPES
+            and q.shape[-1] <= 128 and q.shape[-1] % 8 == 0)
+
+
+def attention(q, k, v, mask, *, dropout_rate: float = 0.0, dropout_rng=None, scale=None):
+    """Scaled dot-product attention with key-padding masking.
+
+    q: (batch, queries, heads, head_dim); k, v: (batch, keys, heads, head_dim); mask: (batch,
+    keys) bool, True at real keys. Returns (batch, queries, heads, head_dim) in v's dtype. A row
+    with no real key gets uniform weights (its output is finite and ignored downstream).
+    """
+    dropout = dropout_rate > 0.0 and dropout_rng is not None
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    key_mask = mask[:, None, None, :]  # (B, 1, 1, S): broadcasts over heads and queries
+    if _fused_applies(q, dropout):
+        try:
+            return jax.nn.dot_product_attention(q, k, v, mask=key_mask, scale=scale,
+                                                implementation="cudnn")
+        except (ValueError, NotImplementedError, RuntimeError, TypeError):
+            pass  # this cuDNN/JAX build rejects the shape or mask: the explicit form below
+    acc = island(q.dtype)
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=acc) * scale
+    logits = jnp.where(key_mask, logits, jnp.finfo(acc).min)
+    weights = jax.nn.softmax(logits, axis=-1)
+    if dropout:
+        keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, weights.shape)
+        weights = jnp.where(keep, weights / (1.0 - dropout_rate), 0.0)
+    return jnp.einsum("bhqk,bkhd->bqhd", weights.astype(v.dtype), v)
