@@ -100,6 +100,8 @@ def run(args) -> dict:
         for name in args.kernels:
             point = measure_point(name, length, args)
             out["results"].append(point)
+            if args.out:  # after every point: a run cut short keeps what it measured
+                write(args.out, out)
             print(f"{name:<14}{length:>7}{point['median_ms']:>10.1f}{point['min_ms']:>10.1f}"
                   f"{point['xla_estimate_mib'] or 0:>10.1f}{point['compile_s']:>8.1f}",
                   file=sys.stderr, flush=True)
@@ -136,13 +138,21 @@ def markdown(report: dict) -> str:
         if all(r.get(key) is None for r in rows):
             continue
         lines += ["", f"## {title}", "",
-                  "| kernel | " + " | ".join(f"{n // 1024}K" for n in lengths) + " |",
+                  "| kernel | " + " | ".join(f"{n // 1024}K" if n % 1024 == 0 else str(n)
+                                             for n in lengths) + " |",
                   "|---|" + "---:|" * len(lengths)]
         for k in kernels:
             cells = [fmt.format(by[k, n][key]) if (k, n) in by and by[k, n].get(key) is not None
                      else "-" for n in lengths]
             lines.append(f"| {k} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def write(path: Path, report: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(report, indent=1) + "\n")
+    tmp.replace(path)
 
 
 def main(argv=None) -> None:
@@ -161,12 +171,9 @@ def main(argv=None) -> None:
     if args.markdown:
         print(markdown(json.loads(args.markdown.read_text())), end="")
         return
-    text = json.dumps(run(args), indent=1)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
-    else:
-        print(text)
+    report = run(args)
+    if not args.out:
+        print(json.dumps(report, indent=1))
 
 
 if __name__ == "__main__":
