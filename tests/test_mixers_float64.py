@@ -106,6 +106,13 @@ def test_nystrom_attention_and_pinv():
               conv_kernel=f64(kernel)[0])
     assert got.dtype == jnp.float64
     np.testing.assert_allclose(got, nystrom_np(q, k, v, mask, 4, kernel), **TOL)
+    # the conv alone, over several blocks of its band-matrix form (here 4 outputs per block)
+    w = kernel.shape[1]
+    vp = np.pad(v, [(0, 0), (w // 2, w // 2), (0, 0), (0, 0)])
+    want = sum(vp[:, i:i + 14] * kernel[:, i][:, None] for i in range(w))
+    conv = jax.jit(nystromformer.depthwise_sequence_conv, static_argnames="block")
+    for block in (4, 5, 64):
+        np.testing.assert_allclose(conv(*f64(v, kernel), block=block), want, **TOL)
     a = softmax_np(2.0 * rand(4, (3, 6, 6)))
     z = jax.jit(nystromformer.iterative_pinv, static_argnums=1)(*f64(a), 40)
     np.testing.assert_allclose(z, np.linalg.pinv(a), rtol=1e-10, atol=1e-10)  # converged

@@ -20,6 +20,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from lra_bench.errors import UserError
@@ -70,23 +71,32 @@ def iterative_pinv(a, iterations: int = 6, init: str = "per_matrix"):
     return z
 
 
-def depthwise_sequence_conv(v, kernel):
+def depthwise_sequence_conv(v, kernel, block: int = 64):
     """Per-head convolution along the sequence, one kernel per head shared by its features.
 
     v: (batch, length, heads, head_dim); kernel: (heads, width), width odd; 'same' zero padding,
     cross-correlation like torch's Conv2d((width, 1), groups=heads).
 
-    Computed as `width` shifted multiply-adds: XLA's CPU gradient of a grouped convolution with
-    the kernel repeated over head_dim is a dense (h dh) x (h dh) convolution (20x the FLOPs here).
+    Computed as matrix products: the sequence is cut into blocks of `block` outputs, each the
+    product of a (block, block + width - 1) band matrix of the kernel with its input window. XLA's
+    CPU convolutions are slow for this shape (one channel, a wide kernel) and the gradient of the
+    grouped form over heads * head_dim channels is a dense (h dh) x (h dh) convolution; the band
+    products ran 50x faster, forward + backward, at 2K tokens.
     """
-    n, width = v.shape[1], kernel.shape[-1]
+    b, n, h, dh = v.shape
+    width = kernel.shape[-1]
+    block = max(block, width - 1)
+    blocks = -(-n // block)
     half = width // 2
-    padded = jnp.pad(v, [(0, 0), (half, half), (0, 0), (0, 0)])
-    kernel = kernel.astype(v.dtype)
-    out = padded[:, :n] * kernel[:, 0][:, None]
-    for i in range(1, width):
-        out = out + padded[:, i:i + n] * kernel[:, i][:, None]
-    return out
+    padded = jnp.pad(v, [(0, 0), (half, (blocks + 1) * block - n - half), (0, 0), (0, 0)])
+    padded = padded.reshape(b, blocks + 1, block, h, dh)
+    # window of block j: its own inputs and the first width - 1 of the next block
+    windows = jnp.concatenate([padded[:, :-1], padded[:, 1:, :width - 1]], axis=2)
+    offset = np.arange(block + width - 1)[None, :] - np.arange(block)[:, None]  # j - i
+    inside = (offset >= 0) & (offset < width)
+    band = jnp.where(inside, kernel[:, np.clip(offset, 0, width - 1)], 0).astype(v.dtype)
+    out = jnp.einsum("hij,bnjhd->bnihd", band, windows)
+    return out.reshape(b, blocks * block, h, dh)[:, :n]
 
 
 def nystrom_attention(q, k, v, mask, *, num_landmarks: int, pinv_iterations: int = 6,
