@@ -41,10 +41,12 @@ def additive_attention(q, k, mask, query_att: Callable, key_att: Callable, num_h
     heads = lambda t: t.reshape(b, n, num_heads, dh)  # noqa: E731
 
     alpha = masked_sequence_softmax(query_att(q) * scale, mask)
-    global_q = jnp.einsum("bnh,bnhd->bhd", alpha.astype(q.dtype), heads(q))
+    # Multiply-and-sum, not a dot: a pooling to one row per head is a reduction, and as a dot
+    # XLA would first transpose q and p to heads-major copies.
+    global_q = (alpha.astype(q.dtype)[..., None] * heads(q)).sum(axis=1)
     p = k * global_q.reshape(b, 1, d)
     beta = masked_sequence_softmax(key_att(p) * scale, mask)
-    global_k = jnp.einsum("bnh,bnhd->bhd", beta.astype(p.dtype), heads(p))
+    global_k = (beta.astype(p.dtype)[..., None] * heads(p)).sum(axis=1)
     return (heads(q) * global_k[:, None]).reshape(b, n, d)
 
 
