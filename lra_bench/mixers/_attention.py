@@ -10,9 +10,14 @@ eight N x N arrays per step (five of them transposed copies), where this form wr
 Precision follows the mixed-precision rule of `lra_bench.mixers`: logits are accumulated, masked
 and normalised in `island(dtype)` (float32 for bf16/fp16/float32, float64 for float64); the
 weights go back to the compute dtype for the product with v.
+
+The fused path has not been run on a GPU by this project yet: `benchmarks/device_check.sh` is
+the check (see docs/gpu.md); `LRA_ATTENTION=explicit` forces the explicit form everywhere.
 """
 
 from __future__ import annotations
+
+import os
 
 import jax
 import jax.numpy as jnp
@@ -26,8 +31,11 @@ def island(dtype):
 
 
 def _fused_applies(q, dropout: bool) -> bool:
+    # LRA_ATTENTION=explicit switches the fused kernel off (A/B checks, or a cuDNN that fails
+    # only at compile time, which the fallback below cannot catch).
     return (not dropout and jax.default_backend() == "gpu" and q.dtype in FUSED_DTYPES
-            and q.shape[-1] <= 128 and q.shape[-1] % 8 == 0)
+            and q.shape[-1] <= 128 and q.shape[-1] % 8 == 0
+            and os.environ.get("LRA_ATTENTION", "auto") != "explicit")
 
 
 def attention(q, k, v, mask, *, dropout_rate: float = 0.0, dropout_rng=None, scale=None):
