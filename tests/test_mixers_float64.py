@@ -64,6 +64,21 @@ def test_softmax_attention():
     np.testing.assert_allclose(got, attention_np(q, k, v, mask, 0.5), **TOL)
 
 
+def test_query_blocks_give_the_whole_attention_and_its_gradient(monkeypatch):
+    """The CPU path over blocks of queries (here 8, not dividing 20) is the same function."""
+    from lra_bench.mixers import _attention
+    monkeypatch.setattr(_attention, "QUERY_BLOCK", 8)
+    q, k, v = f64(*(rand(i, (2, 20, 2, 4)) for i in range(3)))
+    key_mask = jnp.asarray(length_mask([20, 13], 20))[:, None, None, :]
+    for fn in (_attention._query_blocks, _attention._explicit):
+        got = jax.value_and_grad(lambda q, k, v: (fn(q, k, v, key_mask, 0.5) ** 3).sum(),
+                                 argnums=(0, 1, 2))(q, k, v)
+        if fn is _attention._query_blocks:
+            blocked = got
+    for a, b in zip(jax.tree.leaves(blocked), jax.tree.leaves(got)):
+        np.testing.assert_allclose(a, b, **TOL)
+
+
 def test_linear_and_sikf_attention():
     q, k, v = (rand(i, (2, 10, 2, 4), 0.5) for i in range(3))
     mask = length_mask([10, 6], 10)

@@ -7,9 +7,11 @@ d^(-1/4) each; the landmarks Q~, K~ are the means of m equal segments of the seq
 with A^+ from the iterative Moore-Penrose scheme (6 steps of
 Z <- 1/4 Z (13 I - A Z (15 I - A Z (7 I - A Z)))). The sequence is padded up to a multiple of m
 here (the official code needs the length divisible by m and pads inputs to a power of two).
-Like the official code (AMP disabled around attention), the whole attention runs in float32 (the
+Like the official code (AMP disabled around attention), the attention runs in float32 (the
 `island` dtype: float64 inputs stay float64), and the pseudo-inverse's matmuls ask for full
-precision even where XLA would use TF32/bf16. The query-landmark (F) and landmark-key (B)
+precision even where XLA would use TF32/bf16. The depthwise conv on V, a product with a learnt
+kernel like the projections, runs in the compute dtype (bf16 under mixed precision; the official
+runs it in float32). The query-landmark (F) and landmark-key (B)
 softmaxes are the shared `attention` function without its 1/sqrt(d) (q and k carry d^(-1/4)
 each), so their products with A^+ and V never leave it.
 """
@@ -81,7 +83,8 @@ def depthwise_sequence_conv(v, kernel, block: int = 64):
     product of a (block, block + width - 1) band matrix of the kernel with its input window. XLA's
     CPU convolutions are slow for this shape (one channel, a wide kernel) and the gradient of the
     grouped form over heads * head_dim channels is a dense (h dh) x (h dh) convolution; the band
-    products ran 50x faster, forward + backward, at 2K tokens.
+    products ran 50x faster, forward + backward, at 2K tokens. Like a projection, the products
+    run in v's dtype (bf16 under mixed precision, forward and backward).
     """
     b, n, h, dh = v.shape
     width = kernel.shape[-1]
@@ -103,6 +106,8 @@ def nystrom_attention(q, k, v, mask, *, num_landmarks: int, pinv_iterations: int
                       pinv_init: str = "per_matrix", pinv: str = "iterative", conv_kernel=None):
     """q, k, v: (batch, length, heads, head_dim); mask: (batch, length). Returns (b, l, h, d)."""
     n, dtype, acc = q.shape[1], v.dtype, island(v.dtype)
+    # The conv is a matrix product with a learnt kernel: it takes v in the compute dtype.
+    v_conv = pad_to_multiple(jnp.where(mask[:, :, None, None], v, 0), num_landmarks)
     q, k, v = (pad_to_multiple(t.astype(acc), num_landmarks) for t in (q, k, v))
     mask = pad_to_multiple(mask, num_landmarks)
     keep = mask[:, :, None, None]
@@ -124,7 +129,7 @@ def nystrom_attention(q, k, v, mask, *, num_landmarks: int, pinv_iterations: int
     landmarks = jnp.ones(k_land.shape[:2], bool)
     out = attention(q, k_land, ainv_bv, landmarks, scale=1.0)
     if conv_kernel is not None:
-        out = out + depthwise_sequence_conv(v, conv_kernel)
+        out = out + depthwise_sequence_conv(v_conv, conv_kernel).astype(acc)
     return out[:, :n].astype(dtype)
 
 
