@@ -14,9 +14,7 @@ for a quadratic one.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import jax
@@ -25,6 +23,7 @@ from flax import nnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks._timing import compile_timed, summary_ms, time_calls  # noqa: E402
 from lra_bench import config, measure, mixers  # noqa: E402
 
 MODELS = ("transformer", "fastformer", "linear", "sikf", "nystromformer")
@@ -43,22 +42,11 @@ def fwd_bwd(model_name: str, length: int, *, batch: int, dim: int, heads: int):
         y, _ = nnx.merge(graphdef, params)(x, mask)
         return jnp.sum(y.astype(jnp.float32) ** 2)
 
-    step = jax.jit(jax.grad(loss, argnums=(0, 1)))
     x = jax.random.normal(jax.random.key(1), (batch, length, dim))
     # A realistic mask: the second sample is half padding.
     mask = jnp.arange(length)[None, :] < jnp.array([length, length // 2])[:batch, None]
-    compiled = step.lower(params, x, mask).compile()
+    compiled, _ = compile_timed(jax.grad(loss, argnums=(0, 1)), params, x, mask)
     return compiled, (params, x, mask)
-
-
-def time_call(compiled, args, repeats: int) -> float:
-    jax.block_until_ready(compiled(*args))  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(compiled(*args))
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def main(argv=None) -> None:
@@ -80,7 +68,7 @@ def main(argv=None) -> None:
             compiled, call_args = fwd_bwd(name, length, batch=args.batch, dim=args.dim,
                                           heads=args.heads)
             memory = measure.compiled_memory_estimate(compiled)
-            seconds = time_call(compiled, call_args, args.repeats)
+            seconds = summary_ms(time_calls(compiled, call_args, args.repeats))["median_ms"] / 1000
             ratio = f"{memory / previous:.2f}" if previous and memory else ""
             kind = config.load_spec("models", name)["mixer"]["kind"]
             print(f"{name:<14}{kind:<15}{length:>7}{1000 * seconds:>10.1f}"

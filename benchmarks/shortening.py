@@ -13,16 +13,19 @@ call (`lra_bench.measure.compiled_memory_estimate`: temporaries + arguments + ou
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
+import sys
+from pathlib import Path
 
 import jax
 import numpy as np
 import optax
 from flax import nnx
 
-from lra_bench import config, measure
-from lra_bench.model import Classifier
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._timing import compile_timed, summary_ms, time_calls  # noqa: E402
+from lra_bench import config, measure  # noqa: E402
+from lra_bench.model import Classifier  # noqa: E402
 
 MODELS = ("transformer", "fourier", "topk")
 
@@ -49,17 +52,10 @@ def measure_one(rc: config.RunConfig, batch: int, repeats: int) -> dict:
         logits = nnx.merge(graphdef, params, rest)(tokens, deterministic=True)
         return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
-    t0 = time.perf_counter()
-    step = jax.jit(jax.value_and_grad(loss)).lower(params, tokens, labels).compile()
-    compile_s = time.perf_counter() - t0
-    jax.block_until_ready(step(params, tokens, labels))  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(step(params, tokens, labels))
-        times.append(time.perf_counter() - t0)
-    return {"ms": 1000 * statistics.median(times), "mib": measure.compiled_memory_estimate(step)
-            / 2**20, "compile_s": compile_s}
+    step, compile_s = compile_timed(jax.value_and_grad(loss), params, tokens, labels)
+    times = time_calls(step, (params, tokens, labels), repeats)
+    return {"ms": summary_ms(times)["median_ms"],
+            "mib": measure.compiled_memory_estimate(step) / 2**20, "compile_s": compile_s}
 
 
 def main(argv=None) -> None:

@@ -24,6 +24,11 @@ mixer has it, so a mixer without them behaves exactly as before):
     mixer.after_block(x, mask) -> (x, mask)     P: a step after attention AND the MLP, e.g. top-k
                                                 pooling to a shorter sequence (default: none).
 
+    mixer.mix(x, h, mask, ...) -> (x', y, m)    both R and the call at once, when they share
+                                                work (the Fourier filter: computed, and
+                                                differentiated, once); the block then uses it
+                                                instead of calling the two separately.
+
 Both keep the `(x, mask) -> (x, mask)` shape; a layer that does not shorten returns its inputs.
 Whatever length and mask come out are threaded into the next layer, the final LN, the pooling
 (CLS at position 0, or the masked mean over the short mask) and the head. A mixer that returns a
@@ -37,6 +42,10 @@ Users add theirs without forking: an entry point in the group `lra_bench.mixers`
 `kind = "package.module:Class"` (see `lra_bench.plugins` and docs/plugins.md).
 
 Mixed precision (`--dtype bfloat16`): `spec.dtype` is the compute dtype; parameters stay float32.
+"float32" below means the island dtype `_attention.island(dtype)` = promote_types(dtype, float32):
+float32 for bf16/float32 inputs, float64 for float64 ones (the equation tests run in float64), so
+no kernel hard-codes float32. Softmax attention is `_attention.attention` for every mixer that
+attends; q/k/v/out projections are `_projections.HeadProjections`.
 Every mixer must
   - run its projections and other matrix work in `spec.dtype` (pass `dtype=spec.dtype` to
     `nnx.Linear` and friends; cast its own float32 parameters and tables to it);

@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lra_bench.mixers._attention import island
+
 BASE_TYPES = ("full", "symmetric")
 
 
@@ -60,9 +62,10 @@ def toeplitz_fft_matvec(t, x, axis: int = 1):
     """
     n = x.shape[axis]
     size = int(2 ** np.ceil(np.log2(2 * n - 1)))
-    xs = jnp.moveaxis(x.astype(jnp.float32), axis, -1)  # (..., heads, head_dim, n)
+    acc = island(x.dtype)
+    xs = jnp.moveaxis(x.astype(acc), axis, -1)  # (..., heads, head_dim, n)
     x_f = jnp.fft.rfft(xs, n=size)
-    t_f = jnp.fft.rfft(t.astype(jnp.float32), n=size)[:, None, :]  # (heads, 1, freq)
+    t_f = jnp.fft.rfft(t.astype(acc), n=size)[:, None, :]  # (heads, 1, freq)
     y = jnp.fft.irfft(x_f * t_f, n=size)[..., n - 1: 2 * n - 1]
     return jnp.moveaxis(y, -1, axis)
 
@@ -73,7 +76,7 @@ def fastrpb(w, v, mask, *, base_type: str, has_cls: bool, grid: tuple[int, int] 
     A CLS token at position 0 is not part of the sequence's geometry: it gets no bias and gives
     none. Padded values are zeroed first, so they contribute nothing.
     """
-    v = jnp.where(mask[:, :, None, None], v.astype(jnp.float32), 0.0)
+    v = jnp.where(mask[:, :, None, None], v.astype(island(v.dtype)), 0.0)
     body = v[:, 1:] if has_cls else v
     n = body.shape[1]
     if grid is None:

@@ -9,7 +9,8 @@ Reference: wuch15/Fastformer `Fastformer.ipynb`. Per head h, with q = x Wq + b a
   g_k   = sum_n beta_n p_n,h                       global key (it pools p, not k)
   out   = transform(g_k * q) + q
 then the output projection (the official BertSelfOutput dense; its residual and LayerNorm are the
-shared pre-LN block's). Padded tokens are excluded from both softmaxes exactly.
+shared pre-LN block's). Padded tokens are excluded from both softmaxes exactly. `fastformer`
+is the whole official `FastSelfAttention.forward` as one pure function of its layers.
 """
 
 from __future__ import annotations
@@ -21,11 +22,14 @@ import jax.numpy as jnp
 from flax import nnx
 
 from lra_bench.mixers import MixerSpec
+from lra_bench.mixers._attention import island
 
 
 def masked_sequence_softmax(scores, mask):
-    """Softmax over the sequence (axis 1) of float32 scores (batch, length, heads), padding -> 0."""
-    scores = jnp.where(mask[..., None], scores.astype(jnp.float32), jnp.finfo(jnp.float32).min)
+    """Softmax over the sequence (axis 1) of scores (batch, length, heads) in `island` precision
+    (float32 for bf16), padding -> 0."""
+    acc = island(scores.dtype)
+    scores = jnp.where(mask[..., None], scores.astype(acc), jnp.finfo(acc).min)
     return jax.nn.softmax(scores, axis=1)
 
 
@@ -37,11 +41,21 @@ def additive_attention(q, k, mask, query_att: Callable, key_att: Callable, num_h
     heads = lambda t: t.reshape(b, n, num_heads, dh)  # noqa: E731
 
     alpha = masked_sequence_softmax(query_att(q) * scale, mask)
-    global_q = jnp.einsum("bnh,bnhd->bhd", alpha.astype(q.dtype), heads(q))
+    # Multiply-and-sum, not a dot: a pooling to one row per head is a reduction, and as a dot
+    # XLA would first transpose q and p to heads-major copies.
+    global_q = (alpha.astype(q.dtype)[..., None] * heads(q)).sum(axis=1)
     p = k * global_q.reshape(b, 1, d)
     beta = masked_sequence_softmax(key_att(p) * scale, mask)
-    global_k = jnp.einsum("bnh,bnhd->bhd", beta.astype(p.dtype), heads(p))
+    global_k = (beta.astype(p.dtype)[..., None] * heads(p)).sum(axis=1)
     return (heads(q) * global_k[:, None]).reshape(b, n, d)
+
+
+def fastformer(x, mask, *, query: Callable, key: Callable, query_att: Callable,
+               key_att: Callable, transform: Callable, num_heads: int):
+    """The official FastSelfAttention layer: transform(g_k * q) + q, with q, k = query(x), key(x).
+    x: (batch, length, dim); each layer argument is a callable (an nnx.Linear, or any affine map)."""
+    q, k = query(x), key(x)
+    return transform(additive_attention(q, k, mask, query_att, key_att, num_heads)) + q
 
 
 class Mixer(nnx.Module):
@@ -59,6 +73,6 @@ class Mixer(nnx.Module):
         self.out = linear(d, spec.dim)
 
     def __call__(self, x, mask, *, deterministic: bool = True, rngs: nnx.Rngs | None = None):
-        q, k = self.query(x), self.key(x)
-        u = additive_attention(q, k, mask, self.query_att, self.key_att, self.heads)
-        return self.out(self.transform(u) + q), mask
+        y = fastformer(x, mask, query=self.query, key=self.key, query_att=self.query_att,
+                       key_att=self.key_att, transform=self.transform, num_heads=self.heads)
+        return self.out(y), mask

@@ -44,9 +44,9 @@ def kept_coefficients(length: int, keep_ratio: float) -> int:
 
 def dct_downsample(x, keep: int):
     """(B, T, D) -> (B, keep, D): DCT along the sequence, keep the lowest `keep` frequencies,
-    inverse DCT at length `keep`. Runs in float32 whatever the compute dtype: bf16 has too few
-    mantissa bits for a length-T transform."""
-    coefficients = dct_ortho(x.astype(jnp.float32))[:, :keep]
+    inverse DCT at length `keep`. Runs in at least float32 whatever the compute dtype: bf16 has
+    too few mantissa bits for a length-T transform."""
+    coefficients = dct_ortho(x.astype(jnp.promote_types(x.dtype, jnp.float32)))[:, :keep]
     return idct_ortho(coefficients).astype(x.dtype)
 
 
@@ -108,7 +108,12 @@ class Mixer(nnx.Module):
 
     def residual_stream(self, x, h, mask):
         # Official block: X = dropout(attn(filtered)) + filtered, with filtered = filter(LN(x)).
-        # The forward filter is computed once: XLA merges this identical subgraph with the one in
-        # __call__ (CSE). The backward pass transposes the (linear) filter once per use, two
-        # extra FFTs over the input, small next to the layer's projections and attention.
         return self.shorten(h, mask)[0] if self.filters else x
+
+    def mix(self, x, h, mask, *, deterministic: bool = True, rngs: nnx.Rngs | None = None):
+        """`residual_stream` and `__call__` from one filter: its backward then runs once (the
+        cotangents of both uses add up before the transposed DCTs) instead of once per use."""
+        if not self.filters:
+            return (x, *self.attention(h, mask, deterministic=deterministic, rngs=rngs))
+        h, short = self.shorten(h, mask)
+        return (h, *self.attention(h, short, deterministic=deterministic, rngs=rngs))

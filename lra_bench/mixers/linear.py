@@ -11,6 +11,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from lra_bench.mixers import MixerSpec
+from lra_bench.mixers._attention import island
+from lra_bench.mixers._projections import HeadProjections
 
 
 def elu_feature_map(x):
@@ -23,33 +25,32 @@ def normalized_linear_attention(phi_q, phi_k, v, mask, *, eps: float = 1e-6):
     phi_q, phi_k: (batch, length, heads, feature) non-negative features; v: (batch, length,
     heads, head_dim); mask: (batch, length) bool, True at real tokens. Padded keys are dropped
     with `where`, not a product, so even non-finite padded content cannot leak in. The sums run
-    in float32: a bfloat16 sum over thousands of keys would lose most of its digits.
+    in `island` precision (float32 for bfloat16): a bfloat16 sum over thousands of keys would
+    lose most of its digits.
     """
+    acc = island(jnp.result_type(phi_q, phi_k))
     keep = mask[:, :, None, None]
-    phi_k = jnp.where(keep, phi_k.astype(jnp.float32), 0.0)
-    v32 = jnp.where(keep, v.astype(jnp.float32), 0.0)
-    phi_q = phi_q.astype(jnp.float32)
+    phi_k = jnp.where(keep, phi_k.astype(acc), 0.0)
+    v32 = jnp.where(keep, v.astype(acc), 0.0)
+    phi_q = phi_q.astype(acc)
     kv = jnp.einsum("bshf,bshd->bhfd", phi_k, v32)
     normalizer = jnp.einsum("blhf,bhf->blh", phi_q, phi_k.sum(axis=1)) + eps
     out = jnp.einsum("blhf,bhfd->blhd", phi_q, kv) / normalizer[..., None]
     return out.astype(v.dtype)
 
 
-class Mixer(nnx.Module):
+def elu_linear_attention(q, k, v, mask, *, eps: float = 1e-6):
+    """The whole attention of this mixer: elu(x) + 1 features (in `island` precision) of q, k."""
+    acc = island(q.dtype)
+    return normalized_linear_attention(elu_feature_map(q.astype(acc)),
+                                       elu_feature_map(k.astype(acc)), v, mask, eps=eps)
+
+
+class Mixer(HeadProjections):
     def __init__(self, spec: MixerSpec, *, rngs: nnx.Rngs, eps: float = 1e-6):
         self.eps = float(eps)
-        d, h = spec.qkv_dim, spec.num_heads
-        self.heads, self.head_dim = h, d // h
-        self.query = nnx.Linear(spec.dim, d, dtype=spec.dtype, rngs=rngs)
-        self.key = nnx.Linear(spec.dim, d, dtype=spec.dtype, rngs=rngs)
-        self.value = nnx.Linear(spec.dim, d, dtype=spec.dtype, rngs=rngs)
-        self.out = nnx.Linear(d, spec.dim, dtype=spec.dtype, rngs=rngs)
-
-    def _split(self, t):
-        return t.reshape(*t.shape[:2], self.heads, self.head_dim)
+        self.init_projections(spec, rngs)
 
     def __call__(self, x, mask, *, deterministic: bool = True, rngs: nnx.Rngs | None = None):
-        q, k, v = (self._split(f(x)) for f in (self.query, self.key, self.value))
-        phi_q, phi_k = (elu_feature_map(t.astype(jnp.float32)) for t in (q, k))
-        y = normalized_linear_attention(phi_q, phi_k, v, mask, eps=self.eps)
-        return self.out(y.reshape(*y.shape[:2], -1)), mask
+        q, k, v = self.qkv(x)
+        return self.merge(elu_linear_attention(q, k, v, mask, eps=self.eps)), mask

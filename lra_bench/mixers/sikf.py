@@ -19,7 +19,9 @@ from flax import nnx
 from lra_bench.errors import UserError
 from lra_bench.mixers import MixerSpec
 from lra_bench.mixers import _fastrpb
-from lra_bench.mixers.linear import elu_feature_map, normalized_linear_attention
+from lra_bench.mixers._attention import island
+from lra_bench.mixers._projections import HeadProjections
+from lra_bench.mixers.linear import elu_linear_attention, normalized_linear_attention
 
 KERNELS = ("sikf", "elu")
 LAYOUTS = ("auto", "1d", "2d", "none")
@@ -33,7 +35,7 @@ def masked_centre(x, mask):
 
 
 def sikf_feature_map(x, mask):
-    x = x.astype(jnp.float32)
+    x = x.astype(island(x.dtype))
     return jnp.exp(x - masked_centre(x, mask))
 
 
@@ -43,7 +45,7 @@ def sikf_attention(q, k, v, mask, *, eps: float = 1e-6):
                                        mask, eps=eps)
 
 
-class Mixer(nnx.Module):
+class Mixer(HeadProjections):
     def __init__(self, spec: MixerSpec, *, rngs: nnx.Rngs, kernel: str = "sikf",
                  fastrpb: str = "auto", bias_base: str = "full", eps: float = 1e-6):
         if kernel not in KERNELS:
@@ -62,31 +64,19 @@ class Mixer(nnx.Module):
         if self.grid is not None and self.grid[0] * self.grid[1] != body:
             raise UserError(f"FastRPB 2D: grid {self.grid[0]}x{self.grid[1]} does not cover the "
                             f"{body} tokens of data.max_length; fix data.grid or use fastrpb='1d'")
-        d, h = spec.qkv_dim, spec.num_heads
-        self.heads, self.head_dim = h, d // h
-        self.query = nnx.Linear(spec.dim, d, dtype=spec.dtype, rngs=rngs)
-        self.key = nnx.Linear(spec.dim, d, dtype=spec.dtype, rngs=rngs)
-        self.value = nnx.Linear(spec.dim, d, dtype=spec.dtype, rngs=rngs)
-        self.out = nnx.Linear(d, spec.dim, dtype=spec.dtype, rngs=rngs)
+        self.init_projections(spec, rngs)
         if fastrpb == "none":
             self.bias = None
         else:
             n = max(self.grid) if self.grid is not None else body
-            self.bias = nnx.Param(_fastrpb.init_bias(rngs.params(), h, n, bias_base))
-
-    def _split(self, t):
-        return t.reshape(*t.shape[:2], self.heads, self.head_dim)
+            self.bias = nnx.Param(_fastrpb.init_bias(rngs.params(), self.heads, n, bias_base))
 
     def __call__(self, x, mask, *, deterministic: bool = True, rngs: nnx.Rngs | None = None):
-        q, k, v = (self._split(f(x)) for f in (self.query, self.key, self.value))
-        if self.kernel == "sikf":
-            y = sikf_attention(q, k, v, mask, eps=self.eps)
-        else:
-            y = normalized_linear_attention(elu_feature_map(q.astype(jnp.float32)),
-                                            elu_feature_map(k.astype(jnp.float32)), v, mask,
-                                            eps=self.eps)
+        q, k, v = self.qkv(x)
+        attend = sikf_attention if self.kernel == "sikf" else elu_linear_attention
+        y = attend(q, k, v, mask, eps=self.eps)
         if self.bias is not None:
             pbv = _fastrpb.fastrpb(self.bias[...], v, mask, base_type=self.bias_base,
                                    has_cls=self.spec.has_cls, grid=self.grid)
-            y = (y.astype(jnp.float32) + pbv).astype(y.dtype)
-        return self.out(y.reshape(*y.shape[:2], -1)), mask
+            y = (y.astype(pbv.dtype) + pbv).astype(y.dtype)
+        return self.merge(y), mask

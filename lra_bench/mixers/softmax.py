@@ -2,50 +2,31 @@
 
 from __future__ import annotations
 
-import jax
-import jax.numpy as jnp
 from flax import nnx
 
 from lra_bench.mixers import MixerSpec
+from lra_bench.mixers._attention import attention
+from lra_bench.mixers._projections import HeadProjections
 
 
 def softmax_attention(q, k, v, mask, *, dropout_rate: float = 0.0, dropout_rng=None):
-    """Scaled dot-product attention with key-padding masking.
-
-    q, k, v: (batch, length, heads, head_dim); mask: (batch, length) bool, True at real tokens.
-    Without attention dropout this is `jax.nn.dot_product_attention`, which lets XLA pick a fused
-    kernel (cuDNN flash attention on GPUs). That API has no dropout, so with dropout the same math
-    runs explicitly, as that API does it: logits accumulated and kept in float32, softmax in
-    float32, weights cast back to the compute dtype for the product with v.
-    """
-    key_mask = mask[:, None, None, :]  # (B, 1, 1, S) broadcasts over heads and queries
-    if dropout_rate == 0.0 or dropout_rng is None:
-        return jax.nn.dot_product_attention(q, k, v, mask=key_mask)
-    scale = q.shape[-1] ** -0.5
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
-    logits = jnp.where(key_mask, logits, jnp.finfo(jnp.float32).min)
-    weights = jax.nn.softmax(logits, axis=-1)
-    keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, weights.shape)
-    weights = jnp.where(keep, weights / (1.0 - dropout_rate), 0.0).astype(v.dtype)
-    return jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+    """Scaled dot-product attention with key-padding masking; q, k, v: (batch, length, heads,
+    head_dim), mask: (batch, length) bool, True at real tokens. See `lra_bench.mixers._attention`
+    for the implementation each backend gets."""
+    return attention(q, k, v, mask, dropout_rate=dropout_rate, dropout_rng=dropout_rng)
 
 
-class Mixer(nnx.Module):
+class Mixer(HeadProjections):
     def __init__(self, spec: MixerSpec, *, rngs: nnx.Rngs):
         self.spec = spec
-        d, h = spec.qkv_dim, spec.num_heads
-        self.heads, self.head_dim = h, d // h
-        self.query = nnx.Linear(spec.dim, d, dtype=spec.dtype, rngs=rngs)
-        self.key = nnx.Linear(spec.dim, d, dtype=spec.dtype, rngs=rngs)
-        self.value = nnx.Linear(spec.dim, d, dtype=spec.dtype, rngs=rngs)
-        self.out = nnx.Linear(d, spec.dim, dtype=spec.dtype, rngs=rngs)
+        self.init_projections(spec, rngs)
 
-    def _split(self, t):
-        return t.reshape(*t.shape[:2], self.heads, self.head_dim)
-
-    def __call__(self, x, mask, *, deterministic: bool = True, rngs: nnx.Rngs | None = None):
-        q, k, v = (self._split(f(x)) for f in (self.query, self.key, self.value))
+    def dropout_args(self, deterministic: bool, rngs: nnx.Rngs | None) -> dict:
         rate = 0.0 if deterministic else self.spec.attention_dropout
         rng = rngs.dropout() if (rate > 0.0 and rngs is not None) else None
-        y = softmax_attention(q, k, v, mask, dropout_rate=rate, dropout_rng=rng)
-        return self.out(y.reshape(*y.shape[:2], -1)), mask
+        return dict(dropout_rate=rate, dropout_rng=rng)
+
+    def __call__(self, x, mask, *, deterministic: bool = True, rngs: nnx.Rngs | None = None):
+        q, k, v = self.qkv(x)
+        y = softmax_attention(q, k, v, mask, **self.dropout_args(deterministic, rngs))
+        return self.merge(y), mask

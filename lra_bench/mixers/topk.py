@@ -30,7 +30,7 @@ from flax import nnx
 from lra_bench.errors import UserError
 from lra_bench.mixers import MixerSpec
 from lra_bench.mixers import softmax
-from lra_bench.mixers.softmax import softmax_attention
+from lra_bench.mixers._attention import attention, island
 
 SCORE_EPS = 1e-5  # official: sigmoid(logits) + 0.00001 keeps every score positive
 
@@ -40,7 +40,7 @@ def blockwise_attention(q, k, v, mask, chunk_size: int, **kwargs):
     as the official encoder's unfolded chunks. q, k, v: (B, L, H, Dh); mask (B, L)."""
     batch, length = q.shape[:2]
     if length <= chunk_size:
-        return softmax_attention(q, k, v, mask, **kwargs)
+        return attention(q, k, v, mask, **kwargs)
     chunks = -(-length // chunk_size)
     pad = chunks * chunk_size - length
 
@@ -48,7 +48,7 @@ def blockwise_attention(q, k, v, mask, chunk_size: int, **kwargs):
         t = jnp.pad(t, [(0, 0), (0, pad)] + [(0, 0)] * (t.ndim - 2))
         return t.reshape(batch * chunks, chunk_size, *t.shape[2:])
 
-    y = softmax_attention(to_chunks(q), to_chunks(k), to_chunks(v), to_chunks(mask), **kwargs)
+    y = attention(to_chunks(q), to_chunks(k), to_chunks(v), to_chunks(mask), **kwargs)
     return y.reshape(batch, chunks * chunk_size, *y.shape[2:])[:, :length]
 
 
@@ -169,22 +169,20 @@ class Mixer(softmax.Mixer):
         self.scorer = nnx.Linear(spec.dim, 1, dtype=spec.dtype, rngs=rngs) if self.target else None
 
     def __call__(self, x, mask, *, deterministic: bool = True, rngs: nnx.Rngs | None = None):
-        q, k, v = (self._split(f(x)) for f in (self.query, self.key, self.value))
-        rate = 0.0 if deterministic else self.spec.attention_dropout
-        rng = rngs.dropout() if (rate > 0.0 and rngs is not None) else None
+        q, k, v = self.qkv(x)
+        dropout = self.dropout_args(deterministic, rngs)
         if self.chunk_size is None:
-            y = softmax_attention(q, k, v, mask, dropout_rate=rate, dropout_rng=rng)
+            y = attention(q, k, v, mask, **dropout)
         else:
-            y = blockwise_attention(q, k, v, mask, self.chunk_size, dropout_rate=rate,
-                                    dropout_rng=rng)
-        return self.out(y.reshape(*y.shape[:2], -1)), mask
+            y = blockwise_attention(q, k, v, mask, self.chunk_size, **dropout)
+        return self.merge(y), mask
 
     def after_block(self, x, mask):
         if self.target is None:
             return x, mask
         if self.spec.has_cls:
             cls, cls_mask, x, mask = x[:, :1], mask[:, :1], x[:, 1:], mask[:, 1:]
-        scores = jax.nn.sigmoid(self.scorer(x)[..., 0].astype(jnp.float32)) + SCORE_EPS
+        scores = jax.nn.sigmoid(self.scorer(x)[..., 0].astype(island(x.dtype))) + SCORE_EPS
         rounds = halving_rounds(x.shape[1], self.target)
         pad = (self.target << rounds) - x.shape[1]
         x = jnp.pad(x, [(0, 0), (0, pad), (0, 0)])

@@ -1,0 +1,180 @@
+"""Every mixer's kernel alone: one layer's forward + backward per sequence length, as JSON.
+
+    PYTHONPATH=. python benchmarks/kernels.py [--lengths 1024 2048 4096 8192] [--out k.json]
+    PYTHONPATH=. python benchmarks/kernels.py --markdown k.json > docs/kernels.md
+
+One step is the gradient, with respect to the mixer's parameters and its input, of sum(z^2) for
+z = R + y, the mixer's output added to its residual stream (the filtered input for Fourier),
+followed by the top-k pooling where the mixer pools: everything a layer adds over a plain block.
+Batch 2, width 64, 4 heads, float32 by default (the official references' settings for the
+comparison in issue 14); the second sample is half padding. Per point: median and minimum wall
+ms of --repeats calls after a warm-up, compile seconds, and memory: XLA's compiled estimate
+(arguments + outputs + temporaries - aliased; the same on any machine with this XLA), plus the
+device's peak where the backend keeps one (GPU; it is the process's peak so far, so lengths run
+in increasing order). Lengths default to 1K-8K, and 16K on a GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._timing import compile_timed, summary_ms, time_calls, versions  # noqa: E402
+from lra_bench import config, measure, mixers  # noqa: E402
+
+# name -> (model whose [mixer] defaults are used, option overrides)
+KERNELS = {
+    "softmax": ("transformer", {}),
+    "fastformer": ("fastformer", {}),
+    "linear": ("linear", {}),
+    "sikf": ("sikf", {"fastrpb": "none"}),
+    "sikf+fastrpb": ("sikf", {"fastrpb": "1d"}),
+    "nystromformer": ("nystromformer", {}),
+    "fourier": ("fourier", {}),
+    "topk": ("topk", {}),  # blockwise attention + pooling to length / 4 (official first step)
+}
+
+
+def layer_loss(graphdef):
+    def loss(params, x, mask):
+        m = nnx.merge(graphdef, params)
+        if hasattr(m, "mix"):
+            stream, y, short = m.mix(x, x, mask)
+        else:
+            y, short = m(x, mask)
+            stream = m.residual_stream(x, x, mask) if hasattr(m, "residual_stream") else x
+        z = stream + y
+        if hasattr(m, "after_block"):
+            z, short = m.after_block(z, short)
+        return jnp.sum(z.astype(jnp.float32) ** 2)
+    return loss
+
+
+def build_step(name: str, length: int, *, batch: int, dim: int, heads: int, dtype):
+    model, overrides = KERNELS[name]
+    options = {**config.load_spec("models", model)["mixer"], **overrides}
+    kind = options.pop("kind")
+    if kind == "topk":
+        options["pool_lengths"] = [length // 4]
+    spec = mixers.MixerSpec(dim=dim, num_heads=heads, qkv_dim=dim, attention_dropout=0.0,
+                            max_length=length, has_cls=False, dtype=dtype)
+    graphdef, params = nnx.split(mixers.build(kind, spec, options, nnx.Rngs(0)))
+    x = jax.random.normal(jax.random.key(1), (batch, length, dim), dtype)
+    mask = jnp.arange(length)[None, :] < jnp.array([length, length // 2])[:batch, None]
+    args = (params, x, mask)
+    compiled, compile_s = compile_timed(jax.grad(layer_loss(graphdef), argnums=(0, 1)), *args)
+    return compiled, compile_s, args
+
+
+def measure_point(name, length, args) -> dict:
+    compiled, compile_s, call_args = build_step(name, length, batch=args.batch, dim=args.dim,
+                                                heads=args.heads, dtype=jnp.dtype(args.dtype))
+    times = time_calls(compiled, call_args, args.repeats)
+    estimate = measure.compiled_memory_estimate(compiled)
+    peak = measure.device_peak_bytes()
+    return {"kernel": name, "length": length, **summary_ms(times), "compile_s": compile_s,
+            "xla_estimate_mib": estimate / 2**20 if estimate else None,
+            "device_peak_mib": peak / 2**20 if peak else None}
+
+
+def run(args) -> dict:
+    lengths = args.lengths or [1024, 2048, 4096, 8192] + (
+        [16384] if jax.default_backend() == "gpu" else [])
+    out = {"command": " ".join(["python", "benchmarks/kernels.py", *sys.argv[1:]]),
+           "commit": measure.git_commit(),
+           "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+           "device": measure.device_info(), "versions": versions(),
+           "config": {"batch": args.batch, "dim": args.dim, "heads": args.heads,
+                      "dtype": args.dtype, "repeats": args.repeats},
+           "results": []}
+    for length in lengths:  # increasing: the device peak so far is this length's peak
+        for name in args.kernels:
+            point = measure_point(name, length, args)
+            out["results"].append(point)
+            if args.out:  # after every point: a run cut short keeps what it measured
+                write(args.out, out)
+            print(f"{name:<14}{length:>7}{point['median_ms']:>10.1f}{point['min_ms']:>10.1f}"
+                  f"{point['xla_estimate_mib'] or 0:>10.1f}{point['compile_s']:>8.1f}",
+                  file=sys.stderr, flush=True)
+    return out
+
+
+def markdown(report: dict) -> str:
+    """The docs page: a table per measure, kernels by rows and lengths by columns."""
+    rows = report["results"]
+    lengths = sorted({r["length"] for r in rows})
+    kernels = list(dict.fromkeys(r["kernel"] for r in rows))
+    by = {(r["kernel"], r["length"]): r for r in rows}
+    dev, cfg, ver = report["device"], report["config"], report["versions"]
+    lines = [
+        "# Kernel costs: one layer of each mixer, forward + backward",
+        "",
+        f"Generated by `{report['command']}` at commit `{report['commit']}` on "
+        f"{report['date']}; device: {dev['device_kind']} ({dev['platform']}), jax "
+        f"{ver['jax']}, flax {ver['flax']}. Batch {cfg['batch']}, width {cfg['dim']}, "
+        f"{cfg['heads']} heads, {cfg['dtype']}, {cfg['repeats']} timed calls per point. "
+        "Regenerate with `python benchmarks/kernels.py --out k.json && "
+        "python benchmarks/kernels.py --markdown k.json > docs/kernels.md`.",
+        "",
+        "What a step is: the gradient of sum(z^2), z = residual stream + mixer output (then the "
+        "pooling, for top-k), with respect to the parameters and the input; see "
+        "`benchmarks/kernels.py`. Times are wall-clock and machine-dependent (a shared CPU is "
+        "noisy: compare within one table); the XLA estimate is not.",
+    ]
+    measures = [("min_ms", "Minimum ms", "{:.1f}"), ("median_ms", "Median ms", "{:.1f}"),
+                ("xla_estimate_mib", "XLA memory estimate, MiB", "{:.0f}"),
+                ("device_peak_mib", "Device peak so far, MiB", "{:.0f}"),
+                ("compile_s", "Compile seconds", "{:.1f}")]
+    for key, title, fmt in measures:
+        if all(r.get(key) is None for r in rows):
+            continue
+        lines += ["", f"## {title}", "",
+                  "| kernel | " + " | ".join(f"{n // 1024}K" if n % 1024 == 0 else str(n)
+                                             for n in lengths) + " |",
+                  "|---|" + "---:|" * len(lengths)]
+        for k in kernels:
+            cells = [fmt.format(by[k, n][key]) if (k, n) in by and by[k, n].get(key) is not None
+                     else "-" for n in lengths]
+            lines.append(f"| {k} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write(path: Path, report: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(report, indent=1) + "\n")
+    tmp.replace(path)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--kernels", nargs="+", default=list(KERNELS), choices=list(KERNELS))
+    p.add_argument("--lengths", nargs="+", type=int, default=None)
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--dim", type=int, default=64)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--out", type=Path, help="write the JSON here (default: stdout)")
+    p.add_argument("--markdown", type=Path, metavar="JSON",
+                   help="print the docs page for a JSON written by this script, and exit")
+    args = p.parse_args(argv)
+    if args.markdown:
+        print(markdown(json.loads(args.markdown.read_text())), end="")
+        return
+    report = run(args)
+    if not args.out:
+        print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+"""One softmax attention for every mixer that attends, with the best implementation per backend.
+
+GPU, bf16/fp16, no attention dropout: cuDNN's fused (flash) kernel through
+`jax.nn.dot_product_attention(implementation="cudnn")`; it never writes the N x N weights.
+Everywhere else (CPU, float32/float64, dropout, a head size cuDNN rejects) the lean explicit form:
+two einsums, a `where` for the key mask and `jax.nn.softmax`; on CPU over blocks of 512 queries
+with the weights recomputed in the backward pass, so no N x N array is stored. On CPU this
+matters: `jax.nn.dot_product_attention`'s XLA path works on a 5-D (1, B, H, N, N) layout and
+writes about eight N x N arrays per step (five of them transposed copies).
+
+Precision follows the mixed-precision rule of `lra_bench.mixers`: logits are accumulated, masked
+and normalised in `island(dtype)` (float32 for bf16/fp16/float32, float64 for float64); the
+weights go back to the compute dtype for the product with v.
+
+The fused path has not been run on a GPU by this project yet: `benchmarks/device_check.sh` is
+the check (see docs/gpu.md); `LRA_ATTENTION=explicit` forces the explicit form everywhere.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import jax.numpy as jnp
+
+FUSED_DTYPES = (jnp.bfloat16, jnp.float16)
+QUERY_BLOCK = 512  # queries per block of the explicit form on CPU
+
+
+def island(dtype):
+    """The dtype a numerically delicate step runs in: at least float32, float64 stays float64."""
+    return jnp.promote_types(dtype, jnp.float32)
+
+
+def _fused_applies(q, dropout: bool) -> bool:
+    # LRA_ATTENTION=explicit switches the fused kernel off (A/B checks, or a cuDNN that fails
+    # only at compile time, which the fallback below cannot catch).
+    return (not dropout and jax.default_backend() == "gpu" and q.dtype in FUSED_DTYPES
+            and q.shape[-1] <= 128 and q.shape[-1] % 8 == 0
+            and os.environ.get("LRA_ATTENTION", "auto") != "explicit")
+
+
+def attention(q, k, v, mask, *, dropout_rate: float = 0.0, dropout_rng=None, scale=None):
+    """Scaled dot-product attention with key-padding masking.
+
+    q: (batch, queries, heads, head_dim); k, v: (batch, keys, heads, head_dim); mask: (batch,
+    keys) bool, True at real keys. Returns (batch, queries, heads, head_dim) in v's dtype. A row
+    with no real key gets uniform weights (its output is finite and ignored downstream).
+    """
+    dropout = dropout_rate > 0.0 and dropout_rng is not None
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    key_mask = mask[:, None, None, :]  # (B, 1, 1, S): broadcasts over heads and queries
+    if _fused_applies(q, dropout):
+        try:
+            return jax.nn.dot_product_attention(q, k, v, mask=key_mask, scale=scale,
+                                                implementation="cudnn")
+        except (ValueError, NotImplementedError, RuntimeError, TypeError):
+            pass  # this cuDNN/JAX build rejects the shape or mask: the explicit form below
+    if dropout:
+        return _explicit(q, k, v, key_mask, scale, dropout_rate, dropout_rng)
+    if jax.default_backend() == "cpu" and q.shape[1] > QUERY_BLOCK:
+        return _query_blocks(q, k, v, key_mask, scale)
+    return _explicit(q, k, v, key_mask, scale)
+
+
+def _explicit(q, k, v, key_mask, scale, dropout_rate: float = 0.0, dropout_rng=None):
+    acc = island(q.dtype)
+    # Scaling q (n x d) instead of the logits (n x n) saves a pass over the largest array.
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q * scale, k, preferred_element_type=acc)
+    logits = jnp.where(key_mask, logits, jnp.finfo(acc).min)
+    weights = jax.nn.softmax(logits, axis=-1)
+    if dropout_rng is not None:
+        keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, weights.shape)
+        weights = jnp.where(keep, weights / (1.0 - dropout_rate), 0.0)
+    return jnp.einsum("bhqk,bkhd->bqhd", weights.astype(v.dtype), v)
+
+
+def _query_blocks(q, k, v, key_mask, scale):
+    """The explicit form over blocks of QUERY_BLOCK queries, one after another, each block's
+    weights recomputed in the backward pass (jax.checkpoint): the step keeps (block x keys)
+    arrays instead of (queries x keys) ones. On CPU this cut the memory of a 2K-token step 3.7x
+    at the same speed; on GPU the whole product keeps the device busier, so it is not used there.
+    """
+    b, n = q.shape[:2]
+    blocks = -(-n // QUERY_BLOCK)
+    q = jnp.pad(q, [(0, 0), (0, blocks * QUERY_BLOCK - n), (0, 0), (0, 0)])
+    q = q.reshape(b, blocks, QUERY_BLOCK, *q.shape[2:]).swapaxes(0, 1)
+    one_block = jax.checkpoint(lambda qi: _explicit(qi, k, v, key_mask, scale))
+    y = jax.lax.map(one_block, q)  # (blocks, b, QUERY_BLOCK, heads, head_dim)
+    return y.swapaxes(0, 1).reshape(b, blocks * QUERY_BLOCK, *y.shape[3:])[:, :n]
