@@ -9,16 +9,22 @@ from flax import nnx
 from lra_bench.mixers import MixerSpec
 
 
-def softmax_attention(q, k, v, mask, *, dropout_rate: float = 0.0, dropout_rng=None):
+def softmax_attention(q, k, v, mask, *, dropout_rate: float = 0.0, dropout_rng=None,
+                      mask_queries: bool = False):
     """Scaled dot-product attention with key-padding masking.
 
     q, k, v: (batch, length, heads, head_dim); mask: (batch, length) bool, True at real tokens.
+    mask_queries: mask pad queries as well, as LRA's attention does (its padding mask is query &
+    key): a pad query's logits are all masked, so it averages every value uniformly. It changes
+    only pad rows, which matter only where pooling reads pads (model.pad_pooling = "include").
     Without attention dropout this is `jax.nn.dot_product_attention`, which lets XLA pick a fused
     kernel (cuDNN flash attention on GPUs). That API has no dropout, so with dropout the same math
     runs explicitly, as that API does it: logits accumulated and kept in float32, softmax in
     float32, weights cast back to the compute dtype for the product with v.
     """
     key_mask = mask[:, None, None, :]  # (B, 1, 1, S) broadcasts over heads and queries
+    if mask_queries:
+        key_mask = key_mask & mask[:, None, :, None]
     if dropout_rate == 0.0 or dropout_rng is None:
         return jax.nn.dot_product_attention(q, k, v, mask=key_mask)
     scale = q.shape[-1] ** -0.5
@@ -35,10 +41,13 @@ class Mixer(nnx.Module):
         self.spec = spec
         d, h = spec.qkv_dim, spec.num_heads
         self.heads, self.head_dim = h, d // h
-        self.query = nnx.Linear(spec.dim, d, dtype=spec.dtype, rngs=rngs)
-        self.key = nnx.Linear(spec.dim, d, dtype=spec.dtype, rngs=rngs)
-        self.value = nnx.Linear(spec.dim, d, dtype=spec.dtype, rngs=rngs)
-        self.out = nnx.Linear(d, spec.dim, dtype=spec.dtype, rngs=rngs)
+        # LRA's nn.SelfAttention: xavier_uniform kernels, no biases (bias=False).
+        lra = dict(kernel_init=nnx.initializers.xavier_uniform(), use_bias=False)
+        kw = dict(dtype=spec.dtype, rngs=rngs, **(lra if spec.init == "lra" else {}))
+        self.query = nnx.Linear(spec.dim, d, **kw)
+        self.key = nnx.Linear(spec.dim, d, **kw)
+        self.value = nnx.Linear(spec.dim, d, **kw)
+        self.out = nnx.Linear(d, spec.dim, **kw)
 
     def _split(self, t):
         return t.reshape(*t.shape[:2], self.heads, self.head_dim)
@@ -47,5 +56,6 @@ class Mixer(nnx.Module):
         q, k, v = (self._split(f(x)) for f in (self.query, self.key, self.value))
         rate = 0.0 if deterministic else self.spec.attention_dropout
         rng = rngs.dropout() if (rate > 0.0 and rngs is not None) else None
-        y = softmax_attention(q, k, v, mask, dropout_rate=rate, dropout_rng=rng)
+        y = softmax_attention(q, k, v, mask, dropout_rate=rate, dropout_rng=rng,
+                              mask_queries=self.spec.mask_pad_queries)
         return self.out(y.reshape(*y.shape[:2], -1)), mask

@@ -197,11 +197,11 @@ class Mixer(softmax.Mixer):
         q, k, v = (self._split(f(x)) for f in (self.query, self.key, self.value))
         rate = 0.0 if deterministic else self.spec.attention_dropout
         rng = rngs.dropout() if (rate > 0.0 and rngs is not None) else None
+        masking = dict(dropout_rate=rate, dropout_rng=rng, mask_queries=self.spec.mask_pad_queries)
         if self.chunk_size is None:
-            y = softmax_attention(q, k, v, mask, dropout_rate=rate, dropout_rng=rng)
+            y = softmax_attention(q, k, v, mask, **masking)
         else:
-            y = blockwise_attention(q, k, v, mask, self.chunk_size, dropout_rate=rate,
-                                    dropout_rng=rng)
+            y = blockwise_attention(q, k, v, mask, self.chunk_size, **masking)
         return self.out(y.reshape(*y.shape[:2], -1)), mask
 
     def after_block(self, x, mask):
