@@ -36,8 +36,6 @@ def run_config(model: str, length: int, args) -> config.RunConfig:
         f"model.mlp_dim={2 * args.dim}", f"model.num_heads={args.heads}",
         f"model.num_layers={args.layers}", "model.dropout=0.0", "model.attention_dropout=0.0",
     ]
-    if model == "topk":
-        overrides.append(f"mixer.pool_lengths=[{length // 4}, {length // 16}]")
     return config.resolve(model, "listops", "lra", overrides=overrides)
 
 

@@ -112,7 +112,8 @@ def _print_outcome(summary: dict) -> None:
         mem = summary["peak_memory_bytes"]
         resumed = summary.get("resumed_from_steps")
         out.print(
-            f"{run_id}  test acc {100 * summary['test_accuracy']:.2f}% (best val "
+            f"{run_id}  test acc {100 * summary['test_accuracy']:.2f}% "
+            f"({summary.get('selection', 'best_val')}; best val "
             f"{100 * summary['val_accuracy']:.2f}% @ step {summary['best_step']}, last "
             f"{100 * summary['test_accuracy_last']:.2f}%)  step {summary['step_time_ms']:.1f} ms  "
             f"peak {mem / 2**20 if mem else float('nan'):.1f} MiB ({summary['memory_source']})"

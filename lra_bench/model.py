@@ -8,7 +8,13 @@ shortens the sequence tells the block what its residual adds to and what runs af
 on into the later layers, the final LN and the pooling.
 
 Retrieval is a dual encoder: inputs of shape (batch, 2, length) run through the one shared
-encoder as a (2 * batch)-row batch, and the head sees [x1, x2, x1 * x2, x1 - x2].
+encoder as a (2 * batch)-row batch; model.retrieval_head = "nli" feeds [x1, x2, x1 * x2, x1 - x2]
+to Dense(mlp)-ReLU-Dense (Nystromformer's SCHeadDual), "lra" feeds [x1, x2] to Dense(mlp)-ReLU-
+Dense(mlp / 2)-ReLU-Dense (LRA's classifier_head_dual).
+
+Switches that reproduce LRA's or Nystromformer's model (docs/protocols.md): model.pooling
+("first" = position 0 without a CLS token), model.pad_pooling, model.init, model.embed_std,
+model.mask_pad_queries and data.black_is_padding (image tasks: grey level 0 becomes the pad id).
 """
 
 from __future__ import annotations
@@ -35,11 +41,22 @@ def sinusoidal_table(length: int, dim: int) -> np.ndarray:
     return table
 
 
-def masked_mean(x, mask):
+def masked_mean(x, mask, pads: str = "exclude"):
+    """Mean over the sequence. pads: exclude (over real tokens), include (over every position,
+    LRA's jnp.mean), zero (pads zeroed, divided by the full length: Nystromformer's)."""
     # A float32 island: a bf16 sum over thousands of positions would lose the mean's low bits.
     w = mask[..., None].astype(jnp.float32)
-    mean = (x.astype(jnp.float32) * w).sum(axis=1) / jnp.maximum(w.sum(axis=1), 1.0)
-    return mean.astype(x.dtype)
+    if pads == "include":
+        return x.astype(jnp.float32).mean(axis=1).astype(x.dtype)
+    total = (x.astype(jnp.float32) * w).sum(axis=1)
+    count = x.shape[1] if pads == "zero" else jnp.maximum(w.sum(axis=1), 1.0)
+    return (total / count).astype(x.dtype)
+
+
+def lra_mlp_init() -> dict:
+    """LRA's common_layers.MlpBlock initialisers."""
+    return dict(kernel_init=nnx.initializers.xavier_uniform(),
+                bias_init=nnx.initializers.normal(1e-6))
 
 
 def compute_dtype(name: str):
@@ -54,8 +71,9 @@ class Block(nnx.Module):
         self.norm1 = nnx.LayerNorm(m["emb_dim"], dtype=dtype, rngs=rngs)
         self.mixer = mixers.build(rc.mixer["kind"], spec, options, rngs)
         self.norm2 = nnx.LayerNorm(m["emb_dim"], dtype=dtype, rngs=rngs)
-        self.mlp_in = nnx.Linear(m["emb_dim"], m["mlp_dim"], dtype=dtype, rngs=rngs)
-        self.mlp_out = nnx.Linear(m["mlp_dim"], m["emb_dim"], dtype=dtype, rngs=rngs)
+        init = lra_mlp_init() if m["init"] == "lra" else {}
+        self.mlp_in = nnx.Linear(m["emb_dim"], m["mlp_dim"], dtype=dtype, rngs=rngs, **init)
+        self.mlp_out = nnx.Linear(m["mlp_dim"], m["emb_dim"], dtype=dtype, rngs=rngs, **init)
         self.dropout = nnx.Dropout(m["dropout"])
 
     def __call__(self, x, mask, *, deterministic: bool, rngs: nnx.Rngs | None):
@@ -89,11 +107,15 @@ class Encoder(nnx.Module):
         m, d = rc.model, rc.model["emb_dim"]
         dtype = compute_dtype(m["dtype"])
         self.use_cls = m["pooling"] == "cls"
+        self.pooling, self.pad_pooling = m["pooling"], m["pad_pooling"]
+        # Image ids are grey level + 1; as padding, black becomes id 0 (the pad id) and is masked.
+        self.black_is_padding = bool(rc.data.get("black_is_padding", False))
         length = rc.data["max_length"] + int(self.use_cls)
-        # LRA embeds tokens with N(0, 1) and adds a zero-initialised learned CLS embedding.
+        # LRA embeds tokens with N(0, 1) (Nystromformer N(0, 0.02)) and adds a zero-initialised
+        # learned CLS embedding.
         self.embed = nnx.Embed(
             rc.data["vocab_size"], d, dtype=dtype,
-            embedding_init=nnx.initializers.normal(1.0), rngs=rngs,
+            embedding_init=nnx.initializers.normal(m["embed_std"]), rngs=rngs,
         )
         self.cls = nnx.Param(jnp.zeros((1, 1, d))) if self.use_cls else None
         if m["positional"] == "learned":
@@ -106,6 +128,7 @@ class Encoder(nnx.Module):
             dim=d, num_heads=m["num_heads"], qkv_dim=m["qkv_dim"],
             attention_dropout=m["attention_dropout"], max_length=length,
             has_cls=self.use_cls, grid=grid, dtype=dtype, layer=i, num_layers=m["num_layers"],
+            init=m["init"], mask_pad_queries=m["mask_pad_queries"],
         ) for i in range(m["num_layers"])]
         self.dropout = nnx.Dropout(m["dropout"])
         blocks = [Block(rc, spec, rngs=rngs) for spec in specs]
@@ -113,12 +136,17 @@ class Encoder(nnx.Module):
         self.norm = nnx.LayerNorm(d, dtype=dtype, rngs=rngs)
 
     def __call__(self, tokens, *, deterministic: bool = True, rngs: nnx.Rngs | None = None):
+        if self.black_is_padding:
+            tokens = jnp.maximum(tokens - 1, PAD_ID)
         mask = tokens != PAD_ID
         x = self.embed(tokens)
         if self.use_cls:
             cls = jnp.broadcast_to(self.cls[...].astype(x.dtype), (x.shape[0], 1, x.shape[-1]))
             x = jnp.concatenate([cls, x], axis=1)
-            mask = jnp.concatenate([jnp.ones_like(mask[:, :1]), mask], axis=1)
+            # LRA gives the CLS token the first token's mask: with black as padding, an image
+            # whose first pixel is black has a masked CLS. Elsewhere position 0 is always real.
+            first = mask[:, :1] if self.black_is_padding else jnp.ones_like(mask[:, :1])
+            mask = jnp.concatenate([first, mask], axis=1)
         if self.pos is not None:
             x = x + self.pos[...][:, : x.shape[1]].astype(x.dtype)
         x = self.dropout(x, deterministic=deterministic, rngs=rngs)
@@ -127,7 +155,9 @@ class Encoder(nnx.Module):
         return self.norm(x), mask
 
     def pool(self, x, mask):
-        return x[:, 0] if self.use_cls else masked_mean(x, mask)
+        if self.pooling in ("cls", "first"):
+            return x[:, 0]
+        return masked_mean(x, mask, self.pad_pooling)
 
 
 def check(rc: RunConfig) -> None:
@@ -158,8 +188,13 @@ class Classifier(nnx.Module):
         grid = tuple(rc.data["grid"]) if "grid" in rc.data else None
         self.encoder = Encoder(rc, rngs=rngs, grid=grid)
         dtype = compute_dtype(rc.model["dtype"])
-        self.hidden = nnx.Linear(d * (4 if self.dual else 1), mlp, dtype=dtype, rngs=rngs)
-        self.logits = nnx.Linear(mlp, rc.data["num_classes"], dtype=dtype, rngs=rngs)
+        self.lra_head = self.dual and rc.model["retrieval_head"] == "lra"
+        width = d * (2 if self.lra_head else 4 if self.dual else 1)
+        self.hidden = nnx.Linear(width, mlp, dtype=dtype, rngs=rngs)
+        # LRA's dual head: Dense(mlp)-ReLU-Dense(mlp // 2)-ReLU-Dense(classes).
+        self.hidden2 = nnx.Linear(mlp, mlp // 2, dtype=dtype, rngs=rngs) if self.lra_head else None
+        self.logits = nnx.Linear(mlp // 2 if self.lra_head else mlp, rc.data["num_classes"],
+                                 dtype=dtype, rngs=rngs)
 
     def __call__(self, inputs, *, deterministic: bool = True, rngs: nnx.Rngs | None = None):
         tokens = inputs.reshape(-1, inputs.shape[-1])  # dual: (B, 2, L) -> (2B, L), one pass
@@ -168,5 +203,9 @@ class Classifier(nnx.Module):
         if self.dual:
             pooled = pooled.reshape(inputs.shape[0], 2, -1)
             x1, x2 = pooled[:, 0], pooled[:, 1]
-            pooled = jnp.concatenate([x1, x2, x1 * x2, x1 - x2], axis=-1)
-        return self.logits(jax.nn.relu(self.hidden(pooled))).astype(jnp.float32)
+            pooled = jnp.concatenate([x1, x2] if self.lra_head else [x1, x2, x1 * x2, x1 - x2],
+                                     axis=-1)
+        h = jax.nn.relu(self.hidden(pooled))
+        if self.hidden2 is not None:
+            h = jax.nn.relu(self.hidden2(h))
+        return self.logits(h).astype(jnp.float32)

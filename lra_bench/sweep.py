@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import re
 import signal
@@ -108,16 +109,51 @@ def plan(task: str, models: str, lengths: str, preset: str = "lra", batch_size: 
                         mode, list(overrides), timeout_s, memory_limit, seed,
                         [str(d) for d in paths.user_config_dirs()])
     for model in names:  # a typo in --set or a model/task mismatch fails here, once
-        rc = config.resolve(model, task, preset, seed=seed, overrides=point_overrides(
-            settings, settings.lengths[0]))
+        for length in settings.lengths:
+            rc = config.resolve(model, task, preset, seed=seed,
+                                overrides=point_overrides(settings, length))
         if plugins.is_plugin(rc.mixer["kind"]):  # a broken plugin: one error, not N error rows
             plugins.check_in_subprocess(model, task, preset, point_overrides(
                 settings, settings.lengths[0]), seed, worker_env(settings))
+    refuse_unrunnable(settings)
     return settings
 
 
 def point_overrides(s: Settings, length: int) -> list[str]:
-    return [*s.overrides, f"data.max_length={length}", f"train.batch_size={s.batch_size}"]
+    """The settings of one point: the swept length and batch, and every length-dependent option
+    scaled to it. Mixer options are relative already (top-k pool_factors, Fourier keep_ratio) or
+    pad (Nystrom landmarks); an image task's grid keeps its width (or turns square) so that a 2-D
+    layout covers exactly `length` pixels. The user's --set wins over the grid."""
+    sets = []
+    grid = config.resolve_data(s.task, s.preset).get("grid")
+    if grid is not None and grid[0] * grid[1] != length:
+        side, cols = math.isqrt(length), grid[1]
+        layout = [side, side] if side * side == length else \
+            [length // cols, cols] if length % cols == 0 else None
+        if layout is not None:  # else only a mixer that needs the grid refuses this length
+            sets.append(f"data.grid={layout}")
+    return [*sets, *s.overrides, f"data.max_length={length}", f"train.batch_size={s.batch_size}"]
+
+
+def refuse_unrunnable(s: Settings) -> None:
+    """Build every (model, length) abstractly, before anything runs, in a CPU-only child process
+    (this one never imports jax): a length a mixer cannot run is one error line, not error rows
+    after compiling."""
+    points = [{"model": m, "length": n, "overrides": point_overrides(s, n)}
+              for m in s.models for n in s.lengths]
+    spec = {"task": s.task, "preset": s.preset, "seed": s.seed, "points": points}
+    with tempfile.TemporaryDirectory(prefix="lra-sweep-check-") as tmp:
+        out = Path(tmp) / "check.json"
+        cmd = [sys.executable, "-m", "lra_bench.sweep_worker", "--check", "--spec",
+               json.dumps(spec), "--out", str(out)]
+        proc = subprocess.run(cmd, capture_output=True, text=True,
+                              env={**worker_env(), "JAX_PLATFORMS": "cpu"})
+        if not out.exists():
+            raise RuntimeError(f"sweep check failed (exit {proc.returncode}): {proc.stderr[-2000:]}")
+        refused = json.loads(out.read_text())
+    if refused:
+        why = "; ".join(f"{r['model']} at length {r['length']}: {r['why']}" for r in refused)
+        raise UserError(f"cannot run {why}; leave those models or lengths out of the sweep")
 
 
 def new_sweep_id(s: Settings) -> str:
@@ -262,7 +298,8 @@ def dead_worker_row(returncode: int, stderr: str) -> dict:
 def run_point(s: Settings, model: str, length: int) -> dict:
     spec = {"model": model, "task": s.task, "preset": s.preset, "length": length,
             "batch_size": s.batch_size, "steps": s.steps, "warmup": s.warmup, "mode": s.mode,
-            "overrides": s.overrides, "memory_limit": s.memory_limit, "seed": s.seed}
+            "overrides": point_overrides(s, length), "memory_limit": s.memory_limit,
+            "seed": s.seed}
     with tempfile.TemporaryDirectory(prefix="lra-sweep-") as tmp:
         out = Path(tmp) / "row.json"
         cmd = [sys.executable, "-m", "lra_bench.sweep_worker", "--spec", json.dumps(spec),

@@ -44,10 +44,9 @@ def measure_point(spec: dict, row: dict) -> None:
 
     row.update(measure.device_info(), jax_version=jax.__version__,
                git_commit=measure.git_commit())
+    # spec["overrides"] are the point's (lra_bench.sweep.point_overrides): length, batch, grid.
     rc = config.resolve(spec["model"], spec["task"], spec["preset"], seed=spec.get("seed", 0),
-                        overrides=[*spec.get("overrides", []),
-                                   f"data.max_length={spec['length']}",
-                                   f"train.batch_size={spec['batch_size']}"])
+                        overrides=spec.get("overrides", []))
     capacity = preflight.device_capacity(spec.get("memory_limit"))
     row["device_memory_bytes"] = capacity.bytes
     step = preflight.compile_abstract(rc, spec["mode"])
@@ -92,12 +91,34 @@ def measure_point(spec: dict, row: dict) -> None:
                peak_memory_bytes=memory, memory_source=source)
 
 
+def check_points(spec: dict) -> list[dict]:
+    """The points of a sweep whose model cannot be built at their length, and why."""
+    from lra_bench import config, model
+    from lra_bench.errors import UserError
+
+    refused = []
+    for point in spec["points"]:
+        try:
+            model.check(config.resolve(point["model"], spec["task"], spec["preset"],
+                                       seed=spec.get("seed", 0), overrides=point["overrides"]))
+        except UserError as e:
+            refused.append({"model": point["model"], "length": point["length"], "why": str(e)})
+    return refused
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--spec", required=True, help="the point, as JSON")
     parser.add_argument("--out", required=True, type=Path, help="where the result row goes")
+    parser.add_argument("--check", action="store_true",
+                        help="only build every point of the spec abstractly; write the refusals")
     args = parser.parse_args(argv)
     spec = json.loads(args.spec)
+    if args.check:
+        from lra_bench import results
+
+        results.write_json_atomic(args.out, check_points(spec))
+        return 0
     row = {"status": "error", "message": ""}
     try:
         measure_point(spec, row)

@@ -159,11 +159,33 @@ def test_blockwise_attention_is_attention_within_chunks():
 def test_pooling_plan_and_bad_schedules():
     assert topk.pooling_plan(2000, [512, 128], 4) == [512, 128, None, None]
     assert topk.pooling_plan(2000, [0, 1000, 250], 3) == [None, 1000, 250]
+    assert topk.pooling_plan(2000, [512, 128, 64], 1) == [512]  # steps without a layer dropped
     assert topk.halving_rounds(2000, 512) == 2 and topk.halving_rounds(512, 512) == 0
-    for bad, words in [([4096], "longer"), ([512, 96], "power-of-two"), ([8, 4, 2], "layers"),
+    for bad, words in [([4096], "longer"), ([512, 96], "power-of-two"),
                        ([512, 1024], "longer"), ([-1], "int")]:
         with pytest.raises(UserError, match=words):
             topk.pooling_plan(2000, bad, 2)
+
+
+def test_factor_schedule_resolves_against_length_and_layers():
+    assert topk.factor_plan(8192, [4, 4], 4) == [2048, 512, None, None]  # the official 8K
+    assert topk.factor_plan(1000, [4, 4], 2) == [250, 63]  # 250 pads to 63 * 4 = 252
+    assert topk.factor_plan(1000, [4, 4], 1) == [250]
+    assert topk.factor_plan(3, [4, 1, 2], 3) == [1, None, 1]  # never below one token
+    for n, k in [(1000, 250), (250, 63), (3, 1)]:
+        assert k << topk.halving_rounds(n, k) >= n
+    for bad in ([3], [0], [4, 6], [2.0]):
+        with pytest.raises(UserError, match="power of two"):
+            topk.factor_plan(1000, bad, 2)
+
+
+def test_factor_schedule_pools_a_cls_model_to_the_resolved_lengths():
+    x = jax.random.normal(jax.random.key(1), (2, 17, 8))  # CLS + 16 tokens
+    mask = jnp.arange(17)[None] < jnp.array([[17], [12]])
+    for layer, want in [(0, 1 + 4), (1, 1 + 1)]:
+        m = topk.Mixer(spec(layer=layer), rngs=nnx.Rngs(0), pool_factors=[4, 4], chunk_size=8)
+        y, short = m.after_block(x[:, :1 + 16 // 4 ** layer], mask[:, :1 + 16 // 4 ** layer])
+        assert y.shape[1] == short.shape[1] == want and short[:, 0].all()
 
 
 def test_bad_schedule_is_one_line_error_before_anything_runs(tmp_path):

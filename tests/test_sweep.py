@@ -18,21 +18,24 @@ LIMIT = "160KB"
 
 def sweep_args(results_dir, *extra):
     sets = [x for s in TINY for x in ("--set", s)]
-    return ["sweep", "--task", "listops", "--preset", "smoke", "--models", "all", "--lengths",
+    return ["sweep", "--task", "listops", "--preset", "smoke", "--models", "transformer,broken",
+            "--lengths",
             "8,64,256", "--batch-size", "2", "--steps", "2", "--warmup", "1", "--memory-limit",
             LIMIT, *sets, "--results-dir", str(results_dir), *extra]
 
 
 @pytest.fixture(scope="module")
 def home(tmp_path_factory):
-    """The shipped ListOps task and Transformer, plus `broken`: a model whose mixer rejects its
-    options, so every point of it raises inside its worker process."""
+    """The shipped ListOps task and Transformer, plus `broken`: a model that builds (so the sweep's
+    up-front check passes it) but whose step cannot be traced (a fractional chunk size), so every
+    point of it raises inside its worker process; and `refused`, whose mixer rejects its options."""
     root = tmp_path_factory.mktemp("home")
     (root / "tasks").mkdir()
     (root / "models").mkdir()
     shutil.copy(paths.tasks_dir() / "listops.toml", root / "tasks")
     shutil.copy(paths.models_dir() / "transformer.toml", root / "models")
-    (root / "models" / "broken.toml").write_text('[mixer]\nkind = "softmax"\nno_such_option = 1\n')
+    (root / "models" / "broken.toml").write_text('[mixer]\nkind = "topk"\nchunk_size = 2.5\n')
+    (root / "models" / "refused.toml").write_text('[mixer]\nkind = "softmax"\nno_such_option = 1\n')
     return root
 
 
@@ -66,8 +69,7 @@ def test_each_point_is_isolated_and_failures_become_rows(swept):
     assert ok["device_kind"] and ok["jax_version"]
     # Every point of the broken model raised in its own process; the sweep went on past them.
     for n in (8, 64, 256):
-        assert rows[("broken", n)]["status"] == "error"
-        assert "no_such_option" in rows[("broken", n)]["message"]
+        assert rows[("broken", n)]["status"] == "error" and rows[("broken", n)]["message"]
     lines = [x for x in r.stderr.splitlines() if x.startswith("[")]
     assert len(lines) == 6 and lines[-1].startswith("[6/6]")
     assert "transformer" in r.stdout and "OOM" in r.stdout
@@ -145,6 +147,36 @@ def test_bad_sweep_options_are_one_line_errors_and_write_nothing(args, message, 
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], r.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_unrunnable_points_are_refused_before_the_sweep_starts(home, tmp_path, monkeypatch):
+    monkeypatch.setenv("LRA_HOME", str(home))
+    r = runner.invoke(app, ["sweep", "--task", "listops", "--preset", "smoke", "--models",
+                            "transformer,refused", "--lengths", "8,16", "--results-dir",
+                            str(tmp_path / "r")])
+    assert r.exit_code == 2, r.output
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: cannot run refused at length 8: ")
+    assert "no_such_option" in lines[0] and "refused at length 16" in lines[0]
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_length_a_schedule_cannot_reach_is_refused_with_model_length_and_why(tmp_path):
+    r = runner.invoke(app, ["sweep", "--task", "listops", "--preset", "smoke", "--models", "topk",
+                            "--lengths", "64,512", "--set", "mixer.pool_lengths=[128]",
+                            "--results-dir", str(tmp_path / "r")])
+    assert r.exit_code == 2, r.output
+    (line,) = r.stderr.strip().splitlines()
+    assert "topk at length 64" in line and "longer than its 64-token input" in line
+    assert "512" not in line.split("topk at length 64")[0]
+
+
+def test_image_points_get_a_grid_that_covers_their_length():
+    s = sweep.Settings(task="image", preset="smoke", batch_size=1)
+    grids = {n: [o for o in sweep.point_overrides(s, n) if o.startswith("data.grid")]
+             for n in (512, 1024, 3072, 1000)}
+    assert grids == {512: ["data.grid=[16, 32]"], 1024: [], 3072: ["data.grid=[96, 32]"],
+                     1000: []}
 
 
 def test_lengths_parse_k_suffix_and_sort():

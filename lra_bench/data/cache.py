@@ -38,7 +38,7 @@ SPLITS = ("train", "val", "test")
 # [data] keys that describe how a run uses the data, not how it was prepared: changing them does
 # not call for a new cache.
 RUNTIME_KEYS = frozenset({"loader", "variant", "vocab_size", "num_classes", "grid", "dual",
-                          "generate"})
+                          "generate", "black_is_padding"})
 
 
 def prep_config(data: dict[str, Any]) -> dict[str, Any]:

@@ -5,8 +5,10 @@ uint8 * float32(1/255), weighted sum with float32 (0.2989, 0.5870, 0.1140), time
 truncated to uint8 (`tf.image.convert_image_dtype`). Pixels are read row by row.
 
 Ids are grey level + 1 (vocab 257), pad 0: the original embedded levels 0-255 directly and its
-encoder masked id 0 as padding, so black pixels were dropped from attention and pooling. A black
-pixel is a pixel; the shift keeps it one.
+encoder masked id 0 as padding, so black pixels were masked out of attention (queries and keys;
+its mean pooling still averaged every position). A black pixel is a pixel; the shift keeps it one.
+`data.black_is_padding = true` (the `lra` and `nystrom` presets) undoes the shift in the encoder,
+so black is the pad id again, as the official runs had it.
 
 Sources: `tfds` (`tfds.data_source('cifar10')`; `tfds:DIR` names a data dir) or the original
 `cifar-10-python.tar.gz`. Splits as LRA: train[:90%] / train[90%:] / test, in source order.

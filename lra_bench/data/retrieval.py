@@ -91,8 +91,8 @@ def build(source: str, data: dict, writer, log) -> dict:
     return {"protocol": {
         "tokens": "UTF-8 byte + 1 per document, pad 0, vocab 257",
         "truncation": f"first {L} bytes of each document",
-        "inputs": "(n, 2, max_length): one shared encoder over both documents, head on "
-                  "[x1, x2, x1*x2, x1-x2] (the paper's dual encoder)",
+        "inputs": "(n, 2, max_length): one shared encoder over both documents (the dual "
+                  "encoder's head: model.retrieval_head)",
         "splits": "new_aan_pairs train / eval / test as given",
         "subset": {k: data[k] for k in ("num_train", "num_val", "num_test") if data[k]},
     }}

@@ -85,6 +85,9 @@ class MixerSpec:
     dtype: Any = None
     layer: int = 0  # this mixer's encoder layer, 0-based: per-layer schedules key on it
     num_layers: int = 1
+    init: str = "lecun"  # model.init: "lra" = xavier_uniform projections without bias, as LRA's
+    #                      attention (softmax-family mixers; the others keep their references')
+    mask_pad_queries: bool = False  # model.mask_pad_queries: pads masked as queries too (LRA)
 
 
 def kinds() -> list[str]:

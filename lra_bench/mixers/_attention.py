@@ -40,13 +40,25 @@ def _fused_applies(q, dropout: bool) -> bool:
             and os.environ.get("LRA_ATTENTION", "auto") != "explicit")
 
 
-def attention(q, k, v, mask, *, dropout_rate: float = 0.0, dropout_rng=None, scale=None):
+def attention(q, k, v, mask, *, dropout_rate: float = 0.0, dropout_rng=None, scale=None,
+              query_mask=None):
     """Scaled dot-product attention with key-padding masking.
 
     q: (batch, queries, heads, head_dim); k, v: (batch, keys, heads, head_dim); mask: (batch,
     keys) bool, True at real keys. Returns (batch, queries, heads, head_dim) in v's dtype. A row
     with no real key gets uniform weights (its output is finite and ignored downstream).
+    query_mask: (batch, queries) bool or None. Where it is False the query's logits are all
+    masked, as in LRA's query & key padding mask: its weights are uniform over every key, so its
+    output is the plain mean of v (computed directly, the same on every backend).
     """
+    y = _attention(q, k, v, mask, dropout_rate, dropout_rng, scale)
+    if query_mask is None:
+        return y
+    uniform = jnp.mean(v.astype(island(v.dtype)), axis=1, keepdims=True).astype(y.dtype)
+    return jnp.where(query_mask[:, :, None, None], y, uniform)
+
+
+def _attention(q, k, v, mask, dropout_rate, dropout_rng, scale):
     dropout = dropout_rate > 0.0 and dropout_rng is not None
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     key_mask = mask[:, None, None, :]  # (B, 1, 1, S): broadcasts over heads and queries

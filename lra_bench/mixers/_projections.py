@@ -14,13 +14,17 @@ from lra_bench.mixers import MixerSpec
 
 
 class HeadProjections(nnx.Module):
-    def init_projections(self, spec: MixerSpec, rngs: nnx.Rngs) -> None:
+    def init_projections(self, spec: MixerSpec, rngs: nnx.Rngs, *, lra_init: bool = False) -> None:
+        """lra_init: LRA's nn.SelfAttention initialisers, xavier_uniform kernels and no biases
+        (model.init = "lra"); otherwise flax's lecun_normal kernels with zero biases."""
         d, h = spec.qkv_dim, spec.num_heads
         self.heads, self.head_dim = h, d // h
-        self.query = nnx.Linear(spec.dim, d, dtype=spec.dtype, rngs=rngs)
-        self.key = nnx.Linear(spec.dim, d, dtype=spec.dtype, rngs=rngs)
-        self.value = nnx.Linear(spec.dim, d, dtype=spec.dtype, rngs=rngs)
-        self.out = nnx.Linear(d, spec.dim, dtype=spec.dtype, rngs=rngs)
+        lra = dict(kernel_init=nnx.initializers.xavier_uniform(), use_bias=False)
+        kw = dict(dtype=spec.dtype, rngs=rngs, **(lra if lra_init else {}))
+        self.query = nnx.Linear(spec.dim, d, **kw)
+        self.key = nnx.Linear(spec.dim, d, **kw)
+        self.value = nnx.Linear(spec.dim, d, **kw)
+        self.out = nnx.Linear(d, spec.dim, **kw)
 
     def qkv(self, x):
         split = lambda t: t.reshape(*t.shape[:2], self.heads, self.head_dim)  # noqa: E731

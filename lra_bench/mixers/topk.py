@@ -5,8 +5,10 @@ Official code: applicaai/pyramidions, fairseq/examples/deep_pyramidion/successiv
 (the soft top-k), pooler_utils.py (scorer, padding), pyramidion.py (placement, schedule, chunks).
 
 Each layer runs blockwise softmax attention (independent chunks of `chunk_size` tokens, so the
-first layer is linear in n) and, after its attention AND its MLP (`after_block`), layers named in
-`pool_lengths` pool the sequence to that many tokens:
+first layer is linear in n) and, after its attention AND its MLP (`after_block`), the layers the
+schedule names pool the sequence. The schedule is data: `pool_factors` (reduction per layer,
+relative to whatever length the task and model give, e.g. [4, 4]) or `pool_lengths` (absolute
+token counts, the official 8K-token {0: 2048, 1: 512}); it resolves when the model is built:
 
     s = sigmoid(Linear(d, 1)(x)) + 1e-5
     repeat log2(n / k) times:  sort by s; pair the i-th best with the i-th worst;
@@ -30,17 +32,18 @@ from flax import nnx
 from lra_bench.errors import UserError
 from lra_bench.mixers import MixerSpec
 from lra_bench.mixers import softmax
-from lra_bench.mixers._attention import attention, island
+from lra_bench.mixers._attention import island
 
 SCORE_EPS = 1e-5  # official: sigmoid(logits) + 0.00001 keeps every score positive
 
 
-def blockwise_attention(q, k, v, mask, chunk_size: int, **kwargs):
+def blockwise_attention(q, k, v, mask, chunk_size: int, *, mask_queries: bool = False, **kwargs):
     """Softmax attention within consecutive chunks of `chunk_size` positions (block-diagonal),
-    as the official encoder's unfolded chunks. q, k, v: (B, L, H, Dh); mask (B, L)."""
+    as the official encoder's unfolded chunks. q, k, v: (B, L, H, Dh); mask (B, L).
+    mask_queries: as `softmax.softmax_attention` (a pad query averages its chunk's values)."""
     batch, length = q.shape[:2]
     if length <= chunk_size:
-        return attention(q, k, v, mask, **kwargs)
+        return softmax.softmax_attention(q, k, v, mask, mask_queries=mask_queries, **kwargs)
     chunks = -(-length // chunk_size)
     pad = chunks * chunk_size - length
 
@@ -48,7 +51,8 @@ def blockwise_attention(q, k, v, mask, chunk_size: int, **kwargs):
         t = jnp.pad(t, [(0, 0), (0, pad)] + [(0, 0)] * (t.ndim - 2))
         return t.reshape(batch * chunks, chunk_size, *t.shape[2:])
 
-    y = attention(to_chunks(q), to_chunks(k), to_chunks(v), to_chunks(mask), **kwargs)
+    y = softmax.softmax_attention(to_chunks(q), to_chunks(k), to_chunks(v), to_chunks(mask),
+                                  mask_queries=mask_queries, **kwargs)
     return y.reshape(batch, chunks * chunk_size, *y.shape[2:])[:, :length]
 
 
@@ -125,15 +129,13 @@ def pooling_plan(tokens: int, pool_lengths, num_layers: int) -> list[int | None]
     """Pooled length after each layer (None = no pooling there), or a UserError naming the fix.
 
     pool_lengths[i] is the length after layer i (0 = do not pool after layer i; layers past the
-    end of the list do not pool). The first pooling may start from any input length (it pads up
-    to k * 2^r); every later one must divide the current length by a power of two.
+    end of the list do not pool, entries past the last layer are dropped). The first pooling may
+    start from any input length (it pads up to k * 2^r); every later one must divide the current
+    length by a power of two.
     """
     where = f"mixer.pool_lengths = {list(pool_lengths)}"
-    if len(pool_lengths) > num_layers:
-        raise UserError(f"{where} has {len(pool_lengths)} entries but the model has {num_layers} "
-                        "layers (model.num_layers); give at most one length per layer")
     plan, current, first = [], tokens, True
-    for layer, k in enumerate(list(pool_lengths) + [0] * (num_layers - len(pool_lengths))):
+    for layer, k in enumerate((list(pool_lengths) + [0] * num_layers)[:num_layers]):
         if not isinstance(k, int) or k < 0:
             raise UserError(f"{where}: entry {layer} must be an int >= 0 (0 = no pooling)")
         if k == 0:
@@ -141,7 +143,7 @@ def pooling_plan(tokens: int, pool_lengths, num_layers: int) -> list[int | None]
             continue
         if k > current:
             raise UserError(f"{where}: {k} after layer {layer} is longer than its {current}-token "
-                            "input; pool to a shorter length")
+                            "input; pool to a shorter length, or use mixer.pool_factors")
         ratio = current // k
         if not first and (current % k or ratio & (ratio - 1)):
             raise UserError(f"{where}: {current} -> {k} after layer {layer} is not a power-of-two "
@@ -151,10 +153,32 @@ def pooling_plan(tokens: int, pool_lengths, num_layers: int) -> list[int | None]
     return plan
 
 
+def factor_plan(tokens: int, pool_factors, num_layers: int) -> list[int | None]:
+    """Pooled length after each layer from reduction factors relative to the input.
+
+    pool_factors[i] = f divides the length after layer i by f (1 = no pooling there): log2(f)
+    halving rounds from the current length padded up to k * f with masked tokens, k = ceil(n / f),
+    so f must be a power of two. Entries past the last layer are dropped; the length never goes
+    below one token. The official 8K-token schedule {0: 2048, 1: 512} is pool_factors = [4, 4].
+    """
+    where = f"mixer.pool_factors = {list(pool_factors)}"
+    plan, current = [], tokens
+    for layer, f in enumerate(list(pool_factors)[:num_layers]):
+        if not isinstance(f, int) or f < 1 or f & (f - 1):
+            raise UserError(f"{where}: entry {layer} must be a power of two (1 = no pooling, "
+                            "2, 4, 8, ...): successive halving divides the length by 2^r")
+        if f == 1:
+            plan.append(None)
+            continue
+        current = -(-current // f)
+        plan.append(current)
+    return plan + [None] * (num_layers - len(plan))
+
+
 class Mixer(softmax.Mixer):
     """Blockwise softmax attention; layers with a pooled length pool after their MLP."""
 
-    def __init__(self, spec: MixerSpec, *, rngs: nnx.Rngs, pool_lengths=(2048, 512),
+    def __init__(self, spec: MixerSpec, *, rngs: nnx.Rngs, pool_factors=(4, 4), pool_lengths=(),
                  blockwise: bool = True, chunk_size: int = 512, base: float = 20.0,
                  flip_right: bool = True, sort_back: bool = False):
         if chunk_size < 1:
@@ -162,7 +186,10 @@ class Mixer(softmax.Mixer):
         if base <= 1.0:
             raise UserError(f"mixer.base must be > 1, got {base}")
         tokens = spec.max_length - int(spec.has_cls)  # the CLS token is never pooled
-        self.target = pooling_plan(tokens, pool_lengths, spec.num_layers)[spec.layer]
+        # Absolute lengths (the official 8K-token form) win over factors when given.
+        plan = (pooling_plan(tokens, pool_lengths, spec.num_layers) if len(pool_lengths)
+                else factor_plan(tokens, pool_factors, spec.num_layers))
+        self.target = plan[spec.layer]
         super().__init__(spec, rngs=rngs)
         self.chunk_size = chunk_size if blockwise else None
         self.base, self.flip_right, self.sort_back = float(base), bool(flip_right), bool(sort_back)
@@ -170,11 +197,11 @@ class Mixer(softmax.Mixer):
 
     def __call__(self, x, mask, *, deterministic: bool = True, rngs: nnx.Rngs | None = None):
         q, k, v = self.qkv(x)
-        dropout = self.dropout_args(deterministic, rngs)
+        masking = self.dropout_args(deterministic, rngs)
         if self.chunk_size is None:
-            y = attention(q, k, v, mask, **dropout)
+            y = softmax.softmax_attention(q, k, v, mask, **masking)
         else:
-            y = blockwise_attention(q, k, v, mask, self.chunk_size, **dropout)
+            y = blockwise_attention(q, k, v, mask, self.chunk_size, **masking)
         return self.merge(y), mask
 
     def after_block(self, x, mask):

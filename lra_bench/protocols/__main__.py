@@ -1,0 +1,3 @@
+from lra_bench.protocols import main
+
+main()
