@@ -109,9 +109,11 @@ def test_black_is_padding_masks_black_and_the_mean_pools_every_position():
     np.testing.assert_array_equal(mask[0], tokens[0] != 1)
     np.testing.assert_allclose(m.encoder.pool(x, mask), x.mean(axis=1), rtol=1e-6)
     # Black pixels are masked as keys: changing a black pixel's embedding row (the pad row 0)
-    # changes no real position's output except through its own row.
+    # changes no real position's output, only the black positions' own. The change is random,
+    # not a constant, which the LayerNorms would remove.
     before = m.encoder(tokens)[0]
-    m.encoder.embed.embedding[...] = m.encoder.embed.embedding[...].at[0].add(3.0)
+    noise = jax.random.normal(jax.random.key(1), m.encoder.embed.embedding[...].shape[1:])
+    m.encoder.embed.embedding[...] = m.encoder.embed.embedding[...].at[0].add(noise)
     after = m.encoder(tokens)[0]
     real = np.asarray(mask[0])
     np.testing.assert_allclose(after[0, real], before[0, real], rtol=1e-5, atol=1e-5)
