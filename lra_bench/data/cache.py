@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from lra_bench.errors import UserError
+from lra_bench.paths import mkdirs, remove_empty
 from lra_bench.results import utc_now, write_json_atomic
 
 FORMAT = 1
@@ -64,7 +65,7 @@ class CacheWriter:
 
     def __init__(self, dest: Path):
         self.dest = Path(dest)
-        self.dest.parent.mkdir(parents=True, exist_ok=True)
+        self._new_dirs = mkdirs(self.dest.parent)
         self.tmp = Path(tempfile.mkdtemp(dir=self.dest.parent, prefix=f".{self.dest.name}.tmp-"))
         self._splits: dict[str, dict] = {}
         self._committed = False
@@ -75,6 +76,7 @@ class CacheWriter:
     def __exit__(self, *exc) -> None:
         if not self._committed:
             shutil.rmtree(self.tmp, ignore_errors=True)
+            remove_empty(self._new_dirs)
 
     def empty_inputs(self, split: str, shape: tuple[int, ...], dtype) -> np.memmap:
         """A zero-filled inputs array on disk, to be filled in place (for data larger than RAM)."""
