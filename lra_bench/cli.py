@@ -14,7 +14,9 @@ from rich.console import Console
 from lra_bench import config, paths
 from lra_bench.errors import UserError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+# Plain (click) help: options as --flag/--no-flag without type labels, paragraphs re-wrapped.
+app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
+                  context_settings={"max_content_width": 100},
                   help="Long Range Arena benchmarks for efficient-attention models in JAX.")
 # Piped output is read by people and scripts alike: do not squeeze tables to 80 columns.
 out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
@@ -35,33 +37,65 @@ def user_errors(fn):
     return wrapper
 
 
+def _version(value: bool) -> None:
+    if value:
+        from lra_bench.about import versions
+
+        out.print(versions(), highlight=False, markup=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Show the versions of lra-bench, jax and flax and the "
+                                 "devices, then exit."),
+):
+    pass
+
+
+LIST_FORMATS = ("table", "json", "csv")
+
+
 @app.command("list")
 @user_errors
-def list_cmd(what: str = typer.Argument("all", help="tasks, models or all")):
+def list_cmd(
+    what: str = typer.Argument("all", help="tasks, models or all"),
+    format: str = typer.Option("table", "--format", "-f", help="table, json or csv"),
+):
     """Show the registered tasks and models with their key settings."""
-    from rich.table import Table
+    from lra_bench.about import cell, listing
 
     if what not in ("tasks", "models", "all"):
         raise UserError(f"unknown listing '{what}'; choose one of: tasks, models, all")
-    if what in ("tasks", "all"):
-        t = Table(title="tasks", title_justify="left")
-        for c in ("task", "length", "classes", "presets", "description"):
+    if format not in LIST_FORMATS:
+        raise UserError(f"unknown format '{format}'; choose one of: {', '.join(LIST_FORMATS)}")
+    # Every TOML is read before anything is printed, so a broken one prints nothing but the error.
+    tables = listing(("tasks", "models") if what == "all" else (what,))
+    if format == "json":
+        import json
+
+        sys.stdout.write(json.dumps(tables, indent=2) + "\n")
+        return
+    if format == "csv":
+        import csv
+
+        for i, (kind, rows) in enumerate(tables.items()):
+            if i:
+                sys.stdout.write("\n")
+            writer = csv.DictWriter(sys.stdout, fieldnames=list(rows[0]) if rows else [kind[:-1]],
+                                    lineterminator="\n")
+            writer.writeheader()
+            writer.writerows({k: cell(v) for k, v in row.items()} for row in rows)
+        return
+    from rich.table import Table
+
+    for kind, rows in tables.items():
+        t = Table(title=kind, title_justify="left")
+        for c in (rows[0] if rows else [kind[:-1]]):
             t.add_column(c)
-        for name in config.available("tasks"):
-            doc = config.load_spec("tasks", name)
-            t.add_row(name, str(doc["data"].get("max_length", "")), str(doc["data"].get("num_classes", "")),
-                      ", ".join(sorted(doc.get("presets", {}))), doc.get("description", ""))
-        out.print(t)
-    if what in ("models", "all"):
-        t = Table(title="models", title_justify="left")
-        for c in ("model", "mixer", "options", "description"):
-            t.add_column(c)
-        for name in config.available("models"):
-            doc = config.load_spec("models", name)
-            mixer = dict(doc.get("mixer", {}))
-            kind = mixer.pop("kind", "?")
-            t.add_row(name, kind, ", ".join(f"{k}={v}" for k, v in mixer.items()),
-                      doc.get("description", ""))
+        for row in rows:
+            t.add_row(*(cell(v) for v in row.values()))
         out.print(t)
 
 
@@ -95,7 +129,7 @@ def resume_conflicts(given: dict):
     return check
 
 
-def _print_outcome(summary: dict) -> None:
+def _print_outcome(summary: dict, folders: list[str] = ()) -> None:
     status, run_id = summary["status"], summary["run_id"]
     if status == "completed":
         mem = summary["peak_memory_bytes"]
@@ -111,7 +145,7 @@ def _print_outcome(summary: dict) -> None:
     elif status == "interrupted":
         err.print(f"run {run_id} interrupted by {summary.get('signal')} after step "
                   f"{summary.get('interrupted_step')} (checkpoint saved); continue it with: "
-                  f"lra run --resume {run_id}", highlight=False)
+                  f"lra run --resume {' '.join([run_id, *folders])}", highlight=False)
     elif status == "diverged":
         err.print(f"run {run_id} diverged: {summary.get('error')}; last good checkpoint: step "
                   f"{summary.get('checkpoint_step')}", highlight=False)
@@ -144,6 +178,9 @@ def run(
     coordinator: Optional[str] = typer.Option(None, help="multi-host: host:port of process 0"),
     num_processes: Optional[int] = typer.Option(None, help="multi-host: number of processes"),
     process_id: Optional[int] = typer.Option(None, help="multi-host: this process's index"),
+    memory_limit: Optional[str] = typer.Option(None, help="preflight against this much memory, "
+                                               "e.g. 16GiB (default: $LRA_MEMORY_LIMIT, else the "
+                                               "device's)"),
 ):
     """Train MODEL on TASK, then record accuracy, step time and peak memory."""
     import signal
@@ -156,9 +193,16 @@ def run(
         set_.append(f'model.dtype="{dtype}"')
     if grad_accum is not None:
         set_.append(f"train.grad_accum={grad_accum}")
-    distributed.initialize(coordinator, num_processes, process_id)
-    show = _print_outcome if distributed.is_primary() else (lambda summary: None)
     ddir, rdir = paths.data_dir(data_dir), paths.results_dir(results_dir)
+    if memory_limit is not None:
+        from lra_bench.preflight import parse_bytes
+
+        parse_bytes(memory_limit)  # a typo fails now, not after the data is made
+    distributed.initialize(coordinator, num_processes, process_id)
+    folders = [f"--{k.replace('_', '-')} {v}" for k, v in
+               (("data_dir", data_dir), ("results_dir", results_dir)) if v is not None]
+    show = (functools.partial(_print_outcome, folders=folders) if distributed.is_primary()
+            else (lambda summary: None))
     if resume is not None:
         check = resume_conflicts({"--model": model, "--task": task, "--preset": preset,
                                   "--seed": seed, "--steps": steps, "--set": list(set_),
@@ -177,10 +221,14 @@ def run(
         from lra_bench.model import check as check_model
 
         check_model(rcs[0])  # a bad model config fails before any data is made or read
+        if preflight:  # so does a step that cannot fit in memory (the seeds share its shapes)
+            from lra_bench.preflight import ensure_fits
+
+            ensure_fits(rcs[0], memory_limit)
         splits = data.load(rcs[0], ddir)
         summaries = []
         for rc in rcs:
-            summaries.append(runner.execute(rc, ddir, rdir, splits=splits, preflight=preflight))
+            summaries.append(runner.execute(rc, ddir, rdir, splits=splits, preflight=False))
             show(summaries[-1])
             if summaries[-1]["status"] == "interrupted":
                 break  # the user asked to stop: the remaining seeds do not start
@@ -219,6 +267,9 @@ def report(
 
     if format not in rep.FORMATS:
         raise UserError(f"unknown format '{format}'; choose one of: {', '.join(rep.FORMATS)}")
+    if plot is not None and not plot.expanduser().absolute().parent.is_dir():
+        raise UserError(f"--plot {plot}: the folder {plot.parent} does not exist; create it or "
+                        "write the plot elsewhere")
     if sweep or sweep_id is not None or plot is not None:
         return _sweep_report(paths.results_dir(results_dir), sweep_id, format, published, plot)
     if selection not in rep.SELECTIONS:

@@ -36,8 +36,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from math import ceil, pi
 from pathlib import Path
@@ -546,13 +546,31 @@ def _generate_chunk(args) -> Batch:
     return generate_batch(st, count, _chunk_rng(st, seed, chunk))
 
 
-def _pool(workers: int, jobs: int):
-    workers = min(workers, jobs)
+def _ordered_map(fn, jobs: list, workers: int):
+    """fn over jobs, results in order, in up to `workers` processes (in this one when 1).
+
+    An interruption (Ctrl-C, SIGTERM, a consumer that stops early) terminates the workers at
+    once, instead of waiting for their chunks and racing their results into cancelled futures;
+    the workers ignore SIGINT so that Ctrl-C stops the parent alone, which then ends them."""
+    workers = min(workers, len(jobs))
     if workers <= 1:
-        return None
+        yield from map(fn, jobs)
+        return
     import multiprocessing
     # spawn: the caller may have started threads (JAX), which fork would copy half-alive.
-    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    pool = multiprocessing.get_context("spawn").Pool(workers, initializer=_ignore_sigint)
+    try:
+        yield from pool.imap(fn, jobs)
+        pool.close()
+    except BaseException:
+        pool.terminate()
+        raise
+    finally:
+        pool.join()
+
+
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _default_workers() -> int:
@@ -565,12 +583,7 @@ def generate_arrays(resolution: int, difficulty: str, n: int, seed: int,
     for these arguments; with return_markers also the marker centres (n, 2, 2) (y, x)."""
     settings(resolution, difficulty)  # validate before starting workers
     jobs = [(resolution, difficulty, c, seed, i) for i, c in enumerate(_chunk_sizes(n))]
-    pool = _pool(workers, len(jobs))
-    try:
-        batches = list(pool.map(_generate_chunk, jobs) if pool else map(_generate_chunk, jobs))
-    finally:
-        if pool:
-            pool.shutdown()
+    batches = list(_ordered_map(_generate_chunk, jobs, workers))
     if not batches:  # n == 0
         batches = [Batch(np.zeros((0, resolution, resolution), np.uint8), np.zeros(0, np.int64),
                          np.zeros((0, 2, 2), np.float32), np.zeros(0, int))]
@@ -618,16 +631,11 @@ def generate_release(out_dir: Path, resolution: int, difficulty: str, num_images
     (root / "metadata").mkdir(parents=True, exist_ok=True)
     jobs = [(str(root), resolution, difficulty, c, seed, i)
             for i, c in enumerate(_chunk_sizes(num_images))]
-    pool = _pool(workers or _default_workers(), len(jobs))
     done = 0
-    try:
-        for count in (pool.map(_write_chunk, jobs) if pool else map(_write_chunk, jobs)):
-            done += count
-            if progress is not None:
-                progress(done)
-    finally:
-        if pool:
-            pool.shutdown()
+    for count in _ordered_map(_write_chunk, jobs, workers or _default_workers()):
+        done += count
+        if progress is not None:
+            progress(done)
 
 
 def main(argv=None) -> None:

@@ -1,0 +1,54 @@
+"""What `lra --version` and `lra list` show: versions and devices, and the registered tasks and
+models as plain rows (one dict per row), which the CLI prints as a table, JSON or CSV."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lra_bench import __version__, config
+
+
+def versions() -> str:
+    """lra-bench, jax and flax versions, the git commit, and the devices jax sees."""
+    from collections import Counter
+
+    import flax
+    import jax
+
+    from lra_bench.measure import git_commit
+
+    devices = Counter(d.device_kind if d.device_kind == d.platform else
+                      f"{d.platform} {d.device_kind}" for d in jax.devices())
+    listed = ", ".join(f"{n} x {kind}" for kind, n in devices.items())
+    return (f"lra-bench {__version__} (commit {git_commit()})\njax {jax.__version__}\n"
+            f"flax {flax.__version__}\ndevices: {listed}")
+
+
+def listing(kinds: tuple[str, ...]) -> dict[str, list[dict[str, Any]]]:
+    """{"tasks": [...], "models": [...]}: each TOML read (and checked) before anything prints."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    if "tasks" in kinds:
+        out["tasks"] = []
+        for name in config.available("tasks"):
+            doc = config.load_spec("tasks", name)
+            out["tasks"].append({"task": name, "length": doc["data"]["max_length"],
+                                 "classes": doc["data"]["num_classes"],
+                                 "presets": sorted(doc.get("presets", {})),
+                                 "description": doc.get("description", "")})
+    if "models" in kinds:
+        out["models"] = []
+        for name in config.available("models"):
+            doc = config.load_spec("models", name)
+            mixer = dict(doc["mixer"])
+            out["models"].append({"model": name, "mixer": mixer.pop("kind"), "options": mixer,
+                                  "description": doc.get("description", "")})
+    return out
+
+
+def cell(value: Any) -> str:
+    """A row value as table and CSV text: lists comma-separated, options as key=value."""
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={v}" for k, v in value.items())
+    if isinstance(value, list):
+        return ", ".join(map(str, value))
+    return str(value)
