@@ -31,7 +31,8 @@ def user_errors(fn):
         try:
             return fn(*args, **kwargs)
         except UserError as e:
-            typer.echo(f"error: {e}", err=True)
+            # One line, whatever the message quotes (a library's multi-line exception text).
+            typer.echo("error: " + " ".join(line.strip() for line in str(e).splitlines()), err=True)
             raise typer.Exit(2) from None
 
     return wrapper

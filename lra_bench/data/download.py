@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Callable
 
 from lra_bench.errors import UserError
+from lra_bench.paths import made_dirs
 
 OFFICIAL_URL = "https://storage.googleapis.com/long-range-arena/lra_release.gz"
 ARCHIVE = "lra_release.gz"
@@ -95,7 +96,11 @@ def fetch(url: str, dest: Path, *, retries: int = 5, timeout: float = 60,
     """Download url to dest, resuming `dest.part`; returns the verified size in bytes."""
     dest = Path(dest)
     part = dest.with_name(dest.name + ".part")
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    with made_dirs(dest.parent):  # a download that gets nothing leaves no empty folder
+        return _fetch(url, dest, part, retries, timeout, log)
+
+
+def _fetch(url: str, dest: Path, part: Path, retries: int, timeout: float, log: Log) -> int:
     failures = 0
     while True:
         have = part.stat().st_size if part.exists() else 0
@@ -150,8 +155,9 @@ def fetch(url: str, dest: Path, *, retries: int = 5, timeout: float = 60,
                 progress.close()
         if failures > retries:
             got = part.stat().st_size if part.exists() else 0
-            raise UserError(f"downloading {url} failed {failures} times (last: {error}); "
-                            f"{got} bytes are kept in {part}: run the same command to resume")
+            kept = (f"{got} bytes are kept in {part}: run the same command to resume" if got
+                    else "check the network (or --url), then run the same command")
+            raise UserError(f"downloading {url} failed {failures} times (last: {error}); {kept}")
         log(f"transfer interrupted ({error}); retrying ({failures}/{retries})")
         time.sleep(BACKOFF_S * failures)
     part.rename(dest)
