@@ -158,6 +158,13 @@ def _layers(doc: dict, task: str | None, preset: str) -> list[tuple[str, dict]]:
     return out
 
 
+def _check_preset(task: str, task_doc: dict, preset: str) -> None:
+    presets = sorted(task_doc.get("presets", {}))
+    if preset not in presets:
+        choices = ", ".join(presets) or "(none: add a [presets.<name>] table to its TOML)"
+        raise UserError(f"task '{task}' has no preset '{preset}'; choose one of: {choices}")
+
+
 def resolve(
     model: str,
     task: str,
@@ -168,9 +175,7 @@ def resolve(
 ) -> RunConfig:
     task_doc = load_spec("tasks", task)
     model_doc = load_spec("models", model)
-    presets = sorted(task_doc.get("presets", {}))
-    if preset not in presets:
-        raise UserError(f"task '{task}' has no preset '{preset}'; choose one of: {', '.join(presets)}")
+    _check_preset(task, task_doc, preset)
 
     cfg: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
     _apply(cfg, _read_toml(paths.PACKAGE_DIR / "defaults.toml"), "defaults.toml", ("model", "train"))
@@ -199,9 +204,7 @@ def resolve_data(task: str, preset: str, overrides: list[str] | tuple[str, ...] 
     """The [data] table of a task preset (layers 2, 3 and data.* --set overrides): what
     `lra data prepare` needs, without a model."""
     task_doc = load_spec("tasks", task)
-    presets = sorted(task_doc.get("presets", {}))
-    if preset not in presets:
-        raise UserError(f"task '{task}' has no preset '{preset}'; choose one of: {', '.join(presets)}")
+    _check_preset(task, task_doc, preset)
     cfg: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
     for label, layer in _layers(task_doc, None, preset):
         data = {"data": layer["data"]} if "data" in layer else {}

@@ -137,6 +137,10 @@ CASES = [
      None),
     ("no models registered",
      [*LISTOPS], "no models in", lambda t: project_with(t, "models", "", None)),
+    ("task TOML without presets",
+     ["run", "-m", "transformer", "-t", "bare"], "has no preset 'smoke'; choose one of: (none: add a [presets.",
+     lambda t: project_with(t, "tasks", "bare.toml", '[data]\nloader = "synthetic"\n'
+                            'max_length = 8\nvocab_size = 4\nnum_classes = 2\n')),
     ("ListOps smoke cut shorter than its expressions",
      [*LISTOPS, *TINY, "--set", "data.max_length=64"], "also set data.gen_max_length=64", None),
     ("download offline",
