@@ -165,7 +165,8 @@ def run(
     seed: Optional[int] = typer.Option(None, help="seed for parameters, dropout and data order "
                                        "(default 0)"),
     seeds: Optional[str] = typer.Option(None, help="run once per seed, one after another: 0,1,2"),
-    set_: List[str] = typer.Option([], "--set", help="override a config value: section.key=value"),
+    set_: List[str] = typer.Option([], "--set", metavar="SECTION.KEY=VALUE",
+                                   help="override a config value (repeatable)"),
     resume: Optional[str] = typer.Option(None, help="continue run RUN_ID (or `latest`) from its "
                                          "newest checkpoint, with its saved config"),
     data_dir: Optional[Path] = typer.Option(None, help="default: $LRA_DATA_DIR or ./data"),
@@ -347,7 +348,8 @@ def data_prepare(
     source: Optional[str] = typer.Option(None, help="a file, a folder, 'tfds' or 'tfds:DIR' "
                                          "(default: the task's usual source)"),
     generate: bool = typer.Option(False, help="generate the source (ListOps, Pathfinder, Path-X)"),
-    set_: List[str] = typer.Option([], "--set", help="override a data setting: data.key=value"),
+    set_: List[str] = typer.Option([], "--set", metavar="data.KEY=VALUE",
+                                   help="override a data setting (repeatable)"),
     data_dir: Optional[Path] = typer.Option(None, help="default: $LRA_DATA_DIR or ./data"),
     force: bool = typer.Option(False, help="rebuild even if the cache is current"),
 ):
@@ -406,7 +408,7 @@ def data_info(
             bad = cache.verify(path, m)
             bad_any |= bool(bad)
             size += " ok" if not bad else f" CHANGED: {', '.join(bad)}"
-        t.add_row(m["task"], m["variant"], *counts, size, f"{what} {where or ''}".strip(),
+        t.add_row(m["task"], path.name, *counts, size, f"{what} {where or ''}".strip(),
                   m["created"])
     out.print(t if found else f"nothing prepared in {ddir}; see `lra data prepare --help`")
     marker = ddir / download.RELEASE / download.MARKER
@@ -476,7 +478,8 @@ def sweep(
     warmup: int = typer.Option(2, help="untimed steps after compilation"),
     mode: str = typer.Option("train", help="train (forward + backward + update) or forward"),
     preset: str = typer.Option("lra", help="the task preset whose model config is timed"),
-    set_: List[str] = typer.Option([], "--set", help="override a config value: section.key=value"),
+    set_: List[str] = typer.Option([], "--set", metavar="SECTION.KEY=VALUE",
+                                   help="override a config value (repeatable)"),
     timeout: float = typer.Option(900.0, help="seconds per point before it counts as a timeout"),
     memory_limit: Optional[str] = typer.Option(None, help="treat the device as having this much "
                                                "memory, e.g. 16GiB (default: all of it)"),
@@ -516,7 +519,8 @@ def preflight_cmd(
     model: str = typer.Option(..., "--model", "-m", help="a name from `lra list models`"),
     task: str = typer.Option(..., "--task", "-t", help="a name from `lra list tasks`"),
     preset: str = typer.Option("smoke", help="the task's hyperparameter preset: smoke or lra"),
-    set_: List[str] = typer.Option([], "--set", help="override a config value: section.key=value"),
+    set_: List[str] = typer.Option([], "--set", metavar="SECTION.KEY=VALUE",
+                                   help="override a config value (repeatable)"),
     mode: str = typer.Option("train", help="train or forward"),
     memory_limit: Optional[str] = typer.Option(
         None, help="check against this much memory, e.g. 16GiB (default: the device's, on CPU "
