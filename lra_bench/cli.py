@@ -223,11 +223,16 @@ def run(
         from lra_bench.model import check as check_model
 
         check_model(rcs[0])  # a bad model config fails before any data is made or read
-        if preflight:  # so does a step that cannot fit in memory (the seeds share its shapes)
+        # Reading a prepared cache costs nothing, so missing data is reported first; generating
+        # a preset's data costs minutes, so that waits until the step is known to fit.
+        generated = rcs[0].data.get("generate", False)
+        splits = None if generated else data.load(rcs[0], ddir)
+        if preflight:  # the seeds share the step's shapes: one check covers them all
             from lra_bench.preflight import ensure_fits
 
             ensure_fits(rcs[0], memory_limit)
-        splits = data.load(rcs[0], ddir)
+        if splits is None:
+            splits = data.load(rcs[0], ddir)
         summaries = []
         for rc in rcs:
             summaries.append(runner.execute(rc, ddir, rdir, splits=splits, preflight=False))
