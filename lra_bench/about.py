@@ -3,9 +3,14 @@ models as plain rows (one dict per row), which the CLI prints as a table, JSON o
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 from typing import Any
 
 from lra_bench import __version__, config
+
+LIST_FORMATS = ("table", "json", "csv")
 
 
 def versions() -> str:
@@ -52,3 +57,34 @@ def cell(value: Any) -> str:
     if isinstance(value, list):
         return ", ".join(map(str, value))
     return str(value)
+
+
+def to_json(tables: dict[str, list[dict]]) -> str:
+    return json.dumps(tables, indent=2) + "\n"
+
+
+def to_csv(tables: dict[str, list[dict]]) -> str:
+    """One CSV block per listing, an empty line between them."""
+    blocks = []
+    for kind, rows in tables.items():
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else [kind[:-1]],
+                                lineterminator="\n")
+        writer.writeheader()
+        writer.writerows({k: cell(v) for k, v in row.items()} for row in rows)
+        blocks.append(buf.getvalue())
+    return "\n".join(blocks)
+
+
+def rich_tables(tables: dict[str, list[dict]]) -> list:
+    from rich.table import Table
+
+    out = []
+    for kind, rows in tables.items():
+        t = Table(title=kind, title_justify="left")
+        for c in (rows[0] if rows else [kind[:-1]]):
+            t.add_column(c)
+        for row in rows:
+            t.add_row(*(cell(v) for v in row.values()))
+        out.append(t)
+    return out

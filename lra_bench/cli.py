@@ -55,9 +55,6 @@ def main_options(
     pass
 
 
-LIST_FORMATS = ("table", "json", "csv")
-
-
 @app.command("list")
 @user_errors
 def list_cmd(
@@ -65,39 +62,20 @@ def list_cmd(
     format: str = typer.Option("table", "--format", "-f", help="table, json or csv"),
 ):
     """Show the registered tasks and models with their key settings."""
-    from lra_bench.about import cell, listing
+    from lra_bench import about
 
     if what not in ("tasks", "models", "all"):
         raise UserError(f"unknown listing '{what}'; choose one of: tasks, models, all")
-    if format not in LIST_FORMATS:
-        raise UserError(f"unknown format '{format}'; choose one of: {', '.join(LIST_FORMATS)}")
+    if format not in about.LIST_FORMATS:
+        raise UserError(f"unknown format '{format}'; choose one of: "
+                        f"{', '.join(about.LIST_FORMATS)}")
     # Every TOML is read before anything is printed, so a broken one prints nothing but the error.
-    tables = listing(("tasks", "models") if what == "all" else (what,))
-    if format == "json":
-        import json
-
-        sys.stdout.write(json.dumps(tables, indent=2) + "\n")
-        return
-    if format == "csv":
-        import csv
-
-        for i, (kind, rows) in enumerate(tables.items()):
-            if i:
-                sys.stdout.write("\n")
-            writer = csv.DictWriter(sys.stdout, fieldnames=list(rows[0]) if rows else [kind[:-1]],
-                                    lineterminator="\n")
-            writer.writeheader()
-            writer.writerows({k: cell(v) for k, v in row.items()} for row in rows)
-        return
-    from rich.table import Table
-
-    for kind, rows in tables.items():
-        t = Table(title=kind, title_justify="left")
-        for c in (rows[0] if rows else [kind[:-1]]):
-            t.add_column(c)
-        for row in rows:
-            t.add_row(*(cell(v) for v in row.values()))
-        out.print(t)
+    tables = about.listing(("tasks", "models") if what == "all" else (what,))
+    if format == "table":
+        for table in about.rich_tables(tables):
+            out.print(table)
+    else:
+        sys.stdout.write(about.to_json(tables) if format == "json" else about.to_csv(tables))
 
 
 def parse_seeds(text: str) -> list[int]:
