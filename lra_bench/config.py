@@ -321,12 +321,12 @@ def validate(rc: RunConfig) -> None:
     for ok, msg in checks:
         if not ok:
             raise UserError(f"{rc.model_name}/{rc.task_name}: {msg}")
-    if d.get("generate", False):
-        check_generated_length(d)
 
 
 def check_generated_length(data: dict[str, Any]) -> None:
-    """A generator must not make sequences longer than the model reads: they would be cut."""
+    """A generator must not make sequences longer than the model reads: they would be cut.
+    (Checked by `lra data prepare` before it generates: only a generating loader reads
+    data.gen_max_length; the synthetic loader, say, does not.)"""
     if data.get("gen_max_length", 0) > data["max_length"]:
         raise UserError(f"data.gen_max_length ({data['gen_max_length']}) exceeds data.max_length "
                         f"({data['max_length']}): generated sequences would be cut; also set "
