@@ -317,10 +317,11 @@ def data_download(
     """Fetch the LRA release archive (resumable) and extract the parts the tasks read."""
     from lra_bench.data import download
 
-    result = download.download(paths.data_dir(to), url or download.OFFICIAL_URL, tuple(include),
+    where = paths.data_dir(to, "--to")
+    result = download.download(where, url or download.OFFICIAL_URL, tuple(include),
                                keep_archive=keep_archive, retries=retries, log=_log)
     files = ", ".join(f"{k}: {v}" for k, v in sorted(result["files"].items()))
-    out.print(f"extracted to {paths.data_dir(to) / download.RELEASE} ({files})", highlight=False)
+    out.print(f"extracted to {where / download.RELEASE} ({files})", highlight=False)
 
 
 @data_app.command("prepare")

@@ -41,9 +41,9 @@ def models_dir() -> Path:
     return project_root() / "models"
 
 
-def data_dir(explicit: str | Path | None = None) -> Path:
-    """--data-dir, else $LRA_DATA_DIR, else ./data."""
-    return _folder(explicit, "--data-dir", "LRA_DATA_DIR", "data")
+def data_dir(explicit: str | Path | None = None, option: str = "--data-dir") -> Path:
+    """--data-dir (or the `option` that gave `explicit`), else $LRA_DATA_DIR, else ./data."""
+    return _folder(explicit, option, "LRA_DATA_DIR", "data")
 
 
 def results_dir(explicit: str | Path | None = None) -> Path:

@@ -146,6 +146,9 @@ CASES = [
     ("download offline",
      ["data", "download", "--url", "http://127.0.0.1:9/lra_release.gz", "--retries", "0",
       "--to", "{tmp}/dl"], "run the same command", None),
+    ("download into a file",
+     ["data", "download", "--to", "{tmp}/file"], "--to {tmp}/file is a file",
+     lambda t: (t / "file").write_text("x") and {}),
     ("plot into a missing folder",
      ["report", "--sweep", "--plot", "{tmp}/nonexistent/dir/x.png"], "does not exist", None),
 ]
