@@ -101,7 +101,8 @@ CASES = [
     ("memory limit from the environment",
      [*LISTOPS, *TINY], "lower train.batch_size", lambda t: {"LRA_MEMORY_LIMIT": "1MB"}),
     ("--memory-limit",
-     [*LISTOPS, *TINY, "--memory-limit", "1MB"], "only 976.56 KiB is available (memory limit)", None),
+     [*LISTOPS, *TINY, "--memory-limit", "1MB"], "only 976.56 KiB is available (memory limit)",
+     None),
     ("--memory-limit typo",
      [*LISTOPS, *TINY, "--memory-limit", "lots"], "cannot read memory size 'lots'", None),
     ("corrupt text archive",
@@ -138,7 +139,8 @@ CASES = [
     ("no models registered",
      [*LISTOPS], "no models in", lambda t: project_with(t, "models", "", None)),
     ("task TOML without presets",
-     ["run", "-m", "transformer", "-t", "bare"], "has no preset 'smoke'; choose one of: (none: add a [presets.",
+     ["run", "-m", "transformer", "-t", "bare"],
+     "has no preset 'smoke'; choose one of: (none: add a [presets.",
      lambda t: project_with(t, "tasks", "bare.toml", '[data]\nloader = "synthetic"\n'
                             'max_length = 8\nvocab_size = 4\nnum_classes = 2\n')),
     ("ListOps smoke cut shorter than its expressions",
@@ -227,8 +229,8 @@ def test_runs_listing_shows_the_validation_of_an_interrupted_run(tmp_path):
     (run / "summary.json").write_text(json.dumps({
         "run_id": run.name, "model": "transformer", "task": "listops", "preset": "smoke",
         "seed": 0, "status": "interrupted", "interrupted_step": 8, "started_at": "2026"}))
-    (run / "metrics.jsonl").write_text(
-        "".join(json.dumps({"step": s, "val_accuracy": a}) + "\n" for s, a in ((4, 0.25), (8, 0.5))))
+    evals = [{"step": 4, "val_accuracy": 0.25}, {"step": 8, "val_accuracy": 0.5}]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(e) + "\n" for e in evals))
     r = runner.invoke(app, ["report", "--runs", "--format", "json", "--results-dir", str(tmp_path)])
     assert r.exit_code == 0, r.output
     (row,) = json.loads(r.stdout)["runs"]
