@@ -21,7 +21,7 @@ demo: setup
 	$(BIN)/lra report
 
 test: setup
-	$(BIN)/python -m pytest -p no:cacheprovider tests
+	$(BIN)/python -m pytest -p no:cacheprovider --durations=15 tests
 
 clean:
 	rm -rf $(VENV) *.egg-info

@@ -14,7 +14,9 @@ from rich.console import Console
 from lra_bench import config, paths
 from lra_bench.errors import UserError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+# Plain (click) help: options as --flag/--no-flag without type labels, paragraphs re-wrapped.
+app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
+                  context_settings={"max_content_width": 100},
                   help="Long Range Arena benchmarks for efficient-attention models in JAX.")
 # Piped output is read by people and scripts alike: do not squeeze tables to 80 columns.
 out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
@@ -29,14 +31,26 @@ def user_errors(fn):
         try:
             return fn(*args, **kwargs)
         except UserError as e:
-            typer.echo(f"error: {e}", err=True)
+            # One line, whatever the message quotes (a library's multi-line exception text).
+            typer.echo("error: " + " ".join(line.strip() for line in str(e).splitlines()), err=True)
             raise typer.Exit(2) from None
 
     return wrapper
 
 
+def _version(value: bool) -> None:
+    if value:
+        from lra_bench.about import versions
+
+        out.print(versions(), highlight=False, markup=False)
+        raise typer.Exit()
+
+
 @app.callback()
-def _global_options(
+def main_options(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Show the versions of lra-bench, jax and flax and the "
+                                 "devices, then exit."),
     config_dir: List[Path] = typer.Option(
         [], "--config-dir", metavar="DIR", help="also search DIR/tasks and DIR/models for configs, "
         "before $LRA_CONFIG_PATH and the built-in ones (repeatable; a file named like a built-in "
@@ -47,33 +61,25 @@ def _global_options(
 
 @app.command("list")
 @user_errors
-def list_cmd(what: str = typer.Argument("all", help="tasks, models or all")):
+def list_cmd(
+    what: str = typer.Argument("all", help="tasks, models or all"),
+    format: str = typer.Option("table", "--format", "-f", help="table, json or csv"),
+):
     """Show the registered tasks and models with their key settings."""
-    from rich.table import Table
+    from lra_bench import about
 
     if what not in ("tasks", "models", "all"):
         raise UserError(f"unknown listing '{what}'; choose one of: tasks, models, all")
-    if what in ("tasks", "all"):
-        t = Table(title="tasks", title_justify="left")
-        for c in ("task", "length", "classes", "presets", "description", "source"):
-            t.add_column(c)
-        for name, entry in config.available("tasks").items():
-            doc = config.load_spec("tasks", name)
-            t.add_row(name, str(doc["data"].get("max_length", "")), str(doc["data"].get("num_classes", "")),
-                      ", ".join(sorted(doc.get("presets", {}))), doc.get("description", ""),
-                      entry.source)
-        out.print(t)
-    if what in ("models", "all"):
-        t = Table(title="models", title_justify="left")
-        for c in ("model", "mixer", "options", "description", "source"):
-            t.add_column(c)
-        for name, entry in config.available("models").items():
-            doc = config.load_spec("models", name)
-            mixer = dict(doc.get("mixer", {}))
-            kind = mixer.pop("kind", "?")
-            t.add_row(name, kind, ", ".join(f"{k}={v}" for k, v in mixer.items()),
-                      doc.get("description", ""), entry.source)
-        out.print(t)
+    if format not in about.LIST_FORMATS:
+        raise UserError(f"unknown format '{format}'; choose one of: "
+                        f"{', '.join(about.LIST_FORMATS)}")
+    # Every TOML is read before anything is printed, so a broken one prints nothing but the error.
+    tables = about.listing(("tasks", "models") if what == "all" else (what,))
+    if format == "table":
+        for table in about.rich_tables(tables):
+            out.print(table)
+    else:
+        sys.stdout.write(about.to_json(tables) if format == "json" else about.to_csv(tables))
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -106,7 +112,7 @@ def resume_conflicts(given: dict):
     return check
 
 
-def _print_outcome(summary: dict) -> None:
+def _print_outcome(summary: dict, folders: list[str] = ()) -> None:
     status, run_id = summary["status"], summary["run_id"]
     if status == "completed":
         mem = summary["peak_memory_bytes"]
@@ -123,7 +129,7 @@ def _print_outcome(summary: dict) -> None:
     elif status == "interrupted":
         err.print(f"run {run_id} interrupted by {summary.get('signal')} after step "
                   f"{summary.get('interrupted_step')} (checkpoint saved); continue it with: "
-                  f"lra run --resume {run_id}", highlight=False)
+                  f"lra run --resume {' '.join([run_id, *folders])}", highlight=False)
     elif status == "diverged":
         err.print(f"run {run_id} diverged: {summary.get('error')}; last good checkpoint: step "
                   f"{summary.get('checkpoint_step')}", highlight=False)
@@ -142,7 +148,8 @@ def run(
     seed: Optional[int] = typer.Option(None, help="seed for parameters, dropout and data order "
                                        "(default 0)"),
     seeds: Optional[str] = typer.Option(None, help="run once per seed, one after another: 0,1,2"),
-    set_: List[str] = typer.Option([], "--set", help="override a config value: section.key=value"),
+    set_: List[str] = typer.Option([], "--set", metavar="SECTION.KEY=VALUE",
+                                   help="override a config value (repeatable)"),
     resume: Optional[str] = typer.Option(None, help="continue run RUN_ID (or `latest`) from its "
                                          "newest checkpoint, with its saved config"),
     run_id: Optional[str] = typer.Option(None, help="start the run under this id instead of a "
@@ -158,6 +165,9 @@ def run(
     coordinator: Optional[str] = typer.Option(None, help="multi-host: host:port of process 0"),
     num_processes: Optional[int] = typer.Option(None, help="multi-host: number of processes"),
     process_id: Optional[int] = typer.Option(None, help="multi-host: this process's index"),
+    memory_limit: Optional[str] = typer.Option(None, help="preflight against this much memory, "
+                                               "e.g. 16GiB (default: $LRA_MEMORY_LIMIT, else the "
+                                               "device's)"),
 ):
     """Train MODEL on TASK, then record accuracy, step time and peak memory."""
     import signal
@@ -170,9 +180,16 @@ def run(
         set_.append(f'model.dtype="{dtype}"')
     if grad_accum is not None:
         set_.append(f"train.grad_accum={grad_accum}")
-    distributed.initialize(coordinator, num_processes, process_id)
-    show = _print_outcome if distributed.is_primary() else (lambda summary: None)
     ddir, rdir = paths.data_dir(data_dir), paths.results_dir(results_dir)
+    if memory_limit is not None:
+        from lra_bench.preflight import parse_bytes
+
+        parse_bytes(memory_limit)  # a typo fails now, not after the data is made
+    distributed.initialize(coordinator, num_processes, process_id)
+    folders = [f"--{k.replace('_', '-')} {v}" for k, v in
+               (("data_dir", data_dir), ("results_dir", results_dir)) if v is not None]
+    show = (functools.partial(_print_outcome, folders=folders) if distributed.is_primary()
+            else (lambda summary: None))
     if run_id is not None:
         if resume is not None or seeds is not None:
             raise UserError("--run-id names one new run; it cannot be combined with --resume or "
@@ -197,10 +214,19 @@ def run(
         from lra_bench.model import check as check_model
 
         check_model(rcs[0])  # a bad model config fails before any data is made or read
-        splits = data.load(rcs[0], ddir)
+        # Reading a prepared cache costs nothing, so missing data is reported first; generating
+        # a preset's data costs minutes, so that waits until the step is known to fit.
+        generated = rcs[0].data.get("generate", False)
+        splits = None if generated else data.load(rcs[0], ddir)
+        if preflight:  # the seeds share the step's shapes: one check covers them all
+            from lra_bench.preflight import ensure_fits
+
+            ensure_fits(rcs[0], memory_limit)
+        if splits is None:
+            splits = data.load(rcs[0], ddir)
         summaries = []
         for rc in rcs:
-            summaries.append(runner.execute(rc, ddir, rdir, splits=splits, preflight=preflight,
+            summaries.append(runner.execute(rc, ddir, rdir, splits=splits, preflight=False,
                                             run_id=run_id))
             show(summaries[-1])
             if summaries[-1]["status"] == "interrupted":
@@ -242,6 +268,9 @@ def report(
 
     if format not in rep.FORMATS:
         raise UserError(f"unknown format '{format}'; choose one of: {', '.join(rep.FORMATS)}")
+    if plot is not None and not plot.expanduser().absolute().parent.is_dir():
+        raise UserError(f"--plot {plot}: the folder {plot.parent} does not exist; create it or "
+                        "write the plot elsewhere")
     if sweep or sweep_id is not None or plot is not None:
         return _sweep_report(paths.results_dir(results_dir), sweep_id, format, published, plot)
     if selection not in rep.SELECTIONS:
@@ -311,11 +340,12 @@ def data_download(
     """Fetch the LRA release archive (resumable), check it and extract the parts the tasks read."""
     from lra_bench.data import download
 
-    result = download.download(paths.data_dir(to), url or download.OFFICIAL_URL, tuple(include),
+    where = paths.data_dir(to, "--to")
+    result = download.download(where, url or download.OFFICIAL_URL, tuple(include),
                                keep_archive=keep_archive, retries=retries, log=_log,
                                insecure=insecure, sha256=sha256)
     files = ", ".join(f"{k}: {v}" for k, v in sorted(result["files"].items()))
-    out.print(f"extracted to {paths.data_dir(to) / download.RELEASE} ({files})", highlight=False)
+    out.print(f"extracted to {where / download.RELEASE} ({files})", highlight=False)
 
 
 @data_app.command("prepare")
@@ -326,7 +356,8 @@ def data_prepare(
     source: Optional[str] = typer.Option(None, help="a file, a folder, 'tfds' or 'tfds:DIR' "
                                          "(default: the task's usual source)"),
     generate: bool = typer.Option(False, help="generate the source (ListOps, Pathfinder, Path-X)"),
-    set_: List[str] = typer.Option([], "--set", help="override a data setting: data.key=value"),
+    set_: List[str] = typer.Option([], "--set", metavar="data.KEY=VALUE",
+                                   help="override a data setting (repeatable)"),
     data_dir: Optional[Path] = typer.Option(None, help="default: $LRA_DATA_DIR or ./data"),
     force: bool = typer.Option(False, help="rebuild even if the cache is current"),
 ):
@@ -385,7 +416,7 @@ def data_info(
             bad = cache.verify(path, m)
             bad_any |= bool(bad)
             size += " ok" if not bad else f" CHANGED: {', '.join(bad)}"
-        t.add_row(m["task"], m["variant"], *counts, size, f"{what} {where or ''}".strip(),
+        t.add_row(m["task"], path.name, *counts, size, f"{what} {where or ''}".strip(),
                   m["created"])
     out.print(t if found else f"nothing prepared in {ddir}; see `lra data prepare --help`")
     marker = ddir / download.RELEASE / download.MARKER
@@ -456,7 +487,8 @@ def sweep(
     warmup: int = typer.Option(2, help="untimed steps after compilation"),
     mode: str = typer.Option("train", help="train (forward + backward + update) or forward"),
     preset: str = typer.Option("lra", help="the task preset whose model config is timed"),
-    set_: List[str] = typer.Option([], "--set", help="override a config value: section.key=value"),
+    set_: List[str] = typer.Option([], "--set", metavar="SECTION.KEY=VALUE",
+                                   help="override a config value (repeatable)"),
     timeout: float = typer.Option(900.0, help="seconds per point before it counts as a timeout"),
     memory_limit: Optional[str] = typer.Option(None, help="treat the device as having this much "
                                                "memory, e.g. 16GiB (default: all of it)"),
@@ -496,7 +528,8 @@ def preflight_cmd(
     model: str = typer.Option(..., "--model", "-m", help="a name from `lra list models`"),
     task: str = typer.Option(..., "--task", "-t", help="a name from `lra list tasks`"),
     preset: str = typer.Option("smoke", help="the task's hyperparameter preset: smoke or lra"),
-    set_: List[str] = typer.Option([], "--set", help="override a config value: section.key=value"),
+    set_: List[str] = typer.Option([], "--set", metavar="SECTION.KEY=VALUE",
+                                   help="override a config value (repeatable)"),
     mode: str = typer.Option("train", help="train or forward"),
     memory_limit: Optional[str] = typer.Option(
         None, help="check against this much memory, e.g. 16GiB (default: the device's, on CPU "

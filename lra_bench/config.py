@@ -15,6 +15,7 @@ only with a value of the same type. That makes a typo anywhere an error that nam
 from __future__ import annotations
 
 import copy
+import re
 import tomllib
 from dataclasses import dataclass, field
 from typing import Any
@@ -98,13 +99,30 @@ def available(kind: str) -> dict[str, Entry]:
     return dict(sorted(found.items()))
 
 
+# What a task or model TOML must declare for anything to read it.
+REQUIRED = {"tasks": ("data", ("loader", "max_length", "vocab_size", "num_classes")),
+            "models": ("mixer", ("kind",))}
+
+
 def load_spec(kind: str, name: str) -> dict[str, Any]:
     found = available(kind)
     if name not in found:
         noun = kind[:-1]
+        if not found:
+            folder = paths.tasks_dir() if kind == "tasks" else paths.models_dir()
+            raise UserError(f"no {kind} in {folder}; add a <name>.toml there (or set LRA_HOME to "
+                            "an lra-bench checkout)")
         raise UserError(f"unknown {noun} '{name}'; choose one of: {', '.join(found)}")
     entry = found[name]
-    return copy.deepcopy(entry.doc) if entry.path is None else _read_toml(entry.path)
+    doc = copy.deepcopy(entry.doc) if entry.path is None else _read_toml(entry.path)
+    section, keys = REQUIRED[kind]
+    table = doc.get(section)
+    missing = [k for k in keys if k not in table] if isinstance(table, dict) else None
+    if missing is None or missing:
+        what = f"a [{section}] table" if missing is None else f"[{section}] {', '.join(missing)}"
+        raise UserError(f"{entry.path or entry.name}: lacks {what} (every {kind[:-1]} declares "
+                        f"[{section}] {', '.join(keys)}); fix or remove the file")
+    return doc
 
 
 def _same_type(old: Any, new: Any) -> bool:
@@ -165,6 +183,13 @@ def _layers(doc: dict, task: str | None, preset: str) -> list[tuple[str, dict]]:
     return out
 
 
+def _check_preset(task: str, task_doc: dict, preset: str) -> None:
+    presets = sorted(task_doc.get("presets", {}))
+    if preset not in presets:
+        choices = ", ".join(presets) or "(none: add a [presets.<name>] table to its TOML)"
+        raise UserError(f"task '{task}' has no preset '{preset}'; choose one of: {choices}")
+
+
 def resolve(
     model: str,
     task: str,
@@ -175,9 +200,7 @@ def resolve(
 ) -> RunConfig:
     task_doc = load_spec("tasks", task)
     model_doc = load_spec("models", model)
-    presets = sorted(task_doc.get("presets", {}))
-    if preset not in presets:
-        raise UserError(f"task '{task}' has no preset '{preset}'; choose one of: {', '.join(presets)}")
+    _check_preset(task, task_doc, preset)
 
     cfg: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
     _apply(cfg, _read_toml(paths.PACKAGE_DIR / "defaults.toml"), "defaults.toml", ("model", "train"))
@@ -206,9 +229,7 @@ def resolve_data(task: str, preset: str, overrides: list[str] | tuple[str, ...] 
     """The [data] table of a task preset (layers 2, 3 and data.* --set overrides): what
     `lra data prepare` needs, without a model."""
     task_doc = load_spec("tasks", task)
-    presets = sorted(task_doc.get("presets", {}))
-    if preset not in presets:
-        raise UserError(f"task '{task}' has no preset '{preset}'; choose one of: {', '.join(presets)}")
+    _check_preset(task, task_doc, preset)
     cfg: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
     for label, layer in _layers(task_doc, None, preset):
         data = {"data": layer["data"]} if "data" in layer else {}
@@ -220,20 +241,98 @@ def resolve_data(task: str, preset: str, overrides: list[str] | tuple[str, ...] 
             raise UserError(f"--set '{text}': only data.* settings affect prepared data")
         sets.setdefault(section, {})[name] = value
     _apply(cfg, sets, "--set")
-    if cfg["data"].get("max_length", 1) <= 0:
-        raise UserError(f"{task}: data.max_length must be > 0")
+    bad = range_errors(cfg)
+    if bad:
+        raise UserError(f"{task}: {bad[0]}; change it (--set {bad[0].split(' ')[0]}=...) or "
+                        "fix its TOML")
     return cfg["data"]
+
+
+# The valid range of every numeric setting that has one, in interval notation ("[" and "]"
+# include the bound, "(" and ")" exclude it). A key a config does not have is not checked, so
+# loader- and mixer-specific keys can live here too. Rules that tie two keys together are in
+# `validate`; a mixer checks its own option choices (see lra_bench.mixers).
+RANGES: dict[str, str] = {
+    "model.emb_dim": "[1, inf)",
+    "model.qkv_dim": "[1, inf)",
+    "model.mlp_dim": "[1, inf)",
+    "model.num_layers": "[1, inf)",
+    "model.num_heads": "[1, inf)",
+    "model.dropout": "[0, 1)",
+    "model.attention_dropout": "[0, 1)",
+    "train.batch_size": "[1, inf)",
+    "train.steps": "[1, inf)",
+    "train.eval_every": "[1, inf)",
+    "train.eval_batches": "[0, inf)",
+    "train.log_every": "[1, inf)",
+    "train.learning_rate": "(0, inf)",
+    "train.warmup_steps": "[0, inf)",
+    "train.weight_decay": "[0, inf)",
+    "train.b1": "[0, 1)",
+    "train.b2": "[0, 1)",
+    "train.eps": "[0, inf)",
+    "train.grad_clip": "[0, inf)",
+    "train.checkpoint_every": "[0, inf)",
+    "train.grad_accum": "[1, inf)",
+    "data.max_length": "[1, inf)",
+    "data.vocab_size": "[2, inf)",
+    "data.num_classes": "[2, inf)",
+    "data.num_train": "[0, inf)",
+    "data.num_val": "[0, inf)",
+    "data.num_test": "[0, inf)",
+    "data.num_images": "[0, inf)",
+    "data.holdout_fraction": "(0, 1)",
+    "data.train_fraction": "(0, 1)",
+    "data.min_length": "[1, inf)",
+    "data.gen_max_length": "[1, inf)",
+    "data.max_depth": "[1, inf)",
+    "data.max_args": "[1, inf)",
+    "mixer.keep_ratio": "(0, 1]",
+    "mixer.num_landmarks": "[1, inf)",
+    "mixer.pinv_iterations": "[1, inf)",
+    "mixer.eps": "(0, inf)",
+    "mixer.init_std": "(0, inf)",
+}
+
+_INTERVAL = re.compile(r"([\[(])\s*([^,\s]+)\s*,\s*([^\])\s]+)\s*([\])])")
+
+
+def in_range(value: Any, interval: str) -> bool:
+    opening, low, high, closing = _INTERVAL.fullmatch(interval).groups()
+    low, high = float(low), float(high)
+    above = value >= low if opening == "[" else value > low
+    below = value <= high if closing == "]" else value < high
+    return above and below
+
+
+def range_errors(sections: dict[str, dict[str, Any]]) -> list[str]:
+    """'section.key = value is outside [a, b)' for every value outside its RANGES entry."""
+    out = []
+    for key, interval in RANGES.items():
+        section, name = key.split(".", 1)
+        value = sections.get(section, {}).get(name)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) \
+                and not in_range(value, interval):
+            out.append(f"{key} must be {_describe(interval)}, got {value}")
+    return out
+
+
+def _describe(interval: str) -> str:
+    """'[1, inf)' -> '>= 1', '(0, inf)' -> '> 0', '[0, 1)' -> 'in [0, 1)'."""
+    opening, low, high, _ = _INTERVAL.fullmatch(interval).groups()
+    return f"{'>=' if opening == '[' else '>'} {low}" if high == "inf" else f"in {interval}"
 
 
 def validate(rc: RunConfig) -> None:
     """Value checks that types alone cannot express."""
     m, t, d = rc.model, rc.train, rc.data
+    bad = range_errors({s: getattr(rc, s) for s in SECTIONS})
+    if bad:
+        raise UserError(f"{rc.model_name}/{rc.task_name}: {bad[0]}; change it (--set "
+                        f"{bad[0].split(' ')[0]}=...) or fix its TOML")
     checks = [
-        (m["emb_dim"] > 0 and m["mlp_dim"] > 0 and m["num_layers"] > 0, "model dims must be > 0"),
-        (m["num_heads"] > 0 and m["qkv_dim"] % m["num_heads"] == 0,
+        (m["qkv_dim"] % m["num_heads"] == 0,
          f"model.qkv_dim ({m['qkv_dim']}) must be a multiple of model.num_heads ({m['num_heads']})"),
-        (0.0 <= m["dropout"] < 1.0 and 0.0 <= m["attention_dropout"] < 1.0,
-         "dropout rates must be in [0, 1)"),
         (m["positional"] in ("sinusoidal", "learned", "none"),
          f"model.positional must be sinusoidal, learned or none, got '{m['positional']}'"),
         (m["pooling"] in ("cls", "mean", "first"),
@@ -247,8 +346,7 @@ def validate(rc: RunConfig) -> None:
         (t["selection"] in ("best_val", "last"),
          f"train.selection must be best_val or last, got '{t['selection']}'"),
         (m["dtype"] in ("float32", "bfloat16"), f"model.dtype must be float32 or bfloat16, got '{m['dtype']}'"),
-        (t["batch_size"] > 0, f"train.batch_size must be > 0, got {t['batch_size']}"),
-        (t["grad_accum"] > 0 and t["batch_size"] % t["grad_accum"] == 0,
+        (t["batch_size"] % t["grad_accum"] == 0,
          f"train.grad_accum ({t['grad_accum']}) must be > 0 and divide train.batch_size "
          f"({t['batch_size']})"),
         (t["steps"] > 0, f"train.steps must be > 0, got {t['steps']}"),
@@ -264,3 +362,13 @@ def validate(rc: RunConfig) -> None:
     for ok, msg in checks:
         if not ok:
             raise UserError(f"{rc.model_name}/{rc.task_name}: {msg}")
+
+
+def check_generated_length(data: dict[str, Any]) -> None:
+    """A generator must not make sequences longer than the model reads: they would be cut.
+    (Checked by `lra data prepare` before it generates: only a generating loader reads
+    data.gen_max_length; the synthetic loader, say, does not.)"""
+    if data.get("gen_max_length", 0) > data["max_length"]:
+        raise UserError(f"data.gen_max_length ({data['gen_max_length']}) exceeds data.max_length "
+                        f"({data['max_length']}): generated sequences would be cut; also set "
+                        f"data.gen_max_length={data['max_length']}")

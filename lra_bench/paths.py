@@ -15,6 +15,7 @@ A user folder may hold tasks/, models/ or both; a file named like a built-in one
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from importlib import resources
@@ -110,15 +111,59 @@ def models_dir():
     return builtin_root().path / "models"
 
 
-def data_dir(explicit: str | Path | None = None) -> Path:
-    """--data-dir, else $LRA_DATA_DIR, else ./data."""
-    if explicit:
-        return Path(explicit).expanduser()
-    return Path(os.environ.get("LRA_DATA_DIR", "data")).expanduser()
+def data_dir(explicit: str | Path | None = None, option: str = "--data-dir") -> Path:
+    """--data-dir (or the `option` that gave `explicit`), else $LRA_DATA_DIR, else ./data."""
+    return _folder(explicit, option, "LRA_DATA_DIR", "data")
 
 
 def results_dir(explicit: str | Path | None = None) -> Path:
     """--results-dir, else $LRA_RESULTS_DIR, else ./results."""
+    return _folder(explicit, "--results-dir", "LRA_RESULTS_DIR", "results")
+
+
+def _folder(explicit, option: str, env: str, default: str) -> Path:
+    """The folder, checked up front: a file on its path would otherwise fail only when the
+    first write comes, after minutes of work."""
     if explicit:
-        return Path(explicit).expanduser()
-    return Path(os.environ.get("LRA_RESULTS_DIR", "results")).expanduser()
+        path, named = Path(explicit).expanduser(), option
+    elif os.environ.get(env):
+        path, named = Path(os.environ[env]).expanduser(), f"${env}"
+    else:
+        path, named = Path(default), f"the default {option}"
+    for p in (path, *path.parents):
+        if p.exists():
+            if not p.is_dir():
+                where = "is a file" if p == path else f"is below the file {p}"
+                raise UserError(f"{named} {path} {where}, not a folder; give a folder path "
+                                "(it is created when missing)")
+            break
+    return path
+
+
+@contextlib.contextmanager
+def made_dirs(path: Path):
+    """mkdir -p `path`; if the block fails, remove the folders this made that are still empty,
+    so a refused or interrupted command leaves no empty folders behind."""
+    new = mkdirs(path)
+    try:
+        yield Path(path)
+    except BaseException:
+        remove_empty(new)
+        raise
+
+
+def mkdirs(path: Path) -> list[Path]:
+    """mkdir -p `path`; returns the folders it created, deepest first."""
+    path = Path(path)
+    new = [p for p in (path, *path.parents) if not p.exists()]
+    path.mkdir(parents=True, exist_ok=True)
+    return new
+
+
+def remove_empty(folders: list[Path]) -> None:
+    """Remove these folders (deepest first) while they are empty."""
+    for p in folders:
+        try:
+            p.rmdir()
+        except OSError:
+            break  # not empty (or gone): its parents are not empty either

@@ -92,6 +92,13 @@ def runs_table(runs: pd.DataFrame, selection: str = "best", results_dir: Path | 
     out["val_accuracy"] = out["val_accuracy"].where(completed) * 100.0
     out["step_time_ms"] = out["step_time_ms"].where(completed)
     if results_dir is not None:
+        # A run that stopped before its end has no summary accuracy, but its evaluations so far
+        # are in metrics.jsonl: show the best of them.
+        for i in out.index[~completed]:
+            best = best_eval(Path(results_dir) / "runs" / str(out.at[i, "run_id"]))
+            if best is not None:
+                out.at[i, "val_accuracy"] = 100.0 * best["val_accuracy"]
+                out.at[i, "best_step"] = best["step"]
         live = [results.is_active(Path(results_dir) / "runs" / str(r)) for r in out["run_id"]]
         stopped = (out["status"] == "running") & ~pd.Series(live, index=out.index, dtype=bool)
         out.loc[stopped, "status"] = "stopped"
@@ -101,6 +108,17 @@ def runs_table(runs: pd.DataFrame, selection: str = "best", results_dir: Path | 
             "step_time_ms", "selection", "started_at"]
     return out[cols].sort_values([*KEYS, "seed", "started_at"], na_position="first",
                                  kind="stable").reset_index(drop=True)
+
+
+def best_eval(run_path: Path) -> dict | None:
+    """The evaluation with the highest validation accuracy in a run's metrics.jsonl, if any."""
+    try:
+        lines = (run_path / "metrics.jsonl").read_text().splitlines()
+        evals = [json.loads(line) for line in lines if line.strip()]
+    except (OSError, ValueError):
+        return None
+    evals = [e for e in evals if isinstance(e, dict) and "val_accuracy" in e and "step" in e]
+    return max(evals, key=lambda e: e["val_accuracy"]) if evals else None
 
 
 def efficiency_table(runs: pd.DataFrame) -> pd.DataFrame:

@@ -74,8 +74,10 @@ def parse_lengths(text: str) -> list[int]:
     out = []
     for part in filter(None, (p.strip() for p in text.split(","))):
         m = re.fullmatch(r"(\d+)([kK]?)", part)
-        if not m or int(m.group(1)) <= 0:
+        if not m:
             raise UserError(f"--lengths: cannot read '{part}'; write e.g. 1024,2048 or 1K,2K")
+        if int(m.group(1)) <= 0:
+            raise UserError(f"--lengths: {part} is not a length; give lengths >= 1, e.g. 1024,2048")
         out.append(int(m.group(1)) * (1024 if m.group(2) else 1))
     if not out:
         raise UserError("--lengths: give at least one length, e.g. --lengths 1024,2048")
@@ -90,7 +92,10 @@ def plan(task: str, models: str, lengths: str, preset: str = "lra", batch_size: 
     names = list(available) if models.strip() == "all" else \
         [m.strip() for m in models.split(",") if m.strip()]
     unknown = [m for m in names if m not in available]
-    if unknown or not names:
+    if not names:
+        raise UserError(f"--models '{models}' names no model; give names from: "
+                        f"{', '.join(available) or '(none registered)'}, or all")
+    if unknown:
         raise UserError(f"unknown model(s) {', '.join(unknown) or '(none)'}; choose from: "
                         f"{', '.join(available)} or all")
     if mode not in MODES:

@@ -93,3 +93,21 @@ def test_missing_data_is_a_user_error_naming_the_fix(tmp_path, results_dir):
 def test_report_without_runs_says_how_to_make_one(results_dir):
     r = invoke("report", "--results-dir", results_dir)
     assert r.exit_code == 2 and "lra run" in r.stderr
+
+
+def test_version_list_formats_completion_and_plain_help():
+    r = invoke("--version")
+    assert r.exit_code == 0 and r.stdout.startswith("lra-bench ") and "\njax " in r.stdout
+    assert "\nflax " in r.stdout and "devices: " in r.stdout
+    listed = json.loads(invoke("list", "--format", "json").stdout)
+    assert {t["task"] for t in listed["tasks"]} >= {"listops", "text"}
+    softmax = [m for m in listed["models"] if m["model"] == "transformer"][0]
+    assert softmax["mixer"] == "softmax" and isinstance(softmax["options"], dict)
+    csv_text = invoke("list", "models", "--format", "csv").stdout
+    assert csv_text.splitlines()[0] == "model,mixer,options,description"
+    assert len(csv_text.splitlines()) == 1 + len(listed["models"])
+    assert "--install-completion" in invoke("--help").stdout
+    for command in (["run"], ["report"], ["sweep"], ["data", "prepare"], ["data", "download"]):
+        text = invoke(*command, "--help").stdout
+        assert "<bool>" not in text and "--help" in text, command
+    assert "--preflight / --no-preflight" in invoke("run", "--help").stdout

@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from lra_bench import config
@@ -34,12 +36,14 @@ def test_set_overrides_with_type_checks():
     ("model.dropout=true", "'model.dropout' must be float"),
     ("bogus.x=1", "unknown section 'bogus'"),
     ("steps=3", "expected section.key=value"),
-    ("train.steps=0", "train.steps must be > 0"),
+    ("train.steps=0", "train.steps must be >= 1, got 0"),
+    ("train.warmup_steps=-5", "train.warmup_steps must be >= 0, got -5"),
+    ("model.dropout=1.0", "model.dropout must be in [0, 1), got 1.0"),
     ("model.qkv_dim=31", "must be a multiple of model.num_heads"),
     ("model.pooling=max", "model.pooling must be cls, mean or first"),
 ])
 def test_bad_overrides_are_user_errors(override, message):
-    with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(UserError, match=re.escape(message)):
         config.resolve("transformer", "listops", "smoke", overrides=[override])
 
 

@@ -23,7 +23,7 @@ def test_writer_commits_atomically_and_leaves_nothing_on_failure(tmp_path):
         with cache.CacheWriter(dest) as w:
             write_splits(w)
             raise RuntimeError("interrupted halfway")
-    assert not (tmp_path / "task").exists()  # not even the folder the writer made
+    assert list(tmp_path.iterdir()) == []  # not even the empty task folder
     with cache.CacheWriter(dest) as w:
         write_splits(w)
         manifest = w.commit({"config": {"a": 1}, "source": {}})
@@ -84,9 +84,10 @@ def test_generated_listops_is_reused_and_matches_a_direct_generation(tmp_path):
     _, _, wrote = prepare.prepare("listops", "smoke", data, tmp_path, log=lambda m: None)
     assert not wrote
     # a new max_length re-prepares the cache from the same generated TSVs
-    marker = prepare.generated_path(tmp_path, "listops", "smoke") / "generated.json"
+    keyed = prepare.cache_name("listops", "smoke", data, listops.GENERATOR_KEYS)
+    marker = prepare.generated_path(tmp_path, "listops", keyed) / "generated.json"
     stamp = marker.stat().st_mtime_ns
-    shorter = config.resolve_data("listops", "smoke", sets + ["data.max_length=10"])
-    _, manifest, wrote = prepare.prepare("listops", "smoke", shorter, tmp_path, log=lambda m: None)
-    assert wrote and manifest["splits"]["test"]["inputs"]["shape"] == [8, 10]
+    longer = config.resolve_data("listops", "smoke", sets + ["data.max_length=200"])
+    _, manifest, wrote = prepare.prepare("listops", "smoke", longer, tmp_path, log=lambda m: None)
+    assert wrote and manifest["splits"]["test"]["inputs"]["shape"] == [8, 200]
     assert marker.stat().st_mtime_ns == stamp

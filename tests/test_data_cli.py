@@ -29,6 +29,15 @@ def lra(*args):
     return runner.invoke(app, [str(a) for a in args])
 
 
+def cache_dir(data: Path, task: str, sets: list[str], preset: str = "smoke") -> Path:
+    """Where the cache of these --set overrides lives (keyed by its settings)."""
+    from lra_bench import config
+    from lra_bench.data import prepare
+
+    settings = config.resolve_data(task, preset, [s for s in sets if s != "--set"])
+    return prepare.cache_path(data, task, prepare.cache_name(task, preset, settings))
+
+
 def write_aan(folder: Path, n=6, bad: str | None = None) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for name in ("new_aan_pairs.train.tsv", "new_aan_pairs.eval.tsv", "new_aan_pairs.test.tsv"):
@@ -70,13 +79,14 @@ def test_a_failed_prepare_keeps_the_previous_cache_intact(tmp_path):
     ok = lra("data", "prepare", "retrieval", "--preset", "smoke", "--source", tmp_path / "tsv",
              "--data-dir", data, *SMALL)
     assert ok.exit_code == 0, ok.output
-    before = {p: p.read_bytes() for p in (data / "prepared" / "retrieval" / "smoke").iterdir()}
+    cached = cache_dir(data, "retrieval", SMALL)
+    before = {p: p.read_bytes() for p in cached.iterdir()}
     write_aan(tmp_path / "tsv", bad="x\ty\tz\tw\tv")  # a changed source that fails to parse
     one_error_line(lra("data", "prepare", "retrieval", "--preset", "smoke", "--source",
                        tmp_path / "tsv", "--data-dir", data, *SMALL), progress_lines=3)
-    after = {p: p.read_bytes() for p in (data / "prepared" / "retrieval" / "smoke").iterdir()}
+    after = {p: p.read_bytes() for p in cached.iterdir()}
     assert after == before
-    kept = sorted([f"smoke/{p.name}" for p in before] + ["smoke"])
+    kept = sorted([f"{cached.name}/{p.name}" for p in before] + [cached.name])
     assert leftovers(data / "prepared" / "retrieval") == kept
 
 
@@ -86,7 +96,7 @@ def test_prepare_is_idempotent_and_notices_a_changed_source(tmp_path):
     args = ["data", "prepare", "retrieval", "--preset", "smoke", "--source", tmp_path / "tsv",
             "--data-dir", data, *SMALL]
     assert "retrieval/smoke: prepared" in lra(*args).stdout
-    manifest = data / "prepared" / "retrieval" / "smoke" / "manifest.json"
+    manifest = cache_dir(data, "retrieval", SMALL) / "manifest.json"
     stamp = manifest.stat().st_mtime_ns
     second = lra(*args)
     assert "already prepared" in second.stdout and manifest.stat().st_mtime_ns == stamp
@@ -97,7 +107,7 @@ def test_prepare_is_idempotent_and_notices_a_changed_source(tmp_path):
     assert len(m["splits"]["train"]["inputs"]["sha256"]) == 64
     info = lra("data", "info", "--data-dir", data, "--verify")
     assert info.exit_code == 0 and "retrieval" in info.stdout and " ok" in info.stdout
-    np.save(data / "prepared" / "retrieval" / "smoke" / "val.labels.npy", np.ones(6, np.int32))
+    np.save(manifest.parent / "val.labels.npy", np.ones(6, np.int32))
     assert lra("data", "info", "--data-dir", data, "--verify").exit_code == 1
 
 
@@ -111,7 +121,8 @@ def test_run_on_unprepared_or_differently_prepared_data_names_the_command(tmp_pa
         "--data-dir", data, *SMALL)
     line = one_error_line(lra("run", "-m", "transformer", "-t", "retrieval", "--data-dir", data,
                               "--results-dir", results, *SMALL[:-2], "--set", "data.num_test=2"))
-    assert "num_test 0 -> 2" in line and "--set data.num_test=2" in line
+    # each configuration has its own cache: another --set names the command that makes it
+    assert "is not prepared" in line and "--set data.num_test=2" in line
     assert not results.exists()
 
 

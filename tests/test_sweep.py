@@ -134,7 +134,7 @@ def test_a_hung_point_times_out_and_a_killed_one_reads_as_oom():
 
 @pytest.mark.parametrize("args, message", [
     (["--models", "nope"], "unknown model(s) nope"),
-    (["--lengths", "0,12x"], "--lengths: cannot read '0'"),
+    (["--lengths", "0,12x"], "--lengths: 0 is not a length"),
     (["--set", "train.bogus=1"], "unknown key 'train.bogus'"),
     (["--mode", "infer"], "unknown mode 'infer'"),
     (["--memory-limit", "lots"], "cannot read memory size 'lots'"),

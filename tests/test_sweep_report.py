@@ -79,6 +79,7 @@ def test_csv_format_is_the_sweep_schema(results):
 
 def test_plot_is_written(results, tmp_path):
     png = tmp_path / "plots" / "sweep.png"
+    png.parent.mkdir()  # a missing folder is an error (tests/test_bad_inputs.py), not made
     r = invoke("--sweep", "--results-dir", results, "--plot", png)
     assert r.exit_code == 0, r.output
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -30,6 +30,7 @@ import numpy as np
 
 from lra_bench.data.safety import ensure_free
 from lra_bench.errors import UserError
+from lra_bench.paths import mkdirs, remove_empty
 from lra_bench.results import utc_now, write_json_atomic
 
 FORMAT = 1
@@ -67,9 +68,7 @@ class CacheWriter:
 
     def __init__(self, dest: Path):
         self.dest = Path(dest)
-        # the folders made here go again on failure, so a refused source leaves nothing behind
-        self._made = [p for p in (self.dest.parent, *self.dest.parent.parents) if not p.exists()]
-        self.dest.parent.mkdir(parents=True, exist_ok=True)
+        self._new_dirs = mkdirs(self.dest.parent)
         self.tmp = Path(tempfile.mkdtemp(dir=self.dest.parent, prefix=f".{self.dest.name}.tmp-"))
         self._splits: dict[str, dict] = {}
         self._committed = False
@@ -80,11 +79,7 @@ class CacheWriter:
     def __exit__(self, *exc) -> None:
         if not self._committed:
             shutil.rmtree(self.tmp, ignore_errors=True)
-            for folder in self._made:  # deepest first
-                try:
-                    folder.rmdir()
-                except OSError:
-                    break
+            remove_empty(self._new_dirs)
 
     def _room(self, shape: tuple[int, ...], dtype, what: str) -> None:
         # A source can make arrays far bigger than itself (a short line -> a max_length row):

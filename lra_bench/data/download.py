@@ -35,6 +35,7 @@ from typing import Callable
 from lra_bench.data.cache import sha256_file
 from lra_bench.data.safety import TarGuard, data_filter_ok, ensure_free, gib, limits
 from lra_bench.errors import UserError
+from lra_bench.paths import made_dirs
 
 OFFICIAL_URL = "https://storage.googleapis.com/long-range-arena/lra_release.gz"
 ARCHIVE = "lra_release.gz"
@@ -132,9 +133,13 @@ def fetch(url: str, dest: Path, *, retries: int = 5, timeout: float = 60,
     opener = urllib.request.build_opener(_SameSchemeRedirects(insecure))
     dest = Path(dest)
     part = dest.with_name(dest.name + ".part")
-    dest.parent.mkdir(parents=True, exist_ok=True)
     max_bytes = limits("lra_release")["archive_bytes"] if max_bytes is None else max_bytes
+    with made_dirs(dest.parent):  # a download that gets nothing leaves no empty folder
+        return _fetch(url, dest, part, retries, timeout, log, opener, max_bytes)
 
+
+def _fetch(url: str, dest: Path, part: Path, retries: int, timeout: float, log: Log, opener,
+           max_bytes: int) -> int:
     def too_big(n: int) -> UserError:
         part.unlink(missing_ok=True)
         return UserError(f"{url} sends {gib(n)} or more, more than the LRA release can be (cap "
@@ -200,8 +205,9 @@ def fetch(url: str, dest: Path, *, retries: int = 5, timeout: float = 60,
                 progress.close()
         if failures > retries:
             got = part.stat().st_size if part.exists() else 0
-            raise UserError(f"downloading {url} failed {failures} times (last: {error}); "
-                            f"{got} bytes are kept in {part}: run the same command to resume")
+            kept = (f"{got} bytes are kept in {part}: run the same command to resume" if got
+                    else "check the network (or --url), then run the same command")
+            raise UserError(f"downloading {url} failed {failures} times (last: {error}); {kept}")
         log(f"transfer interrupted ({error}); retrying ({failures}/{retries})")
         time.sleep(BACKOFF_S * failures)
     part.rename(dest)

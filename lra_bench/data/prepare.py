@@ -17,6 +17,7 @@ Preparing is idempotent: when the cache's settings and source fingerprint match,
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib
 import json
 import re
@@ -27,8 +28,10 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
+from lra_bench.config import check_generated_length, resolve_data
 from lra_bench.data.cache import CacheWriter, prep_config, read, read_manifest, sha256_file
 from lra_bench.errors import UserError
+from lra_bench.paths import made_dirs
 
 PREPARED = "prepared"
 Log = Callable[[str], None]
@@ -58,6 +61,22 @@ def cache_path(data_dir: Path, task: str, variant: str) -> Path:
     return Path(data_dir) / PREPARED / folder_name(task, "task") / folder_name(variant, "data.variant")
 
 
+def cache_name(task: str, preset: str, data: dict[str, Any], keys=None) -> str:
+    """The folder a configuration's cache (or, with the generator's `keys`, its generated source)
+    lives in: the variant for the preset's own settings, else the variant plus a hash of the
+    settings, so an override (--set data.max_length=64) never replaces another configuration's
+    cache. A variant the user names (--set data.variant=...) is used as it is."""
+    base = resolve_data(task, preset)
+
+    def settings(d: dict) -> dict:
+        return prep_config(d) if keys is None else {k: d.get(k) for k in sorted(keys)}
+
+    if data["variant"] != base.get("variant") or settings(data) == settings(base):
+        return data["variant"]
+    digest = hashlib.sha256(json.dumps(settings(data), sort_keys=True).encode()).hexdigest()
+    return f"{data['variant']}-{digest[:8]}"
+
+
 def generated_path(data_dir: Path, task: str, variant: str) -> Path:
     """Where --generate writes a source (ListOps TSVs, Pathfinder PNGs): where
     `python -m lra_bench.data.listops --out` has always put them."""
@@ -72,7 +91,7 @@ def prepare(task: str, preset: str, data: dict[str, Any], data_dir: Path, *,
     The source is `source`, else the generator when `generate` is set or the preset says
     `data.generate = true`, else the loader's default source."""
     module = loader_module(data["loader"])
-    dest = cache_path(data_dir, task, data["variant"])
+    dest = cache_path(data_dir, task, cache_name(task, preset, data))
     want = prep_config(data)
     try:
         current = read_manifest(dest)
@@ -89,7 +108,8 @@ def prepare(task: str, preset: str, data: dict[str, Any], data_dir: Path, *,
         if (not force and current is not None and current["config"] == want
                 and current["source"].get("generated")):
             return dest, current, False
-        source = str(generated_source(module, task, data, data_dir, force, log))
+        check_generated_length(data)
+        source = str(generated_source(module, task, preset, data, data_dir, force, log))
         fingerprint = {**module.fingerprint(source, data), "generated": True}
     else:
         source = str(source) if source is not None else module.default_source(data, Path(data_dir))
@@ -112,11 +132,12 @@ def prepare(task: str, preset: str, data: dict[str, Any], data_dir: Path, *,
     return dest, manifest, True
 
 
-def generated_source(module, task: str, data: dict, data_dir: Path, force: bool, log: Log) -> Path:
+def generated_source(module, task: str, preset: str, data: dict, data_dir: Path, force: bool,
+                     log: Log) -> Path:
     """Run the loader's generator into <data_dir>/<task>/<variant>, atomically; reuse what is
     there when it was generated with the same settings (files without our stamp are made again:
     generation is deterministic)."""
-    out = generated_path(data_dir, task, data["variant"])
+    out = generated_path(data_dir, task, cache_name(task, preset, data, module.GENERATOR_KEYS))
     # Only the generator's own settings count: a new max_length must not redraw 200,000 images.
     stamp = {"generator": module.__name__,
              "config": {k: data[k] for k in sorted(module.GENERATOR_KEYS)}}
@@ -129,16 +150,16 @@ def generated_source(module, task: str, data: dict, data_dir: Path, force: bool,
             pass
     if out.exists():
         log(f"{out} will be replaced: it was not generated with these settings")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
-    try:
-        module.generate_source(data, tmp, log)
-        (tmp / "generated.json").write_text(json.dumps(stamp, indent=2, sort_keys=True) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with made_dirs(out.parent):
+        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+        try:
+            module.generate_source(data, tmp, log)
+            (tmp / "generated.json").write_text(json.dumps(stamp, indent=2, sort_keys=True) + "\n")
+            if out.exists():
+                shutil.rmtree(out)
+            tmp.rename(out)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
@@ -170,7 +191,7 @@ def prepare_command(task: str, preset: str, data_dir: Path, overrides=()) -> str
 
 def load(rc, data_dir: Path, log: Log = stderr_log):
     """The prepared splits (memory-mapped) and manifest of a run's task preset."""
-    dest = cache_path(data_dir, rc.task_name, rc.data["variant"])
+    dest = cache_path(data_dir, rc.task_name, cache_name(rc.task_name, rc.preset, rc.data))
     manifest = read_manifest(dest)
     want = prep_config(rc.data)
     if manifest is None or manifest["config"] != want:

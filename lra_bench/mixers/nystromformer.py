@@ -137,8 +137,10 @@ class Mixer(HeadProjections):
     def __init__(self, spec: MixerSpec, *, rngs: nnx.Rngs, num_landmarks: int = 64,
                  conv_kernel: int = 35, pinv_iterations: int = 6, pinv_init: str = "per_matrix",
                  pinv: str = "iterative"):
-        if num_landmarks < 1:
-            raise UserError(f"mixer.num_landmarks must be >= 1, got {num_landmarks}")
+        if not 1 <= num_landmarks <= spec.max_length:
+            raise UserError(f"mixer.num_landmarks ({num_landmarks}) must be between 1 and the "
+                            f"sequence length ({spec.max_length} tokens); set "
+                            f"mixer.num_landmarks={min(64, spec.max_length)} or lower")
         if conv_kernel < 0 or (conv_kernel and conv_kernel % 2 == 0):
             raise UserError(f"mixer.conv_kernel must be odd (or 0 for no conv), got {conv_kernel}")
         if pinv_init not in PINV_INITS:
