@@ -146,7 +146,7 @@ CASES = [
     ("ListOps smoke cut shorter than its expressions",
      [*LISTOPS, *TINY, "--set", "data.max_length=64"], "also set data.gen_max_length=64", None),
     ("download offline",
-     ["data", "download", "--url", "http://127.0.0.1:9/lra_release.gz", "--retries", "0",
+     ["data", "download", "--url", "http://127.0.0.1:9/lra_release.gz", "--retries", "0", "--insecure",
       "--to", "{tmp}/dl"], "run the same command", None),
     ("download into a file",
      ["data", "download", "--to", "{tmp}/file"], "--to {tmp}/file is a file",

@@ -104,7 +104,7 @@ def test_version_list_formats_completion_and_plain_help():
     softmax = [m for m in listed["models"] if m["model"] == "transformer"][0]
     assert softmax["mixer"] == "softmax" and isinstance(softmax["options"], dict)
     csv_text = invoke("list", "models", "--format", "csv").stdout
-    assert csv_text.splitlines()[0] == "model,mixer,options,description"
+    assert csv_text.splitlines()[0] == "model,mixer,options,description,source"
     assert len(csv_text.splitlines()) == 1 + len(listed["models"])
     assert "--install-completion" in invoke("--help").stdout
     for command in (["run"], ["report"], ["sweep"], ["data", "prepare"], ["data", "download"]):
