@@ -188,6 +188,11 @@ def run(
             done = sum(s["status"] == "completed" for s in summaries)
             err.print(f"{done}/{len(rcs)} seeds completed; `lra report` aggregates them, "
                       "`lra report --runs` lists each", highlight=False)
+    if summaries and summaries[0].get("preset") == "smoke" and distributed.is_primary():
+        err.print("note: smoke is a seconds-long plumbing check (tiny model, few steps): its "
+                  "accuracy sits near the majority class by design and says nothing about the "
+                  "model. For a run that learns on a laptop use --preset quick (docs/quick.md).",
+                  highlight=False)
     interrupted = [s for s in summaries if s["status"] == "interrupted"]
     if interrupted:
         name = interrupted[0].get("signal") or "SIGINT"

@@ -527,3 +527,16 @@ def learning_curves(runs: pd.DataFrame, results_dir: Path) -> pd.DataFrame:
     out = pd.concat(frames, ignore_index=True)
     out["val_accuracy"] = out["val_accuracy"] * 100.0
     return out
+
+
+def read_csv_tables(text: str) -> dict[str, pd.DataFrame]:
+    """Parse `--format csv` output back into {name: table}."""
+    tables, name, lines = {}, None, []
+    for line in text.splitlines() + ["# "]:
+        if line.startswith("# "):
+            if name is not None:
+                tables[name] = pd.read_csv(io.StringIO("\n".join(lines)))
+            name, lines = line[2:].split(":", 1)[0], []
+        elif line.strip():
+            lines.append(line)
+    return tables
