@@ -200,11 +200,13 @@ def runs_table(runs: pd.DataFrame, selection: str = "run", results_dir: Path | N
 
 
 def efficiency_table(runs: pd.DataFrame) -> pd.DataFrame:
-    """Median step time, peak memory and size per (preset, model, task)."""
+    """Median step time and wall time (whole run: data, compile, training, evaluation), peak
+    memory and size per (preset, model, task)."""
     done = runs[runs.get("status") == "completed"] if len(runs) else runs
     if done.empty:
         return pd.DataFrame()
-    cols = {"step_time_ms": "median", "peak_memory_bytes": "max", "compile_time_s": "median",
+    cols = {"step_time_ms": "median", "wall_time_s": "median", "peak_memory_bytes": "max",
+            "compile_time_s": "median",
             "params": "first", "flops_per_step": "first", "memory_source": "first",
             "device_kind": "first", "batch_size": "first", "max_length": "first",
             "run_id": "count"}
@@ -372,9 +374,10 @@ def published_blocks(runs: pd.DataFrame, selection: str | None = None
 
 
 def efficiency_rows(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
-    header = ["preset", "model", "task", "step ms", "peak MiB", "memory source", "params",
-              "compile s", "device"]
+    header = ["preset", "model", "task", "step ms", "wall s", "peak MiB", "memory source",
+              "params", "compile s", "device"]
     rows = [[r["preset"], r["model"], r["task"], _fmt(r.get("step_time_ms")),
+             _fmt(r.get("wall_time_s"), 0),
              _fmt(r.get("peak_memory_mb"), 1), _fmt(r.get("memory_source")),
              "-" if pd.isna(r.get("params")) else f"{int(r['params']):,}",
              _fmt(r.get("compile_time_s")), _fmt(r.get("device_kind"))]
