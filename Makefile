@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 
 # The quick preset (docs/quick.md): three models that learn ListOps in a few minutes each on
 # 2 CPU cores, the leaderboard with the test split's majority class, and their learning curves.
-DEMO_MODELS := transformer linear nystromformer
+DEMO_MODELS := transformer fourier linear
 demo: setup
 	for m in $(DEMO_MODELS); do $(BIN)/lra run --model $$m --task listops --preset quick || exit 1; done
 	$(BIN)/lra report --preset quick --task listops $(DEMO_MODELS:%=-m %) --curves results/demo_curves.png
