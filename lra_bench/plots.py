@@ -110,7 +110,7 @@ def plot_curves(curves: pd.DataFrame, path: Path, title: str,
     groups = list(curves.groupby(["preset", "task"], sort=True))
     models = sorted(curves["model"].unique())
     colours = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(models)}
-    fig, axes = plt.subplots(len(groups), 2, figsize=(11, 3.6 * len(groups) + 0.9),
+    fig, axes = plt.subplots(len(groups), 2, figsize=(11, 3.8 * len(groups) + 1.3),
                              squeeze=False, constrained_layout=True)
     for row, ((preset, task), data) in zip(axes, groups):
         seeds = data.groupby("model")["seed"].nunique()
@@ -126,15 +126,23 @@ def plot_curves(curves: pd.DataFrame, path: Path, title: str,
                 if n > 1:
                     ax.fill_between(stats.index, stats["min"], stats["max"],
                                     color=colours[model], alpha=0.18, lw=0)
+            heading = f"{task} ({preset} preset): {label}"
             if column == "val_accuracy" and (preset, task) in baselines:
-                ax.axhline(baselines[(preset, task)], color="0.25", ls="--", lw=1.2,
-                           label=f"majority class of the test split "
-                                 f"({baselines[(preset, task)]:.1f}%)")
-            ax.set_title(f"{task} ({preset} preset): {label}", fontsize=10)
+                chance = baselines[(preset, task)]
+                ax.axhline(chance, color="0.25", ls="--", lw=1.2,
+                           label="majority class of the test split")
+                heading += f"\ndashed: majority class of the test split, {chance:.1f}%"
+            ax.set_title(heading, fontsize=10)
             ax.set_xlabel("training step")
             ax.set_ylabel(label)
             ax.grid(True, alpha=0.3)
-        row[0].legend(fontsize=8, loc="best", framealpha=0.85)
+    # One legend for the figure, below the panels, so it never covers a curve.
+    labels = {}
+    for ax in axes.flat:
+        for handle, text in zip(*ax.get_legend_handles_labels()):
+            labels.setdefault(text, handle)
+    fig.legend(labels.values(), labels.keys(), loc="outside lower center", fontsize=8,
+               ncol=min(len(labels), 4))
     fig.suptitle(title, fontsize=10)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
