@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import typer
 from rich.console import Console
@@ -235,6 +235,11 @@ def run(
             done = sum(s["status"] == "completed" for s in summaries)
             err.print(f"{done}/{len(rcs)} seeds completed; `lra report` aggregates them, "
                       "`lra report --runs` lists each", highlight=False)
+    if summaries and summaries[0].get("preset") == "smoke" and distributed.is_primary():
+        err.print("note: smoke is a seconds-long plumbing check (tiny model, few steps): its "
+                  "accuracy sits near the majority class by design and says nothing about the "
+                  "model. For a run that learns on a laptop use --preset quick (docs/quick.md).",
+                  highlight=False)
     interrupted = [s for s in summaries if s["status"] == "interrupted"]
     if interrupted:
         name = interrupted[0].get("signal") or "SIGINT"
@@ -247,13 +252,22 @@ def run(
 @user_errors
 def report(
     results_dir: Optional[Path] = typer.Option(None, help="default: $LRA_RESULTS_DIR or ./results"),
-    format: str = typer.Option("table", "--format", "-f", help="table, markdown, csv or json"),
-    selection: str = typer.Option("best", help="test accuracy of the best-val parameters (best) "
-                                  "or of the last ones (last)"),
-    published: bool = typer.Option(False, help="show the papers' published accuracy rows too "
-                                   "(with --sweep: the LRA Table 2 efficiency rows)"),
+    format: str = typer.Option("table", "--format", "-f", help="table, markdown, csv, json or "
+                               "latex (every format holds every table)"),
+    selection: str = typer.Option("run", help="which parameters' test accuracy: run (each run's "
+                                  "own rule), best (best-val) or last"),
+    published: bool = typer.Option(False, help="show the published accuracy rows too, one block "
+                                   "per protocol beside runs of the same preset (with --sweep: "
+                                   "the LRA Table 2 efficiency rows)"),
     runs_: bool = typer.Option(False, "--runs", help="list every run (any status) instead of "
                                "the leaderboard"),
+    models: List[str] = typer.Option([], "--model", "-m", help="only this model (repeatable)"),
+    tasks: List[str] = typer.Option([], "--task", "-t", help="only this task (repeatable)"),
+    presets: List[str] = typer.Option([], "--preset", help="only this preset (repeatable)"),
+    curves: Optional[Path] = typer.Option(None, help="also draw validation accuracy and training "
+                                          "loss against step into this .png"),
+    compare: Optional[Tuple[str, str]] = typer.Option(None, help="show two runs side by side: "
+                                                      "the config keys that differ, the metrics"),
     sweep: bool = typer.Option(False, "--sweep", help="report a sweep (ID, default the latest) "
                                "in the LRA Table 2 layout instead of the leaderboard"),
     sweep_id: Optional[str] = typer.Argument(None, metavar="ID", help="with --sweep: which sweep"),
@@ -262,8 +276,8 @@ def report(
     grid: Optional[str] = typer.Option(None, "--grid", help="only grid ID's runs (`latest`: the "
                                        "newest grid), missing cells marked"),
 ):
-    """Leaderboard of every finished run (one row per model, one column per task), or with
-    --sweep [ID] the efficiency of a sweep (LRA Table 2)."""
+    """Leaderboard of every finished run (one row per model, one column per task, a majority-class
+    row per preset), or with --sweep [ID] the efficiency of a sweep (LRA Table 2)."""
     from lra_bench import report as rep
 
     if format not in rep.FORMATS:
@@ -274,49 +288,58 @@ def report(
     if sweep or sweep_id is not None or plot is not None:
         return _sweep_report(paths.results_dir(results_dir), sweep_id, format, published, plot)
     if selection not in rep.SELECTIONS:
-        raise UserError(f"unknown selection '{selection}'; choose best or last")
+        raise UserError(f"unknown selection '{selection}'; choose run, best or last")
     rdir = paths.results_dir(results_dir)
+    if compare:
+        from lra_bench.compare import compare as compare_runs
+
+        return _show(compare_runs(rdir, *compare), format)
     runs, warnings = rep.load_runs(rdir)
     for w in warnings:
         err.print(f"warning: {w}", highlight=False, markup=False)
-    rule = rep.SELECTIONS[selection][2]
+    runs = rep.filter_runs(runs, models, tasks, presets)
+    filters = " ".join([*(f"-m {m}" for m in models), *(f"-t {t}" for t in tasks),
+                        *(f"--preset {p}" for p in presets)])
     if grid is not None:
         from lra_bench.grid import report as grid_report
 
-        tables, frames, _ = grid_report(rdir, grid, selection)
+        ((title, header, rows),), frames, _ = grid_report(rdir, grid, selection)
+        shown = [rep.Shown("grid", title, header, rows, frames["grid"])]
     elif runs_:
         table = rep.runs_table(runs, selection, rdir)
         if table.empty:
-            raise UserError(f"no runs in {rdir}; train one with: lra run --model transformer "
-                            "--task listops")
-        tables = [(f"Runs: accuracy (%) of the {rule}", *rep.run_rows(table))]
-        frames = {"runs": table}
+            raise UserError(f"no runs in {rdir}{' match ' + filters if filters else ''}; train "
+                            "one with: lra run --model transformer --task listops")
+        shown = [rep.Shown("runs", f"Runs: accuracy (%) of the {rep.SELECTIONS[selection][2]}",
+                           *rep.run_rows(table), table)]
     else:
-        acc = rep.accuracy_table(runs, selection)
-        if acc.empty:
-            raise UserError(f"no completed runs in {rdir}; train one with: lra run --model "
-                            "transformer --task listops")
-        eff = rep.efficiency_table(runs)
-        tables = [(f"Test accuracy (%), {rule}; mean ± std over seeds (the latest run of each "
-                   "seed; diverged runs are counted, never averaged)", *rep.accuracy_rows(acc)),
-                  ("Efficiency (median step time, peak memory)", *rep.efficiency_rows(eff))]
-        frames = {"accuracy": acc, "efficiency": eff}
-        rep.save_tables(rdir, frames)
-        if published:
-            tasks = [c for c in rep.accuracy_rows(acc)[0][2:-1]]
-            tables.append(("Published accuracy (%, from the papers; not measured here)",
-                           *rep.published_rows(tasks or rep.TASK_ORDER)))
-    if format == "csv":
-        sys.stdout.write(rep.to_csv(next(iter(frames.values()))))
-        return
-    if format == "json":
-        sys.stdout.write(rep.to_json(frames) + "\n")
-        return
-    for title, header, rows in tables:
-        if format == "markdown":
-            out.print(f"### {title}\n\n{rep.markdown(header, rows)}\n", highlight=False, markup=False)
-        else:
-            out.print(rep.rich_table(title, header, rows))
+        shown = rep.leaderboard(runs, selection, published)
+        if not shown:
+            raise UserError(f"no completed runs in {rdir}{' match ' + filters if filters else ''}"
+                            "; train one with: lra run --model transformer --task listops")
+        if not filters:
+            rep.save_tables(rdir, {t.name: t.frame for t in shown[:2]})
+    _show(shown, format)
+    if curves is not None:
+        from lra_bench.plots import plot_curves
+
+        data = rep.learning_curves(runs, rdir)
+        chance = {(r["preset"], r["task"]): 100.0 * r["test_majority"]
+                  for _, r in rep.majority_shares(rep.finished_runs(rep.normalise(runs))).iterrows()}
+        title = "Learning curves: mean over seeds, band = min-max over seeds" + (
+            f" ({filters})" if filters else "")
+        written = plot_curves(data, curves, title, chance)
+        err.print(f"curves written to {written}", highlight=False)
+
+
+def _show(shown, format: str) -> None:
+    from lra_bench import report as rep
+
+    if format == "table":
+        for t in shown:
+            out.print(rep.rich_table(t.title, t.header, t.rows))
+    else:
+        sys.stdout.write(rep.render(shown, format))
 
 
 data_app = typer.Typer(no_args_is_help=True, help="Get, prepare and inspect the task data.")

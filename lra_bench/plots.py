@@ -82,3 +82,69 @@ def plot_sweep(df: pd.DataFrame, path: Path, title: str, baseline: str = "transf
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+CURVE_PANELS = (("val_accuracy", "validation accuracy (%)"), ("train_loss", "training loss"))
+
+
+def plot_curves(curves: pd.DataFrame, path: Path, title: str,
+                baselines: dict[tuple[str, str], float] | None = None) -> Path:
+    """Learning curves: one row of panels per (preset, task), validation accuracy and training
+    loss against step; one line per model (the mean over seeds) with a min-max band over seeds;
+    the test split's majority-class share (%) as a dashed line on the accuracy panel.
+
+    curves: preset, model, task, seed, step, train_loss, val_accuracy (%);
+    baselines: (preset, task) -> majority share (%)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise UserError(f"--curves {path}: give a .png path, e.g. --curves curves.png")
+    if curves.empty:
+        raise UserError("no learning curves to draw: the selected runs have no metrics.jsonl; "
+                        "train one with: lra run --model transformer --task listops --preset quick")
+    baselines = baselines or {}
+    groups = list(curves.groupby(["preset", "task"], sort=True))
+    models = sorted(curves["model"].unique())
+    colours = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(models)}
+    fig, axes = plt.subplots(len(groups), 2, figsize=(11, 3.8 * len(groups) + 1.3),
+                             squeeze=False, constrained_layout=True)
+    for row, ((preset, task), data) in zip(axes, groups):
+        seeds = data.groupby("model")["seed"].nunique()
+        for ax, (column, label) in zip(row, CURVE_PANELS):
+            for model in models:
+                mine = data[data["model"] == model].dropna(subset=[column])
+                if mine.empty:
+                    continue
+                stats = mine.groupby("step")[column].agg(["mean", "min", "max"]).sort_index()
+                n = int(seeds.get(model, 1))
+                ax.plot(stats.index, stats["mean"], color=colours[model], lw=1.6,
+                        label=f"{model} (mean of {n} seed{'s' if n != 1 else ''})")
+                if n > 1:
+                    ax.fill_between(stats.index, stats["min"], stats["max"],
+                                    color=colours[model], alpha=0.18, lw=0)
+            heading = f"{task} ({preset} preset): {label}"
+            if column == "val_accuracy" and (preset, task) in baselines:
+                chance = baselines[(preset, task)]
+                ax.axhline(chance, color="0.25", ls="--", lw=1.2,
+                           label="majority class of the test split")
+                heading += f"\ndashed: majority class of the test split, {chance:.1f}%"
+            ax.set_title(heading, fontsize=10)
+            ax.set_xlabel("training step")
+            ax.set_ylabel(label)
+            ax.grid(True, alpha=0.3)
+    # One legend for the figure, below the panels, so it never covers a curve.
+    labels = {}
+    for ax in axes.flat:
+        for handle, text in zip(*ax.get_legend_handles_labels()):
+            labels.setdefault(text, handle)
+    fig.legend(labels.values(), labels.keys(), loc="outside lower center", fontsize=8,
+               ncol=min(len(labels), 4))
+    fig.suptitle(title, fontsize=10)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 import flax
+import numpy as np
 import jax
 
 from lra_bench import data, distributed, measure, results
@@ -24,6 +25,12 @@ from lra_bench.trainer import Diverged, Interrupted, train_and_evaluate
 
 # Fields of a previous segment's outcome that a resumed segment replaces.
 _OUTCOME = ("error", "diverged_step", "interrupted_step", "signal", "ended_at")
+
+
+def majority_share(labels) -> float:
+    """The share of the most frequent class: the accuracy of always guessing it."""
+    counts = np.bincount(np.asarray(labels).astype(np.int64).ravel())
+    return float(counts.max() / counts.sum()) if counts.sum() else float("nan")
 
 
 def execute(rc: RunConfig, data_dir: Path, results_dir: Path, interactive: bool | None = None,
@@ -49,6 +56,8 @@ def execute(rc: RunConfig, data_dir: Path, results_dir: Path, interactive: bool 
         "git_commit": measure.git_commit(), "dtype": rc.model["dtype"],
         "batch_size": rc.train["batch_size"], "max_length": rc.data["max_length"],
         "train_examples": int(len(splits["train"]["labels"])),
+        # Chance on this run's test split, so every leaderboard can show it beside the scores.
+        "test_majority": majority_share(splits["test"]["labels"]),
         "overrides": list(rc.overrides),
         **measure.device_info(),
     }

@@ -40,9 +40,12 @@ def test_run_then_report(data_dir, results_dir):
 
     r = invoke("report", "--results-dir", results_dir, "--format", "csv")
     assert r.exit_code == 0, r.output
-    header, row = r.stdout.strip().splitlines()
-    assert header.startswith("preset,model,listops,avg")
-    assert row.startswith(f"smoke,transformer,{100 * summary['test_accuracy']:.4f}")
+    from lra_bench.report import read_csv_tables
+
+    acc = read_csv_tables(r.stdout)["accuracy"]
+    assert list(acc.columns[:3]) == ["preset", "model", "listops"]
+    assert list(acc["model"]) == ["transformer", "majority class"]
+    assert round(acc.iloc[0]["listops"], 4) == round(100 * summary["test_accuracy"], 4)
     r = invoke("report", "--results-dir", results_dir, "--format", "markdown", "--published")
     assert "| smoke | transformer |" in r.stdout and "LRA paper Table 1" in r.stdout
     r = invoke("report", "--results-dir", results_dir, "--format", "json")

@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from io import StringIO
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,7 @@ from typer.testing import CliRunner
 from lra_bench import config, results
 from lra_bench.checkpoint import Checkpoints, all_finite
 from lra_bench.cli import app
+from lra_bench.report import read_csv_tables
 from lra_bench.trainer import build
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -146,12 +146,12 @@ def test_four_parallel_runs_complete_correctly_and_the_same_seed_repeats_exactly
     # The leaderboard counts seeds (the repeated seed 0 once) and averages them.
     r = invoke("report", "--results-dir", results_dir, "--format", "csv")
     assert r.exit_code == 0, r.output
-    row = pd.read_csv(StringIO(r.stdout)).iloc[0]
+    row = read_csv_tables(r.stdout)["accuracy"].iloc[0]
     accs = [100 * by_seed[s][0]["summary"]["test_accuracy"] for s in (0, 1, 2)]
     assert row["listops_n"] == 3 and row["listops_diverged"] == 0
     assert row["listops"] == pytest.approx(np.mean(accs), abs=1e-4)
     assert row["listops_std"] == pytest.approx(np.std(accs, ddof=1), abs=1e-4)
-    assert row["selection"] == "best-val"
+    assert row["selection"] == "best_val"
 
 
 def test_sigint_and_sigterm_checkpoint_mark_interrupted_and_exit_within_seconds(
@@ -248,9 +248,9 @@ def test_seeds_run_one_after_another_and_the_report_shows_each(data_dir, results
     r = invoke("report", "--results-dir", results_dir, "--runs", "--format", "json")
     rows = json.loads(r.stdout)["runs"]
     assert [(x["seed"], x["status"], x["selection"]) for x in rows] == [
-        (0, "completed", "best-val"), (1, "completed", "best-val")]
-    r = invoke("report", "--results-dir", results_dir, "--runs")
-    assert r.exit_code == 0 and "best-validation parameters on test" in r.stdout
+        (0, "completed", "best_val"), (1, "completed", "best_val")]
+    r = invoke("report", "--results-dir", results_dir, "--runs", "--selection", "best")
+    assert r.exit_code == 0 and "best-validation parameters" in r.stdout
 
 
 def test_report_warns_about_each_damaged_summary_and_reports_the_rest(tmp_path):
@@ -338,12 +338,15 @@ def test_seed_aggregation_counts_seeds_and_never_averages_diverged_runs(tmp_path
     assert table.loc["a", "listops_std"] == pytest.approx(np.std([50.0, 40.0], ddof=1))
     assert (table.loc["a", "listops_n"], table.loc["a", "listops_diverged"]) == (2, 1)
     assert pd.isna(table.loc["a", "text"]) and table.loc["a", "text_diverged"] == 2
-    # The average needs every task: a task without a number (diverged or not run) has none.
-    assert pd.isna(table.loc["a", "avg"]) and pd.isna(table.loc["b", "avg"])
+    # An average is over the tasks with a number (diverged or not run: none), and says so.
+    assert table.loc["a", "avg_lra"] == pytest.approx(45.0) and table.loc["a", "avg_lra_tasks"] == 1
+    assert table.loc["b", "avg_6"] == pytest.approx(20.0) and table.loc["b", "avg_6_tasks"] == 1
     assert report.accuracy_table(runs, "last").set_index("model").loc["a", "listops"] == pytest.approx(35.0)
     _, rows = report.accuracy_rows(table.reset_index())
-    assert rows[0] == ["lra", "a", "45.00 ± 7.07 (n=2, +1 diverged)", "diverged (n=2)", "-"]
-    assert rows[1] == ["lra", "b", "20.00", "-", "-"]
+    assert rows[0] == ["lra", "a", "45.00 ± 7.07 (n=2, +1 diverged)", "diverged (n=2)",
+                       "45.00 (1/5 tasks)", "45.00 (1/6 tasks)", "best_val"]
+    assert rows[1] == ["lra", "b", "20.00", "-", "20.00 (1/5 tasks)", "20.00 (1/6 tasks)",
+                       "best_val"]
     each = report.runs_table(runs)
     assert len(each) == 8 and set(each["status"]) == {"completed", "diverged", "interrupted"}
     assert each.loc[each["status"] != "completed", "test_accuracy"].isna().all()

@@ -27,14 +27,19 @@ def test_leaderboard_pivots_tasks_aggregates_seeds_and_skips_unfinished(tmp_path
     ])
     runs, warnings = report.load_runs(tmp_path)
     table = report.accuracy_table(runs).set_index("model")
-    assert list(table.columns[:4]) == ["preset", "listops", "text", "avg"]
+    assert list(table.columns[:3]) == ["preset", "listops", "text"]
     assert table.loc["transformer", "listops"] == 37.0
     assert round(table.loc["transformer", "listops_std"], 4) == round(pd.Series([36.0, 38.0]).std(), 4)
     assert table.loc["transformer", "listops_n"] == 2
-    assert table.loc["transformer", "avg"] == (37.0 + 64.0) / 2
-    assert pd.isna(table.loc["linear", "text"]) and pd.isna(table.loc["linear", "avg"])
+    assert table.loc["transformer", "avg_lra"] == (37.0 + 64.0) / 2
+    assert table.loc["transformer", "avg_lra_tasks"] == 2
+    # An average is over the tasks a row has, and says how many.
+    assert pd.isna(table.loc["linear", "text"]) and table.loc["linear", "avg_lra"] == 16.0
+    assert table.loc["linear", "avg_lra_tasks"] == 1
     header, rows = report.accuracy_rows(table.reset_index()[["preset", "model", *table.columns[1:]]])
-    assert header == ["preset", "model", "listops", "text", "avg"]
+    assert header == ["preset", "model", "listops", "text", "avg LRA (5 tasks, no Path-X)",
+                      "avg 6 (Path-X FAIL = 50)", "selection"]
+    assert "16.00 (1/5 tasks)" in rows[[r[1] for r in rows].index("linear")]
     assert "37.00 ± 1.41 (n=2)" in rows[[r[1] for r in rows].index("transformer")]
 
 
