@@ -210,7 +210,10 @@ def test_a_signal_during_generation_stops_cleanly(tmp_path, signum, code, word):
         [sys.executable, "-c", "from lra_bench.cli import main; main()", "data", "prepare",
          "pathfinder", "--preset", "smoke", "--data-dir", str(data),
          "--set", "data.num_images=20000"],
-        stderr=subprocess.PIPE, text=True)
+        stderr=subprocess.PIPE, text=True,
+        # a test run in the background (or an earlier test) may leave SIGINT ignored, and a
+        # Python started with SIGINT ignored never raises KeyboardInterrupt: start from default
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     first = proc.stderr.readline()  # "pathfinder: drawing ...": the workers are starting
     assert "drawing" in first, first
     time.sleep(1.0)

@@ -1,6 +1,7 @@
 """Users' config folders and mixer plugins, in process (the installed-wheel path is
 tests/test_install.py). A broken plugin is one `error:` line naming it and the fix, exit 2."""
 
+import json
 import textwrap
 
 import pytest
@@ -95,11 +96,12 @@ def test_config_dirs_add_and_override_and_list_shows_the_source(tmp_path, monkey
         'description = "a user task"\n[data]\nloader = "synthetic"\nmax_length = 8\n'
         'vocab_size = 4\nnum_classes = 2\n[presets.smoke]\n')
     monkeypatch.setenv("LRA_CONFIG_PATH", str(env))
-    r = runner.invoke(app, ["--config-dir", str(mine), "list", "tasks"])
+    r = runner.invoke(app, ["--config-dir", str(mine), "list", "tasks", "--format", "json"])
     assert r.exit_code == 0, r.output
-    rows = {line.split("│")[1].strip(): line for line in r.stdout.splitlines() if "│" in line}
-    assert "MINE" in rows["listops"] and str(mine) in rows["listops"]  # --config-dir first
-    assert "a user task" in rows["tiny"] and str(env) in rows["tiny"]
+    rows = {row["task"]: row for row in json.loads(r.stdout)["tasks"]}
+    assert "MINE" in rows["listops"]["description"]  # --config-dir first
+    assert rows["listops"]["source"] == str(mine)
+    assert "a user task" in rows["tiny"]["description"] and rows["tiny"]["source"] == str(env)
     assert rows["text"].rstrip(" │").endswith("built-in")
     # The user task trains with a built-in model (synthetic data: nothing to prepare).
     rc = config.resolve("transformer", "tiny", "smoke")
