@@ -102,7 +102,7 @@ def test_config_dirs_add_and_override_and_list_shows_the_source(tmp_path, monkey
     assert "MINE" in rows["listops"]["description"]  # --config-dir first
     assert rows["listops"]["source"] == str(mine)
     assert "a user task" in rows["tiny"]["description"] and rows["tiny"]["source"] == str(env)
-    assert rows["text"].rstrip(" │").endswith("built-in")
+    assert rows["text"]["source"] == "built-in"
     # The user task trains with a built-in model (synthetic data: nothing to prepare).
     rc = config.resolve("transformer", "tiny", "smoke")
     assert rc.data["max_length"] == 8
