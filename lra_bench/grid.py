@@ -494,15 +494,9 @@ class Grid:
 
     def driver_lock(self) -> int | None:
         """The local driver's lock (flock): one process at a time submits a local grid."""
-        import fcntl
+        from lra_bench.results import try_flock
 
-        fd = os.open(self.path / ".driver.lock", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            return None
-        return fd
+        return try_flock(self.path / ".driver.lock")
 
 
 def _local_alive(pid: int | None, host: str | None) -> bool:

@@ -61,6 +61,19 @@ def write_json_atomic(path: Path, obj: Any) -> None:
         raise
 
 
+def try_flock(path: Path) -> int | None:
+    """An exclusive flock on `path` (created if missing), without waiting: the open descriptor,
+    or None when another process holds it. Closing the descriptor, or the holder's death (even
+    by SIGKILL), releases it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
 class RunDir:
     """One run's folder. `create` makes a new one; `open` an existing one (to resume it)."""
 
@@ -108,11 +121,8 @@ class RunDir:
     def lock(self) -> bool:
         """Take the run's lock for this process's lifetime; False when another process holds it.
         The kernel drops the lock when its holder dies, even by SIGKILL."""
-        fd = os.open(self.path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
+        fd = try_flock(self.path / ".lock")
+        if fd is None:
             return False
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())

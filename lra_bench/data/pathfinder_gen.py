@@ -78,16 +78,21 @@ class Settings:
     paddle_contrast: float
 
 
-def settings(resolution: int, difficulty: str) -> Settings:
-    """LRA's settings (docstrings of `lra_benchmarks/data/pathfinder.py`; the rest are
-    snakes2_wrapper's defaults) for one data set. Lengths use Python 2's integer division, as
-    the 128 px recipe's `contour_length / 3` did when it ran."""
+def contour_length(resolution: int, difficulty: str) -> int:
+    """The data set's target contour length, after checking both names (one error line each)."""
     if resolution not in RESOLUTIONS:
         raise UserError(f"Pathfinder resolution must be one of {RESOLUTIONS}, not {resolution}")
     if difficulty not in DIFFICULTIES:
         raise UserError(f"Pathfinder difficulty must be one of {', '.join(DIFFICULTIES)}, "
                         f"not '{difficulty}'")
-    length = DIFFICULTIES[difficulty]
+    return DIFFICULTIES[difficulty]
+
+
+def settings(resolution: int, difficulty: str) -> Settings:
+    """LRA's settings (docstrings of `lra_benchmarks/data/pathfinder.py`; the rest are
+    snakes2_wrapper's defaults) for one data set. Lengths use Python 2's integer division, as
+    the 128 px recipe's `contour_length / 3` did when it ran."""
+    length = contour_length(resolution, difficulty)
     d = length // 3
     if resolution == 32:
         return Settings(32, length, paddle_length=2, thickness=0.5, margins=(1,), padding=1,

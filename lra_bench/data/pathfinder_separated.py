@@ -45,10 +45,7 @@ from typing import NamedTuple
 import numpy as np
 from scipy import ndimage
 
-from lra_bench.errors import UserError
 
-DIFFICULTIES = {"curv_baseline": 6, "curv_contour_length_9": 9, "curv_contour_length_14": 14}
-RESOLUTIONS = (32, 128)
 TARGET_RETRIES = 20  # redraws of a target pair's first paddles before the image is redrawn
 DISTRACTOR_ATTEMPTS = 5  # snakes2: max_distractor_contour_retrial = 4, so 5 tries per distractor
 SEED_CANDIDATES = 24  # distractor start positions tried at once per attempt
@@ -92,12 +89,9 @@ class Settings:
 
 def settings(resolution: int, difficulty: str) -> Settings:
     """LRA's settings (docstrings of `lra_benchmarks/data/pathfinder.py`) for one data set."""
-    if resolution not in RESOLUTIONS:
-        raise UserError(f"Pathfinder resolution must be one of {RESOLUTIONS}, not {resolution}")
-    if difficulty not in DIFFICULTIES:
-        raise UserError(f"Pathfinder difficulty must be one of {', '.join(DIFFICULTIES)}, "
-                        f"not '{difficulty}'")
-    length = DIFFICULTIES[difficulty]
+    from lra_bench.data.pathfinder_gen import contour_length
+
+    length = contour_length(resolution, difficulty)
     distractor_length = length // 3
     if resolution == 32:
         return Settings(resolution=32, contour_length=length, paddle_length=2, thickness=0.5,
