@@ -91,3 +91,41 @@ def test_generated_listops_is_reused_and_matches_a_direct_generation(tmp_path):
     _, manifest, wrote = prepare.prepare("listops", "smoke", longer, tmp_path, log=lambda m: None)
     assert wrote and manifest["splits"]["test"]["inputs"]["shape"] == [8, 200]
     assert marker.stat().st_mtime_ns == stamp
+
+
+PREPARE_TINY = """
+import sys
+from lra_bench import config
+from lra_bench.data import prepare
+data = config.resolve_data("listops", "smoke", ["data.num_train=40", "data.num_val=8",
+                                                "data.num_test=8"])
+prepare.prepare("listops", "smoke", data, sys.argv[1])
+"""
+
+
+def test_concurrent_preparers_wait_for_each_other_and_prepare_once(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    def start(folder):
+        return subprocess.Popen([sys.executable, "-c", PREPARE_TINY, str(folder)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    messages = []
+    with prepare.one_preparer(tmp_path, messages.append):
+        waiting = start(tmp_path)
+        time.sleep(4)  # ample for it to start and reach the lock (it prepares in ~1 s unlocked)
+        assert waiting.poll() is None and not (tmp_path / "listops").exists()
+    _, err = waiting.communicate(timeout=120)
+    assert waiting.returncode == 0, err
+    assert "waiting for another process preparing data" in err
+    assert "preparing from" in err
+
+    # Two at once on a new folder: both succeed, the cache is prepared once.
+    fresh = tmp_path / "fresh"
+    procs = [start(fresh) for _ in range(2)]
+    errs = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errs
+    assert sum("preparing from" in e for e in errs) == 1, errs
+    assert not messages

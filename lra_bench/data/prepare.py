@@ -17,9 +17,11 @@ Preparing is idempotent: when the cache's settings and source fingerprint match,
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import importlib
 import json
+import os
 import re
 import shutil
 import signal
@@ -83,14 +85,41 @@ def generated_path(data_dir: Path, task: str, variant: str) -> Path:
     return Path(data_dir) / folder_name(task, "task") / folder_name(variant, "data.variant")
 
 
+@contextlib.contextmanager
+def one_preparer(data_dir: Path, log: Log):
+    """Hold an exclusive lock on the data folder while preparing: runs started together (seeds in
+    parallel, a sweep, a grid) on a preset whose data is generated would otherwise draw and swap
+    the same folders at once. The lock is a flock on the folder itself, so no lock file is left
+    behind, and a process that dies releases it."""
+    with made_dirs(data_dir):
+        fd = os.open(data_dir, os.O_RDONLY)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                log(f"waiting for another process preparing data in {data_dir}")
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+
 def prepare(task: str, preset: str, data: dict[str, Any], data_dir: Path, *,
             source: str | None = None, generate: bool = False, force: bool = False,
             log: Log = stderr_log) -> tuple[Path, dict, bool]:
     """Prepare one task preset; returns (cache path, manifest, whether anything was written).
 
     The source is `source`, else the generator when `generate` is set or the preset says
-    `data.generate = true`, else the loader's default source."""
+    `data.generate = true`, else the loader's default source. One process prepares at a time
+    per data folder; the next finds the work done (preparing is idempotent)."""
     module = loader_module(data["loader"])
+    with one_preparer(Path(data_dir), log):
+        return _prepare(module, task, preset, data, data_dir, source=source, generate=generate,
+                        force=force, log=log)
+
+
+def _prepare(module, task: str, preset: str, data: dict[str, Any], data_dir: Path, *,
+             source: str | None, generate: bool, force: bool, log: Log) -> tuple[Path, dict, bool]:
     dest = cache_path(data_dir, task, cache_name(task, preset, data))
     want = prep_config(data)
     try:
