@@ -60,7 +60,10 @@ def check_progress(p, directory: Path, step: int) -> dict:
           and number(p.get("best_accuracy")) and isinstance(p.get("best_step"), int)
           and isinstance(p.get("evals"), list) and all(isinstance(e, dict) for e in p["evals"])
           and all(isinstance(p.get(k), list) and all(number(v) for v in p[k])
-                  for k in ("step_times", "data_waits")))
+                  for k in ("step_times", "data_waits"))
+          # The training-loss window since the last record (absent in older checkpoints).
+          and (p.get("window") is None or (isinstance(p["window"], dict) and all(
+              number(p["window"].get(k)) for k in ("loss", "accuracy", "count")))))
     if not ok:
         raise UserError(f"{directory}/{step}/progress is malformed; the run cannot be resumed "
                         "from it (delete that checkpoint folder to resume from an older one, or "

@@ -1,7 +1,7 @@
 """The results store: one folder per run under <results>/runs/, written atomically.
 
     runs/<run-id>/config.json     the fully resolved config
-    runs/<run-id>/metrics.jsonl   one line per evaluation
+    runs/<run-id>/metrics.jsonl   one line per log step and evaluation
     runs/<run-id>/summary.json    the run's outcome (see `lra_bench.trainer`)
     runs/<run-id>/checkpoints/    orbax checkpoints (see `lra_bench.checkpoint`)
     runs/<run-id>/.lock           held (flock) by the process running it; free once it ends

@@ -224,7 +224,7 @@ def train_and_evaluate(rc: RunConfig, splits: dict, on_eval: Callable[[dict], No
         checkpoints.save(state, best["params"] if best["params"] is not None else state["params"], {
             "position": list(stream.position), "best_accuracy": best["accuracy"],
             "best_step": best["step"], "evals": evals, "step_times": step_times,
-            "data_waits": data_waits})
+            "data_waits": data_waits, "window": window})
 
     try:
         first = next(stream)
@@ -234,6 +234,9 @@ def train_and_evaluate(rc: RunConfig, splits: dict, on_eval: Callable[[dict], No
         memory, memory_source = measure.peak_memory(compiled)
         flops = measure.cost_flops(compiled)
 
+        # Training loss and accuracy are the means over the steps since the previous record, so a
+        # curve point is not one batch's noise.
+        window = progress.get("window") or {"loss": 0.0, "accuracy": 0.0, "count": 0}
         batch = first
         for step in range(start + 1, total + 1):
             if step > start + 1:
@@ -246,24 +249,32 @@ def train_and_evaluate(rc: RunConfig, splits: dict, on_eval: Callable[[dict], No
             step_times.append(time.perf_counter() - t_step)
             if not math.isfinite(loss):
                 raise Diverged(step, loss)
+            window["loss"] += loss
+            window["accuracy"] += float(metrics["accuracy"])
+            window["count"] += 1
+            train_loss = window["loss"] / window["count"]
+            train_accuracy = window["accuracy"] / window["count"]
             if reporter is not None:
                 recent = step_times[-t["log_every"]:]
-                reporter.step(step, {"loss": loss, "acc": float(metrics["accuracy"]),
+                reporter.step(step, {"loss": train_loss, "acc": train_accuracy,
                                      "steps/s": len(recent) / max(sum(recent), 1e-9)})
-            if step % t["eval_every"] == 0 or step == total:
-                val = evaluate(steps, state["params"], state["rest"], splits["val"],
-                               eval_size, t["eval_batches"] * t["grad_accum"])
-                record = {"step": step, "train_loss": loss,
-                          "train_accuracy": float(metrics["accuracy"]),
-                          "learning_rate": float(metrics["learning_rate"]),
-                          "val_loss": val["loss"], "val_accuracy": val["accuracy"],
-                          "time": time.time()}
+            evaluate_now = step % t["eval_every"] == 0 or step == total
+            if evaluate_now or step % t["log_every"] == 0:
+                record = {"step": step, "train_loss": train_loss, "train_accuracy": train_accuracy,
+                          "train_steps": window["count"],
+                          "learning_rate": float(metrics["learning_rate"])}
+                window = {"loss": 0.0, "accuracy": 0.0, "count": 0}
+                if evaluate_now:
+                    val = evaluate(steps, state["params"], state["rest"], splits["val"],
+                                   eval_size, t["eval_batches"] * t["grad_accum"])
+                    record.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
+                    if val["accuracy"] > best["accuracy"]:
+                        best = {"accuracy": val["accuracy"], "step": step,
+                                "params": jax.tree.map(jnp.copy, state["params"])}
+                record["time"] = time.time()
                 evals.append(record)
                 if on_eval is not None:
                     on_eval(record)
-                if val["accuracy"] > best["accuracy"]:
-                    best = {"accuracy": val["accuracy"], "step": step,
-                            "params": jax.tree.map(jnp.copy, state["params"])}
             every = t["checkpoint_every"]
             stop = should_stop is not None and should_stop()
             if checkpoints is not None and ((every and step % every == 0) or step == total or stop):

@@ -67,11 +67,26 @@ def test_train_stream_is_seeded_and_covers_an_epoch_without_repeats():
 
 def test_one_training_run_records_every_measure(data_dir):
     rc = config.resolve("transformer", "listops", "smoke", steps=6,
-                        overrides=["train.eval_every=3", "train.batch_size=16"])
+                        overrides=["train.eval_every=3", "train.batch_size=16",
+                                   "train.log_every=2"])
     splits = data.load(rc, data_dir)
     evals = []
     out = train_and_evaluate(rc, splits, on_eval=evals.append)
-    assert [e["step"] for e in evals] == [3, 6]
+    # A record at every log step and every evaluation; only evaluations carry validation.
+    assert [e["step"] for e in evals] == [2, 3, 4, 6]
+    assert [e["step"] for e in evals if "val_accuracy" in e] == [3, 6]
+    assert [e["train_steps"] for e in evals] == [2, 1, 1, 2]
+    # Training loss is the mean over the steps since the previous record, not the last batch.
+    every = config.resolve("transformer", "listops", "smoke", steps=6,
+                           overrides=["train.eval_every=3", "train.batch_size=16",
+                                      "train.log_every=1"])
+    single = []
+    train_and_evaluate(every, splits, on_eval=single.append)
+    per_step = [e["train_loss"] for e in single]
+    assert per_step[0] != per_step[1]
+    means = [np.mean(per_step[0:2]), per_step[2], per_step[3], np.mean(per_step[4:6])]
+    np.testing.assert_allclose([e["train_loss"] for e in evals], means, rtol=1e-6)
+    assert out["final_train_loss"] == evals[-1]["train_loss"]
     assert 0.0 <= out["test_accuracy"] <= 1.0 and 0.0 <= out["test_accuracy_last"] <= 1.0
     assert out["best_step"] in (3, 6)
     assert out["step_time_ms"] > 0 and out["compile_time_s"] > 0
