@@ -777,4 +777,27 @@ def main() -> None:
     # A terminated command unwinds like Ctrl-C, so temporary folders (caches being prepared,
     # archives being extracted) are removed on the way out instead of left behind.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    app()
+    try:
+        code = app(standalone_mode=False)
+    except Exception as e:  # noqa: BLE001 - click's own errors, matched by shape below
+        sys.exit(_click_error(e))
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _click_error(e: Exception) -> int:
+    """Report an error raised by the CLI parser itself (unknown option or command, bad value) in
+    one `error:` line, like every other user error, instead of click's usage block. Matched by
+    shape: typer vendors its own click, so its exception classes are not importable stably."""
+    name = type(e).__name__
+    if name == "Abort":
+        print("aborted", file=sys.stderr)
+        return 1
+    if not (hasattr(e, "format_message") and hasattr(e, "exit_code") and hasattr(e, "show")):
+        raise e
+    if name == "NoArgsIsHelpError" or not hasattr(e, "ctx"):  # `lra data`: the help itself
+        e.show()
+        return e.exit_code
+    command = e.ctx.command_path if e.ctx is not None else "lra"
+    message = " ".join(e.format_message().split()).rstrip(".")
+    print(f"error: {message}; see: {command} --help", file=sys.stderr)
+    return e.exit_code

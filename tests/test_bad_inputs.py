@@ -9,6 +9,7 @@ import io
 import json
 import shutil
 import signal
+import os
 import subprocess
 import sys
 import tarfile
@@ -251,3 +252,18 @@ def test_sigterm_during_generation_ends_cleanly(tmp_path):
     assert proc.returncode == 128 + signal.SIGTERM, rest
     assert "Traceback" not in rest and "Error" not in rest, rest
     assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize("args, says", [
+    (["run", "--bogus"], "error: No such option: --bogus; see: lra run --help"),
+    (["bogus"], "error: No such command 'bogus'; see: lra --help"),
+    (["run", "-m", "transformer", "-t", "listops", "--steps", "abc"], "Invalid value for '--steps'"),
+])
+def test_parser_errors_are_one_line_too(args, says):
+    # Through the installed `lra` script, as a user meets them (CliRunner bypasses main()).
+    r = subprocess.run([str(Path(sys.executable).with_name("lra")), *args],
+                       capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "_TYPER_FORCE_DISABLE_TERMINAL": "1"})
+    assert r.returncode == 2 and r.stdout == ""
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and says in lines[0], r.stderr

@@ -30,6 +30,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
+
 from lra_bench.config import check_generated_length, resolve_data
 from lra_bench.data.cache import CacheWriter, prep_config, read, read_manifest, sha256_file
 from lra_bench.errors import UserError
@@ -273,10 +275,8 @@ def archive_record(path: Path, size: int, official_sha256: str, official_bytes: 
             "official_sha256": official_sha256, "official": official}
 
 
-def subset_rows(n: int, limit: int, seed: int) -> "np.ndarray":
+def subset_rows(n: int, limit: int, seed: int) -> np.ndarray:
     """All rows (limit 0) or a seeded random `limit` of them, in their original order."""
-    import numpy as np
-
     if limit <= 0 or limit >= n:
         return np.arange(n)
     return np.sort(np.random.default_rng(seed).permutation(n)[:limit])
