@@ -83,7 +83,16 @@ def test_text_holdout_protocol_holds_out_part_of_train(tmp_path):
     assert len(splits["test"]["labels"]) == 3 and "same_as" not in manifest["splits"]["val"]
 
 
-def test_text_from_tfds_mock_matches_the_source(tmp_path):
+@pytest.fixture
+def tfds_temp(tmp_path, monkeypatch):
+    """tfds's DatasetInfo leaves an empty mkdtemp("tfds") folder behind when it cannot reach its
+    bucket; keep those inside the test's own folder instead of /tmp."""
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+
+
+def test_text_from_tfds_mock_matches_the_source(tmp_path, tfds_temp):
     tfds = pytest.importorskip("tensorflow_datasets")
     with tfds.testing.mock_data(num_examples=6):
         splits, manifest = run_prepare("text", tmp_path, ["data.max_length=20", "data.num_train=0",
@@ -182,7 +191,7 @@ def test_image_from_cifar_tar_splits_90_10_and_keeps_black_pixels(tmp_path):
     assert splits["train"]["labels"].tolist() == [0, 1, 2, 3, 4, 1, 2, 3, 4]
 
 
-def test_image_from_tfds_mock(tmp_path):
+def test_image_from_tfds_mock(tmp_path, tfds_temp):
     tfds = pytest.importorskip("tensorflow_datasets")
     with tfds.testing.mock_data(num_examples=10):
         splits, manifest = run_prepare("image", tmp_path, ["data.num_train=0", "data.num_val=0",
