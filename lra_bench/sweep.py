@@ -42,7 +42,7 @@ from lra_bench.errors import UserError
 MODES = ("train", "forward")
 STATUSES = ("ok", "OOM", "error", "timeout")
 COLUMNS = [
-    "sweep_id", "model", "task", "preset", "mode", "length", "batch_size", "status",
+    "sweep_id", "model", "task", "preset", "mode", "length", "batch_size", "dtype", "status",
     "steps_per_second", "step_time_ms", "step_time_min_ms", "step_time_max_ms", "timed_steps",
     "tokens_per_second", "compile_time_s", "peak_memory_bytes", "memory_source",
     "xla_estimate_bytes", "device_memory_bytes", "flops_per_step", "params", "device_kind",
@@ -240,7 +240,7 @@ def load(results_dir: Path, sweep_id: str) -> tuple[Settings, list[dict]]:
         raise UserError(f"cannot read sweep {path} ({e}); start a new sweep instead") from None
 
 
-TEXT_COLUMNS = ("sweep_id", "model", "task", "preset", "mode", "status", "memory_source",
+TEXT_COLUMNS = ("sweep_id", "model", "task", "preset", "mode", "dtype", "status", "memory_source",
                 "device_kind", "platform", "host", "jax_version", "git_commit", "message",
                 "started_at", "finished_at")
 

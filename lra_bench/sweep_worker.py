@@ -47,6 +47,7 @@ def measure_point(spec: dict, row: dict) -> None:
     # spec["overrides"] are the point's (lra_bench.sweep.point_overrides): length, batch, grid.
     rc = config.resolve(spec["model"], spec["task"], spec["preset"], seed=spec.get("seed", 0),
                         overrides=spec.get("overrides", []))
+    row["dtype"] = rc.model["dtype"]  # bf16 and fp32 rows of one device sit side by side
     capacity = preflight.device_capacity(spec.get("memory_limit"))
     row["device_memory_bytes"] = capacity.bytes
     step = preflight.compile_abstract(rc, spec["mode"])
