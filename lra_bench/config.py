@@ -245,6 +245,9 @@ def resolve_data(task: str, preset: str, overrides: list[str] | tuple[str, ...] 
     if bad:
         raise UserError(f"{task}: {bad[0]}; change it (--set {bad[0].split(' ')[0]}=...) or "
                         "fix its TOML")
+    problem = downsample_problem(cfg["data"])
+    if problem:
+        raise UserError(f"{task}: {problem}")
     return cfg["data"]
 
 
@@ -286,6 +289,7 @@ RANGES: dict[str, str] = {
     "data.min_length": "[1, inf)",
     "data.gen_max_length": "[1, inf)",
     "data.max_depth": "[1, inf)",
+    "data.downsample": "[1, inf)",
     "data.max_args": "[1, inf)",
     "mixer.keep_ratio": "(0, 1]",
     "mixer.num_landmarks": "[1, inf)",
@@ -358,10 +362,30 @@ def validate(rc: RunConfig) -> None:
         (t["learning_rate"] > 0, "train.learning_rate must be > 0"),
         (t["checkpoint_every"] >= 0, "train.checkpoint_every must be >= 0 (0 = only at the end)"),
         (d.get("max_length", 1) > 0, "data.max_length must be > 0"),
+        (not downsample_problem(d), downsample_problem(d)),
     ]
     for ok, msg in checks:
         if not ok:
             raise UserError(f"{rc.model_name}/{rc.task_name}: {msg}")
+
+
+def downsample_problem(data: dict[str, Any]) -> str | None:
+    """An image task's `data.downsample = k` averages k x k pixel blocks: k must divide the image
+    side, and the sequence length and grid must be those of the smaller image, so that a config
+    which does not add up stops before any data is drawn or prepared."""
+    k = data.get("downsample", 1)
+    if k == 1 or not isinstance(k, int) or k < 1:  # off, or a type / range error named elsewhere
+        return None
+    side = data.get("resolution", 32)  # Pathfinder names its side; CIFAR-10 (Image) is 32 x 32
+    if side % k:
+        return f"data.downsample ({k}) must divide the image side ({side})"
+    n = side // k
+    sets = f"--set data.max_length={n * n} --set 'data.grid=[{n}, {n}]'"
+    if data.get("max_length") != n * n or list(data.get("grid", [n, n])) != [n, n]:
+        return (f"data.downsample = {k} makes {side} x {side} images {n} x {n} = {n * n} tokens; "
+                f"data.max_length ({data.get('max_length')}) and data.grid "
+                f"({data.get('grid')}) must match: {sets}")
+    return None
 
 
 def check_generated_length(data: dict[str, Any]) -> None:

@@ -59,6 +59,8 @@ def execute(rc: RunConfig, data_dir: Path, results_dir: Path, interactive: bool 
         # Chance on this run's test split, so every leaderboard can show it beside the scores.
         "test_majority": majority_share(splits["test"]["labels"]),
         "overrides": list(rc.overrides),
+        # A downsampled image task is not the LRA task: say so wherever its scores travel.
+        **({"downsample": rc.data["downsample"]} if rc.data.get("downsample", 1) != 1 else {}),
         **measure.device_info(),
     }
     rd.write("summary.json", summary)

@@ -77,3 +77,19 @@ def test_typo_in_a_toml_layer_is_an_error(tmp_path, monkeypatch):
     monkeypatch.setenv("LRA_HOME", str(root))
     with pytest.raises(UserError, match=r"tasks/t.toml\[presets.smoke\]: unknown key 'train.batchsize'"):
         config.resolve("m", "t", "smoke")
+
+
+@pytest.mark.parametrize("task, sets, message", [
+    ("pathfinder", ["data.downsample=0"], "data.downsample must be >= 1, got 0"),
+    ("pathfinder", ["data.downsample=3"], "data.downsample (3) must divide the image side (32)"),
+    ("pathfinder", ["data.downsample=2"], "makes 32 x 32 images 16 x 16 = 256 tokens"),
+    ("image", ["data.downsample=4", "data.max_length=64"], "data.grid ([32, 32]) must match"),
+])
+def test_downsample_must_add_up(task, sets, message):
+    # both entry points: a run's config and `lra data prepare`'s data table
+    with pytest.raises(UserError, match=re.escape(message)):
+        config.resolve("transformer", task, "smoke", overrides=sets)
+    with pytest.raises(UserError, match=re.escape(message)):
+        config.resolve_data(task, "smoke", sets)
+    ok = ["data.downsample=2", "data.max_length=256", "data.grid=[16, 16]"]
+    assert config.resolve_data(task, "smoke", ok)["downsample"] == 2

@@ -13,7 +13,7 @@ from PIL import Image
 
 from lra_bench import config
 from lra_bench.data import cache, prepare
-from lra_bench.data.image import rgb_to_grayscale
+from lra_bench.data.image import downsample, rgb_to_grayscale
 from lra_bench.errors import UserError
 
 
@@ -158,6 +158,18 @@ def test_grayscale_reproduces_tf_rgb_to_grayscale():
     assert rgb_to_grayscale(rgb).tolist() == [0, 255, 76, 149, 29, 124]
 
 
+def test_downsample_averages_blocks_rounding_half_up():
+    gray = np.array([[[0, 1, 10, 10], [0, 0, 10, 11], [255, 255, 3, 4], [255, 254, 5, 6]]],
+                    np.uint8)
+    # block means 0.25, 10.25, 254.75, 4.5 -> 0, 10, 255, 5
+    assert downsample(gray, 2).tolist() == [[[0, 10], [255, 5]]]
+    assert downsample(gray, 4).tolist() == [[[67]]]  # 1079 / 16 = 67.4
+    assert downsample(gray, 1) is gray
+
+
+DOWN2 = ["data.downsample=2", "data.max_length=256", "data.grid=[16, 16]"]
+
+
 def make_cifar_tar(path: Path, per_batch=5) -> list[np.ndarray]:
     """Two training batches and a test batch; pixel (0, 0) carries the image's index."""
     images = []
@@ -189,6 +201,19 @@ def test_image_from_cifar_tar_splits_90_10_and_keeps_black_pixels(tmp_path):
     assert (tr[:, 1] == 1).all()  # black is id 1: a pixel, not padding
     assert (tr[:, 2:] == 77).all()  # pure red -> grey 76, row by row
     assert splits["train"]["labels"].tolist() == [0, 1, 2, 3, 4, 1, 2, 3, 4]
+
+
+def test_image_downsampled_is_16_by_16_and_says_so(tmp_path):
+    make_cifar_tar(tmp_path / "cifar.tar.gz")
+    splits, manifest = run_prepare("image", tmp_path, ["data.num_train=0", "data.num_val=0",
+                                                       "data.num_test=0", *DOWN2],
+                                   source=tmp_path / "cifar.tar.gz")
+    tr = splits["train"]["inputs"]
+    assert tr.shape == (9, 256)
+    # pixel block (0, 0) holds the index grey, black, and two reds (76): round((i + 152) / 4)
+    assert ((tr[:, 0] - 1) == (np.array([0, 1, 2, 3, 4, 10, 11, 12, 13]) + 152 + 2) // 4).all()
+    assert (tr[:, 1:] == 77).all()
+    assert "2 x 2 average pooling" in manifest["protocol"]["downsample"]
 
 
 def test_image_from_tfds_mock(tmp_path, tfds_temp):
@@ -247,6 +272,21 @@ def test_pathfinder_reads_release_layout_splits_80_10_10_and_counts_skips(tmp_pa
     again, _ = run_prepare("pathfinder", tmp_path / "elsewhere", source=tmp_path / "release")
     assert all((np.asarray(again[s]["inputs"]) == np.asarray(splits[s]["inputs"])).all()
                for s in ("train", "val", "test"))
+
+
+def test_pathfinder_downsampled_keeps_labels_and_is_a_cache_of_its_own(tmp_path):
+    make_pathfinder_tree(tmp_path / "release", damage=False)
+    full, _ = run_prepare("pathfinder", tmp_path, source=tmp_path / "release")
+    small, manifest = run_prepare("pathfinder", tmp_path, DOWN2, source=tmp_path / "release")
+    for s in ("train", "val", "test"):
+        x, y = small[s]["inputs"], small[s]["labels"]
+        assert x.shape[1] == 256 and (y == full[s]["labels"]).all()
+        # block (0, 0): (200 + 3 * 5) / 4 = 53.75 -> 54 (id 55); (0 + 3 * 5) / 4 = 3.75 -> 4 (id 5)
+        assert (x[:, 0] == np.where(y == 1, 55, 5)).all()
+        assert (x[:, 1:] == 6).all()
+    assert "2 x 2 average pooling" in manifest["protocol"]["downsample"]
+    assert manifest["config"]["downsample"] == 2
+    assert np.asarray(full["train"]["inputs"]).shape[1] == 1024  # the 32 px cache is untouched
 
 
 def test_pathfinder_malformed_metadata_names_file_and_line(tmp_path):

@@ -43,8 +43,10 @@ RUNTIME_KEYS = frozenset({"loader", "variant", "vocab_size", "num_classes", "gri
 
 
 def prep_config(data: dict[str, Any]) -> dict[str, Any]:
-    """The [data] settings a cache is built from; a cache serves a run only if they match."""
-    return {k: data[k] for k in sorted(data) if k not in RUNTIME_KEYS}
+    """The [data] settings a cache is built from; a cache serves a run only if they match.
+    `downsample = 1` (off) is left out, so caches prepared before the key existed stay valid."""
+    return {k: data[k] for k in sorted(data) if k not in RUNTIME_KEYS
+            and not (k == "downsample" and data[k] == 1)}
 
 
 def token_dtype(max_id: int) -> np.dtype:

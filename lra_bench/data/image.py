@@ -45,6 +45,17 @@ def rgb_to_grayscale(rgb: np.ndarray) -> np.ndarray:
     return (gray * np.float32(255.5)).astype(np.uint8)  # float -> int casts truncate, as TF's
 
 
+def downsample(gray: np.ndarray, k: int) -> np.ndarray:
+    """uint8 images (n, h, w) -> uint8 (n, h/k, w/k): the mean grey level of each k x k block,
+    rounded half up. `data.downsample` (1 = off): a shorter sequence for a laptop run, not the LRA
+    task (docs/data.md)."""
+    if k == 1:
+        return gray
+    n, h, w = gray.shape
+    blocks = gray.reshape(n, h // k, k, w // k, k).astype(np.uint32).sum(axis=(2, 4))
+    return ((2 * blocks + k * k) // (2 * k * k)).astype(np.uint8)  # integer round half up
+
+
 def pixel_ids(gray: np.ndarray) -> np.ndarray:
     """uint8 images (n, h, w) -> (n, h*w) uint16 ids, grey level + 1."""
     return gray.reshape(len(gray), -1).astype(np.uint16) + 1
@@ -208,7 +219,8 @@ def build(source: str, data: dict, writer, log) -> dict:
         if x.shape[1:] != (32, 32, 3):
             raise UserError(f"{source}: expected 32x32 RGB images, got {x.shape[1:]}")
         rows = subset_rows(len(y), data[f"num_{split}"], data["split_seed"])
-        writer.put(split, y[rows], pixel_ids(rgb_to_grayscale(x[rows])))
+        writer.put(split, y[rows], pixel_ids(downsample(rgb_to_grayscale(x[rows]),
+                                                       data.get("downsample", 1))))
     return {**({"archive": archive} if archive else {}), "protocol": {
         "tokens": "grey level + 1 (black is a pixel, not padding), vocab 257",
         "grayscale": "tf.image.rgb_to_grayscale: float32 weights 0.2989/0.5870/0.1140, "
@@ -216,4 +228,14 @@ def build(source: str, data: dict, writer, log) -> dict:
         "splits": f"train[:{data['train_fraction']:.0%}] / train[{data['train_fraction']:.0%}:] "
                   "/ test, in source order",
         "subset": {k: data[k] for k in ("num_train", "num_val", "num_test") if data[k]},
+        **downsample_record(data),
     }}
+
+
+def downsample_record(data: dict) -> dict:
+    """What a manifest says of `data.downsample`: nothing when it is off."""
+    k = data.get("downsample", 1)
+    if k == 1:
+        return {}
+    return {"downsample": f"{k} x {k} average pooling of the grey levels (rounded), "
+                          f"{data['max_length']} tokens: a smaller input than the LRA task's"}

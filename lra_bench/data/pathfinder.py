@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lra_bench.data.image import rgb_to_grayscale
+from lra_bench.data.image import downsample, downsample_record, rgb_to_grayscale
 from lra_bench.data.prepare import fraction_boundary
 from lra_bench.data.safety import gib, inside, limits
 from lra_bench.errors import UserError
@@ -173,9 +173,11 @@ def fingerprint(source: str, data: dict) -> dict:
 
 
 def build(source: str, data: dict, writer, log) -> dict:
-    res = data["resolution"]
-    if data["max_length"] != res * res:
-        raise UserError(f"data.max_length ({data['max_length']}) must be resolution^2 ({res * res})")
+    res, k = data["resolution"], data.get("downsample", 1)
+    side = res // k
+    if data["max_length"] != side * side:
+        raise UserError(f"data.max_length ({data['max_length']}) must be (resolution / "
+                        f"downsample)^2 ({side * side})")
     folder = release_dir(source, data)
     paths, labels = read_metadata(folder)
     pixels = writer.scratch("pixels", (len(paths), res * res), np.uint8)
@@ -187,9 +189,10 @@ def build(source: str, data: dict, writer, log) -> dict:
     a, b = (fraction_boundary(len(order), f) for f in FRACTIONS)
     for split, rows in (("train", order[:a]), ("val", order[a:b]), ("test", order[b:])):
         rows = np.sort(rows)
-        inputs = writer.empty_inputs(split, (len(rows), res * res), np.uint16)
+        inputs = writer.empty_inputs(split, (len(rows), side * side), np.uint16)
         for i in range(0, len(rows), 8192):
-            inputs[i:i + 8192] = pixels[rows[i:i + 8192]].astype(np.uint16) + 1
+            gray = downsample(pixels[rows[i:i + 8192]].reshape(-1, res, res), k)
+            inputs[i:i + 8192] = gray.reshape(-1, side * side).astype(np.uint16) + 1
         del inputs
         writer.put(split, labels[rows])
     del pixels
@@ -205,6 +208,7 @@ def build(source: str, data: dict, writer, log) -> dict:
             "splits": f"80/10/10 of the readable images, seeded permutation (seed {data['split_seed']})",
             "skipped": "empty, unreadable or wrongly sized PNGs, and unsafe ones (outside the "
                        "folder, symlinks, devices, oversized files), counted under 'skipped'",
+            **downsample_record(data),
         },
     }
 
