@@ -41,7 +41,8 @@ class HeadProjections(nnx.Module):
 
     def qkv(self, x):
         split = lambda t: t.reshape(*t.shape[:2], self.heads, self.head_dim)  # noqa: E731
-        return split(self.query(x)), split(self.key(x)), split(self.value(x))
+        return (split(dense(self.query, x)), split(dense(self.key, x)),
+                split(dense(self.value, x)))
 
     def merge(self, y):
-        return self.out(y.reshape(*y.shape[:2], -1))
+        return dense(self.out, y.reshape(*y.shape[:2], -1))
