@@ -4,6 +4,7 @@ A mixer that subclasses `HeadProjections` and calls `init_projections` first get
 `query`, `key`, `value`, `out` (nnx.Linear, compute dtype `spec.dtype`, created in that order, so
 their initial values do not depend on which mixer holds them), `qkv(x)` giving (batch, length,
 heads, head_dim) arrays and `merge(y)` applying the output projection to such an array.
+`dense` applies any of these layers (or any affine map over the last axis) the fast way on CPU.
 """
 
 from __future__ import annotations
@@ -11,6 +12,18 @@ from __future__ import annotations
 from flax import nnx
 
 from lra_bench.mixers import MixerSpec
+
+
+def dense(layer, x):
+    """layer(x) with x flattened to a matrix (batch * length, features), then reshaped back.
+
+    Why: for a (batch, length, features) input, XLA on CPU computes the weight gradient from a
+    transposed copy of the cotangent and a dot with both operands transposed (the slow Eigen
+    path); on a matrix it is one canonical product. One (2, 2048, 64) layer's forward + backward
+    ran 2.0x faster this way (jax 0.10, one thread). The maths is the same.
+    """
+    y = layer(x.reshape(-1, x.shape[-1]))
+    return y.reshape(*x.shape[:-1], y.shape[-1])
 
 
 class HeadProjections(nnx.Module):
@@ -28,7 +41,8 @@ class HeadProjections(nnx.Module):
 
     def qkv(self, x):
         split = lambda t: t.reshape(*t.shape[:2], self.heads, self.head_dim)  # noqa: E731
-        return split(self.query(x)), split(self.key(x)), split(self.value(x))
+        return (split(dense(self.query, x)), split(dense(self.key, x)),
+                split(dense(self.value, x)))
 
     def merge(self, y):
-        return self.out(y.reshape(*y.shape[:2], -1))
+        return dense(self.out, y.reshape(*y.shape[:2], -1))

@@ -23,6 +23,7 @@ from flax import nnx
 
 from lra_bench.mixers import MixerSpec
 from lra_bench.mixers._attention import island
+from lra_bench.mixers._projections import dense
 
 
 def masked_sequence_softmax(scores, mask):
@@ -40,12 +41,12 @@ def additive_attention(q, k, mask, query_att: Callable, key_att: Callable, num_h
     scale = dh ** -0.5
     heads = lambda t: t.reshape(b, n, num_heads, dh)  # noqa: E731
 
-    alpha = masked_sequence_softmax(query_att(q) * scale, mask)
+    alpha = masked_sequence_softmax(dense(query_att, q) * scale, mask)
     # Multiply-and-sum, not a dot: a pooling to one row per head is a reduction, and as a dot
     # XLA would first transpose q and p to heads-major copies.
     global_q = (alpha.astype(q.dtype)[..., None] * heads(q)).sum(axis=1)
     p = k * global_q.reshape(b, 1, d)
-    beta = masked_sequence_softmax(key_att(p) * scale, mask)
+    beta = masked_sequence_softmax(dense(key_att, p) * scale, mask)
     global_k = (beta.astype(p.dtype)[..., None] * heads(p)).sum(axis=1)
     return (heads(q) * global_k[:, None]).reshape(b, n, d)
 
@@ -54,8 +55,8 @@ def fastformer(x, mask, *, query: Callable, key: Callable, query_att: Callable,
                key_att: Callable, transform: Callable, num_heads: int):
     """The official FastSelfAttention layer: transform(g_k * q) + q, with q, k = query(x), key(x).
     x: (batch, length, dim); each layer argument is a callable (an nnx.Linear, or any affine map)."""
-    q, k = query(x), key(x)
-    return transform(additive_attention(q, k, mask, query_att, key_att, num_heads)) + q
+    q, k = dense(query, x), dense(key, x)
+    return dense(transform, additive_attention(q, k, mask, query_att, key_att, num_heads)) + q
 
 
 class Mixer(nnx.Module):
@@ -75,4 +76,4 @@ class Mixer(nnx.Module):
     def __call__(self, x, mask, *, deterministic: bool = True, rngs: nnx.Rngs | None = None):
         y = fastformer(x, mask, query=self.query, key=self.key, query_att=self.query_att,
                        key_att=self.key_att, transform=self.transform, num_heads=self.heads)
-        return self.out(y), mask
+        return dense(self.out, y), mask
