@@ -27,6 +27,7 @@ import numpy as np
 from flax import nnx
 
 from lra_bench import mixers, plugins
+from lra_bench.mixers._projections import dense
 from lra_bench.config import RunConfig
 
 PAD_ID = 0
@@ -94,8 +95,9 @@ class Block(nnx.Module):
                 with plugins.blame(self.mixer, "residual_stream"):
                     x = self.mixer.residual_stream(x, h, mask)
         x, mask = x + drop(y), out_mask
-        h = drop(jax.nn.gelu(self.mlp_in(self.norm2(x))))
-        x = x + drop(self.mlp_out(h))
+        # As matrices (mixers._projections.dense): XLA's CPU weight gradient is 2x faster.
+        h = drop(jax.nn.gelu(dense(self.mlp_in, self.norm2(x))))
+        x = x + drop(dense(self.mlp_out, h))
         if hasattr(self.mixer, "after_block"):
             with plugins.blame(self.mixer, "after_block"):
                 x, mask = self.mixer.after_block(x, mask)
