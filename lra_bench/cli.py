@@ -324,8 +324,14 @@ def report(
         from lra_bench.plots import plot_curves
 
         data = rep.learning_curves(runs, rdir)
-        chance = {(r["preset"], r["task"]): 100.0 * r["test_majority"]
-                  for _, r in rep.majority_shares(rep.finished_runs(rep.normalise(runs))).iterrows()}
+        # The validation panel's chance line is the validation split's majority (older runs
+        # recorded only the test split's: that one then, and the plot says which).
+        done = rep.finished_runs(rep.normalise(runs))
+        chance = {}
+        for split in ("test", "val"):
+            for _, r in rep.majority_shares(done, split).iterrows():
+                chance[(r["preset"], r["task"])] = (100.0 * r[f"{split}_majority"],
+                                                    "validation" if split == "val" else "test")
         title = "Learning curves: mean over seeds, band = min-max over seeds" + (
             f" ({filters})" if filters else "")
         written = plot_curves(data, curves, title, chance)

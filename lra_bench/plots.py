@@ -88,13 +88,13 @@ CURVE_PANELS = (("val_accuracy", "validation accuracy (%)"), ("train_loss", "tra
 
 
 def plot_curves(curves: pd.DataFrame, path: Path, title: str,
-                baselines: dict[tuple[str, str], float] | None = None) -> Path:
+                baselines: dict[tuple[str, str], tuple[float, str]] | None = None) -> Path:
     """Learning curves: one row of panels per (preset, task), validation accuracy and training
     loss against step; one line per model (the mean over seeds) with a min-max band over seeds;
-    the test split's majority-class share (%) as a dashed line on the accuracy panel.
+    a majority-class share (%) as a dashed line on the accuracy panel.
 
     curves: preset, model, task, seed, step, train_loss, val_accuracy (%);
-    baselines: (preset, task) -> majority share (%)."""
+    baselines: (preset, task) -> (majority share (%), the split it is of: "validation" or "test")."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -128,10 +128,10 @@ def plot_curves(curves: pd.DataFrame, path: Path, title: str,
                                     color=colours[model], alpha=0.18, lw=0)
             heading = f"{task} ({preset} preset): {label}"
             if column == "val_accuracy" and (preset, task) in baselines:
-                chance = baselines[(preset, task)]
+                chance, split = baselines[(preset, task)]
                 ax.axhline(chance, color="0.25", ls="--", lw=1.2,
-                           label="majority class of the test split")
-                heading += f"\ndashed: majority class of the test split, {chance:.1f}%"
+                           label=f"majority class of the {split} split")
+                heading += f"\ndashed: majority class of the {split} split, {chance:.1f}%"
             ax.set_title(heading, fontsize=10)
             ax.set_xlabel("training step")
             ax.set_ylabel(label)

@@ -117,13 +117,15 @@ def accuracy_table(runs: pd.DataFrame, selection: str = "run", baseline: bool = 
     return add_averages(table, tasks)
 
 
-def majority_shares(runs: pd.DataFrame) -> pd.DataFrame:
-    """(preset, task) -> the test split's majority-class share (0-1), from the runs' summaries
-    (every run of one preset and task reads the same test split; the latest recorded wins)."""
-    if runs.empty or "test_majority" not in runs:
-        return pd.DataFrame(columns=["preset", "task", "test_majority"])
-    known = runs.dropna(subset=["test_majority"])
-    return known.groupby(["preset", "task"], as_index=False)["test_majority"].last()
+def majority_shares(runs: pd.DataFrame, split: str = "test") -> pd.DataFrame:
+    """(preset, task) -> a split's majority-class share (0-1), from the runs' summaries (every run
+    of one preset and task reads the same splits; the latest recorded wins)."""
+    column = f"{split}_majority"
+    if runs.empty or column not in runs:
+        return pd.DataFrame(columns=["preset", "task", column])
+    known = runs.assign(**{column: pd.to_numeric(runs[column], errors="coerce")})
+    known = known.dropna(subset=[column])
+    return known.groupby(["preset", "task"], as_index=False)[column].last()
 
 
 def baseline_rows(finished: pd.DataFrame, tasks: list[str]) -> pd.DataFrame:

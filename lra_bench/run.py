@@ -58,6 +58,8 @@ def execute(rc: RunConfig, data_dir: Path, results_dir: Path, interactive: bool 
         "train_examples": int(len(splits["train"]["labels"])),
         # Chance on this run's test split, so every leaderboard can show it beside the scores.
         "test_majority": majority_share(splits["test"]["labels"]),
+        # ... and on its validation split, the dashed line of the validation learning curve.
+        "val_majority": majority_share(splits["val"]["labels"]),
         "overrides": list(rc.overrides),
         # A downsampled image task is not the LRA task: say so wherever its scores travel.
         **({"downsample": rc.data["downsample"]} if rc.data.get("downsample", 1) != 1 else {}),

@@ -31,7 +31,7 @@ def test_run_then_report(data_dir, results_dir):
                 "test_accuracy", "test_accuracy_last", "step_time_ms", "compile_time_s",
                 "peak_memory_bytes", "memory_source", "flops_per_step", "params", "device_kind",
                 "device_count", "jax_version", "flax_version", "git_commit", "started_at",
-                "ended_at", "status"]:
+                "ended_at", "status", "test_majority", "val_majority"]:
         assert key in summary, key
     assert summary["status"] == "completed" and summary["steps"] == 4
     assert json.loads((run / "config.json").read_text())["train"]["eval_every"] == 2

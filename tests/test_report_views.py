@@ -40,6 +40,14 @@ def test_majority_share_is_the_most_frequent_class():
     assert majority_share(np.array([0, 1, 1, 2, 1])) == pytest.approx(0.6)
 
 
+def test_each_split_has_its_own_majority(tmp_path):
+    _run(tmp_path, "transformer", "listops", 0.40, majority=0.163, val_majority=0.112)
+    runs = report.finished_runs(report.normalise(report.load_runs(tmp_path)[0]))
+    val = report.majority_shares(runs, "val")
+    test = report.majority_shares(runs)
+    assert val["val_majority"].tolist() == [0.112] and test["test_majority"].tolist() == [0.163]
+
+
 def test_every_preset_gets_a_majority_class_row_from_its_runs(tmp_path):
     _run(tmp_path, "transformer", "listops", 0.40, majority=0.161)
     _run(tmp_path, "linear", "listops", 0.30, majority=None)  # an older summary: no field
