@@ -86,13 +86,13 @@ def measure_point(name, length, args) -> dict:
             "device_peak_mib": peak / 2**20 if peak else None}
 
 
-def run(args) -> dict:
+def run(args, malloc_tuned: bool = False) -> dict:
     lengths = args.lengths or [1024, 2048, 4096, 8192] + (
         [16384] if jax.default_backend() == "gpu" else [])
     out = {"command": " ".join(["python", "benchmarks/kernels.py", *sys.argv[1:]]),
            "commit": measure.git_commit(),
            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-           "device": measure.device_info(), "versions": versions(),
+           "device": measure.device_info(), "versions": versions(), "malloc_tuned": malloc_tuned,
            "config": {"batch": args.batch, "dim": args.dim, "heads": args.heads,
                       "dtype": args.dtype, "repeats": args.repeats},
            "results": []}
@@ -171,7 +171,9 @@ def main(argv=None) -> None:
     if args.markdown:
         print(markdown(json.loads(args.markdown.read_text())), end="")
         return
-    report = run(args)
+    from lra_bench import host
+
+    report = run(args, malloc_tuned=host.tune_malloc())  # tuned as `lra run` is
     if not args.out:
         print(json.dumps(report, indent=1))
 

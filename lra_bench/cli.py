@@ -783,6 +783,9 @@ def main() -> None:
     # A terminated command unwinds like Ctrl-C, so temporary folders (caches being prepared,
     # archives being extracted) are removed on the way out instead of left behind.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    from lra_bench import host
+
+    host.tune_malloc()
     try:
         code = app(standalone_mode=False)
     except Exception as e:  # noqa: BLE001 - click's own errors, matched by shape below

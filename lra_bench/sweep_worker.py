@@ -114,6 +114,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true",
                         help="only build every point of the spec abstractly; write the refusals")
     args = parser.parse_args(argv)
+    from lra_bench import host
+
+    host.tune_malloc()  # as `lra run`: the step times a sweep reports are a run's
     spec = json.loads(args.spec)
     if args.check:
         from lra_bench import results
