@@ -111,10 +111,26 @@ def _query_blocks(q, k, v, key_mask, scale):
     b, n = q.shape[:2]
     fits = BLOCK_BYTES // max(_logits_bytes(q, k, queries=1), 1)
     size = min(QUERY_BLOCK, max(MIN_BLOCK, 1 << max(int(fits).bit_length() - 1, 0)))
+    rows = b
+    if fits < MIN_BLOCK:
+        # Even MIN_BLOCK queries of every batch row overflow the block (top-k's 512-token
+        # chunks are batch rows: 32 of them at 8K): cut the batch into groups of rows too.
+        per_row = BLOCK_BYTES // max(_logits_bytes(q[:1], k, queries=1), 1)
+        rows = max(1, min(b, per_row // MIN_BLOCK))
+        while b % rows:
+            rows -= 1
     blocks = -(-n // size)
     size = -(-n // blocks)  # e.g. 820 queries: 2 x 410 rather than 2 x 512
     q = jnp.pad(q, [(0, 0), (0, blocks * size - n), (0, 0), (0, 0)])
-    q = q.reshape(b, blocks, size, *q.shape[2:]).swapaxes(0, 1)
-    one_block = jax.checkpoint(lambda qi: _explicit(qi, k, v, key_mask, scale))
-    y = jax.lax.map(one_block, q)  # (blocks, b, size, heads, head_dim)
-    return y.swapaxes(0, 1).reshape(b, blocks * size, *y.shape[3:])[:, :n]
+    q = q.reshape(b // rows, rows, blocks, size, *q.shape[2:]).swapaxes(1, 2)
+    k, v = (t.reshape(b // rows, rows, *t.shape[1:]) for t in (k, v))
+    key_mask = key_mask.reshape(b // rows, rows, *key_mask.shape[1:])
+
+    def one_group(args):
+        qg, kg, vg, mg = args  # qg: (blocks, rows, size, heads, head_dim)
+        one_block = jax.checkpoint(lambda qi: _explicit(qi, kg, vg, mg, scale))
+        return jax.lax.map(one_block, qg)
+
+    y = jax.lax.map(one_group, (q, k, v, key_mask))  # (groups, blocks, rows, size, h, d)
+    y = y.swapaxes(1, 2).reshape(b, blocks * size, *y.shape[4:])
+    return y[:, :n]
