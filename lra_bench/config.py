@@ -362,8 +362,9 @@ def validate(rc: RunConfig) -> None:
         (t["learning_rate"] > 0, "train.learning_rate must be > 0"),
         (t["checkpoint_every"] >= 0, "train.checkpoint_every must be >= 0 (0 = only at the end)"),
         (d.get("max_length", 1) > 0, "data.max_length must be > 0"),
-        (not downsample_problem(d), downsample_problem(d)),
     ]
+    downsample = downsample_problem(d)
+    checks.append((downsample is None, downsample))
     for ok, msg in checks:
         if not ok:
             raise UserError(f"{rc.model_name}/{rc.task_name}: {msg}")
