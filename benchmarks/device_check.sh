@@ -66,6 +66,9 @@ print(json.dumps({"devices": [str(d) for d in jax.devices()], "backend": jax.def
                  indent=1))
 PYEOF
 
+# 0. the fused (cuDNN) attention against the explicit form, forward and gradients
+phase fused-attention 60 "$PY" -m pytest -q -p no:cacheprovider tests/test_attention_fused.py
+
 # 1. every mixer alone, fwd+bwd, float32 then bfloat16 (the bf16 run shows the fused cuDNN path)
 kl=${KERNEL_LENGTHS:+--lengths ${KERNEL_LENGTHS//,/ }}
 phase kernels-float32 75 env PYTHONPATH=. "$PY" benchmarks/kernels.py $kl --repeats 10 \
@@ -75,10 +78,12 @@ phase kernels-bfloat16 45 env PYTHONPATH=. "$PY" benchmarks/kernels.py \
   --out "$OUT/kernels-bfloat16.json"
 
 # 2. LRA Table 2: steps/s and peak memory per model and length, bf16 then fp32 -> $OUT/sweeps/
+# Attention dropout off for every model, so that each runs its fastest kernel (the baseline's
+# fused cuDNN attention has no dropout); with the protocols' 0.1 the baseline writes N x N weights.
 sweep() {  # sweep DTYPE LENGTHS CAP
   phase "sweep-$1" "$3" "$LRA" sweep --task text --models "$MODELS" --lengths "$2" \
     --batch-size "${SWEEP_BATCH:-32}" --steps 5 --warmup 1 --timeout 60 \
-    --set "model.dtype=\"$1\"" --results-dir "$OUT"
+    --set "model.dtype=\"$1\"" --set model.attention_dropout=0 --results-dir "$OUT"
 }
 sweep bfloat16 "$SWEEP_LENGTHS" 150
 sweep float32 "$SWEEP_LENGTHS_FP32" 110

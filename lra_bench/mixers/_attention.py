@@ -2,6 +2,11 @@
 
 GPU, bf16/fp16, no attention dropout: cuDNN's fused (flash) kernel through
 `jax.nn.dot_product_attention(implementation="cudnn")`; it never writes the N x N weights.
+cuDNN takes key padding only as per-row lengths (real keys first: its bias must be a full
+(.., T, S) array, the N x N write the kernel exists to avoid), so each row's real keys are
+gathered to the front first: softmax attention does not depend on the order of the keys, so any
+key mask works (black pixels as padding in the image tasks, top-k's pooled masks), for an
+O(N d) gather.
 Everywhere else (CPU, float32/float64, dropout, a head size cuDNN rejects) the lean explicit form:
 two einsums, a `where` for the key mask and `jax.nn.softmax`; on CPU over blocks of queries
 small enough for a block's logits to stay in cache, with the weights recomputed in the backward
@@ -13,8 +18,9 @@ Precision follows the mixed-precision rule of `lra_bench.mixers`: logits are acc
 and normalised in `island(dtype)` (float32 for bf16/fp16/float32, float64 for float64); the
 weights go back to the compute dtype for the product with v.
 
-The fused path has not been run on a GPU by this project yet: `benchmarks/device_check.sh` is
-the check (see docs/gpu.md); `LRA_ATTENTION=explicit` forces the explicit form everywhere.
+`tests/test_attention_fused.py` checks the fused path against the explicit form (on CPU through
+JAX's XLA implementation of the same call, on a GPU through cuDNN); `LRA_ATTENTION=explicit`
+forces the explicit form everywhere.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ QUERY_BLOCK = 512  # the most queries per block of the explicit form on CPU
 MIN_BLOCK = 16
 BLOCK_BYTES = 2**20  # a block's (batch, heads, block, keys) logits, about the L2 cache of a core
 BLOCKS_ABOVE = 2 * BLOCK_BYTES  # blocks when the logits of all the queries exceed this
+FUSED_IMPLEMENTATION = "cudnn"  # tests run the same call with JAX's "xla" implementation on CPU
 
 
 def island(dtype):
@@ -68,15 +75,28 @@ def _attention(q, k, v, mask, dropout_rate, dropout_rng, scale):
     key_mask = mask[:, None, None, :]  # (B, 1, 1, S): broadcasts over heads and queries
     if _fused_applies(q, dropout):
         try:
-            return jax.nn.dot_product_attention(q, k, v, mask=key_mask, scale=scale,
-                                                implementation="cudnn")
+            return _fused(q, k, v, mask, scale)
         except (ValueError, NotImplementedError, RuntimeError, TypeError):
-            pass  # this cuDNN/JAX build rejects the shape or mask: the explicit form below
+            pass  # this cuDNN/JAX build rejects the shape or dtype: the explicit form below
     if dropout:
         return _explicit(q, k, v, key_mask, scale, dropout_rate, dropout_rng)
     if jax.default_backend() == "cpu" and _logits_bytes(q, k) > BLOCKS_ABOVE:
         return _query_blocks(q, k, v, key_mask, scale)
     return _explicit(q, k, v, key_mask, scale)
+
+
+def _fused(q, k, v, mask, scale, implementation=None):
+    """The fused kernel with the key mask as lengths: each row's real keys moved to the front
+    (a stable sort of the mask), then `key_value_seq_lengths`. A row with no real key gets the
+    uniform average of v, as in the explicit form (cuDNN is given length 1, then overridden)."""
+    order = jnp.argsort(jnp.logical_not(mask).astype(jnp.int8), axis=1, stable=True)
+    k_front, v_front = (jnp.take_along_axis(t, order[:, :, None, None], axis=1) for t in (k, v))
+    lengths = jnp.sum(mask, axis=1, dtype=jnp.int32)
+    y = jax.nn.dot_product_attention(
+        q, k_front, v_front, scale=scale, key_value_seq_lengths=jnp.maximum(lengths, 1),
+        implementation=implementation or FUSED_IMPLEMENTATION)
+    uniform = jnp.mean(v.astype(island(v.dtype)), axis=1, keepdims=True).astype(y.dtype)
+    return jnp.where((lengths == 0)[:, None, None, None], uniform, y)
 
 
 def _explicit(q, k, v, key_mask, scale, dropout_rate: float = 0.0, dropout_rng=None):
