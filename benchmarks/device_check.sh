@@ -67,7 +67,9 @@ print(json.dumps({"devices": [str(d) for d in jax.devices()], "backend": jax.def
 PYEOF
 
 # 0. the fused (cuDNN) attention against the explicit form, forward and gradients
-phase fused-attention 60 "$PY" -m pytest -q -p no:cacheprovider tests/test_attention_fused.py
+# (tests/conftest.py picks CPU unless JAX_PLATFORMS is set: empty means the default backend)
+phase fused-attention 60 env JAX_PLATFORMS="${JAX_PLATFORMS:-}" "$PY" -m pytest -q -rs \
+  -p no:cacheprovider tests/test_attention_fused.py
 
 # 1. every mixer alone, fwd+bwd, float32 then bfloat16 (the bf16 run shows the fused cuDNN path)
 kl=${KERNEL_LENGTHS:+--lengths ${KERNEL_LENGTHS//,/ }}

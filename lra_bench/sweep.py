@@ -338,7 +338,8 @@ def progress_line(i: int, n: int, row: dict) -> str:
             f"{_fmt_si(row['tokens_per_second'], 'tok/s')}  peak "
             f"{mem / 2**30 if mem else float('nan'):.3g} GiB ({row.get('memory_source')})  "
             f"{_fmt_si(row.get('flops_per_step'), 'FLOP')}/step  compile "
-            f"{row.get('compile_time_s', float('nan')):.1f} s")
+            f"{row.get('compile_time_s', float('nan')):.1f} s"
+            + (f"  {row['message']}" if row.get("message") else ""))
 
 
 def _interrupt(signum, frame):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
 import traceback
@@ -107,6 +108,18 @@ def check_points(spec: dict) -> list[dict]:
     return refused
 
 
+class WarningLog(logging.Handler):
+    """The lra_bench warnings of this process, kept for the point's row."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.lines: list[str] = []
+        logging.getLogger("lra_bench").addHandler(self)
+
+    def emit(self, record):
+        self.lines.append(record.getMessage())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--spec", required=True, help="the point, as JSON")
@@ -124,8 +137,11 @@ def main(argv: list[str] | None = None) -> int:
         results.write_json_atomic(args.out, check_points(spec))
         return 0
     row = {"status": "error", "message": ""}
+    warnings = WarningLog()  # e.g. a fused kernel rejected: the point then times another one
     try:
         measure_point(spec, row)
+        if warnings.lines:
+            row["message"] = "warning: " + " | ".join(warnings.lines)[:400]
     except Exception as e:  # noqa: BLE001 -- every failure is a result, recorded as such
         row.update(status=classify(e), message=short_message(e))
         traceback.print_exc(file=sys.stderr)

@@ -3,7 +3,8 @@
 The fused path passes the key mask to the kernel as lengths after moving each row's real keys to
 the front. On CPU the same call runs through JAX's XLA implementation, which checks that
 rearrangement (any mask, empty rows, gradients); on a GPU the cuDNN kernel itself is checked
-(`python -m pytest tests/test_attention_fused.py` there; `benchmarks/device_check.sh` runs it).
+(`JAX_PLATFORMS=cuda python -m pytest tests/test_attention_fused.py` there, as
+`benchmarks/device_check.sh` does).
 """
 
 import jax
@@ -13,7 +14,7 @@ import pytest
 
 from lra_bench.mixers import _attention
 
-ON_GPU = jax.default_backend() == "gpu"
+ON_GPU = jax.default_backend() == "gpu"  # tests/conftest.py picks CPU unless JAX_PLATFORMS is set
 
 
 def inputs(dtype, b=3, n=40, h=2, d=16):
@@ -84,3 +85,21 @@ def test_cudnn_kernel_matches_the_explicit_form_and_keeps_no_n_squared_array(n):
     for g, w in zip(grads, grads_want):
         g = np.asarray(g.astype(jnp.float32))
         assert np.abs(g - w).max() <= 0.05 * np.abs(w).max() + 1e-3
+
+
+def test_a_rejected_fused_call_falls_back_to_the_explicit_form_and_says_why(monkeypatch, caplog):
+    q, k, v, mask = inputs(jnp.bfloat16)
+    monkeypatch.setattr(_attention, "_fused_applies", lambda q, dropout: True)
+    monkeypatch.setattr(_attention, "_warned", set())
+
+    def reject(*a):
+        raise NotImplementedError("head dim 16 not supported")
+
+    monkeypatch.setattr(_attention, "_fused", reject)
+    with caplog.at_level("WARNING", logger="lra_bench"):
+        got = _attention.attention(q, k, v, mask)
+        _attention.attention(q, k, v, mask)
+    assert [r.getMessage() for r in caplog.records if "fused attention" in r.getMessage()] == [
+        f"fused attention rejected for q {q.shape} bfloat16 (NotImplementedError: head dim 16 "
+        "not supported); using the explicit form"]
+    np.testing.assert_array_equal(got, explicit(q, k, v, mask))

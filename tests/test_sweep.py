@@ -181,3 +181,22 @@ def test_image_points_get_a_grid_that_covers_their_length():
 
 def test_lengths_parse_k_suffix_and_sort():
     assert sweep.parse_lengths("4K, 1024,2k,1024") == [1024, 2048, 4096]
+
+
+def test_a_points_warnings_reach_its_row_and_progress_line():
+    import logging
+
+    from lra_bench import sweep_worker
+
+    log = sweep_worker.WarningLog()
+    try:
+        logging.getLogger("lra_bench").warning("fused attention rejected for q %s", (2, 8))
+        logging.getLogger("lra_bench.sub").info("not a warning")
+    finally:
+        logging.getLogger("lra_bench").removeHandler(log)
+    assert log.lines == ["fused attention rejected for q (2, 8)"]
+    row = {"model": "transformer", "length": 4096, "status": "ok", "steps_per_second": 6.0,
+           "tokens_per_second": 8e5, "peak_memory_bytes": 2**30, "memory_source": "device",
+           "flops_per_step": 1e12, "compile_time_s": 15.0,
+           "message": "warning: fused attention rejected"}
+    assert sweep.progress_line(1, 2, row).endswith("compile 15.0 s  warning: fused attention rejected")

@@ -25,6 +25,7 @@ forces the explicit form everywhere.
 
 from __future__ import annotations
 
+import logging
 import os
 
 import jax
@@ -36,6 +37,8 @@ MIN_BLOCK = 16
 BLOCK_BYTES = 2**20  # a block's (batch, heads, block, keys) logits, about the L2 cache of a core
 BLOCKS_ABOVE = 2 * BLOCK_BYTES  # blocks when the logits of all the queries exceed this
 FUSED_IMPLEMENTATION = "cudnn"  # tests run the same call with JAX's "xla" implementation on CPU
+FUSED_TILE = 64  # sequence lengths given to the fused kernel are padded to a multiple of this
+_warned: set[str] = set()
 
 
 def island(dtype):
@@ -76,8 +79,15 @@ def _attention(q, k, v, mask, dropout_rate, dropout_rng, scale):
     if _fused_applies(q, dropout):
         try:
             return _fused(q, k, v, mask, scale)
-        except (ValueError, NotImplementedError, RuntimeError, TypeError):
-            pass  # this cuDNN/JAX build rejects the shape or dtype: the explicit form below
+        except (ValueError, NotImplementedError, RuntimeError, TypeError) as error:
+            # this cuDNN/JAX build rejects the shape or dtype: the explicit form below, said once
+            # per reason (a silent fallback would pass an N x N baseline off as the fused one)
+            reason = f"{type(error).__name__}: {error}".splitlines()[0][:300]
+            if reason not in _warned:
+                _warned.add(reason)
+                logging.getLogger("lra_bench").warning(
+                    "fused attention rejected for q %s %s (%s); using the explicit form",
+                    q.shape, q.dtype, reason)
     if dropout:
         return _explicit(q, k, v, key_mask, scale, dropout_rate, dropout_rng)
     if jax.default_backend() == "cpu" and _logits_bytes(q, k) > BLOCKS_ABOVE:
@@ -87,14 +97,19 @@ def _attention(q, k, v, mask, dropout_rate, dropout_rng, scale):
 
 def _fused(q, k, v, mask, scale, implementation=None):
     """The fused kernel with the key mask as lengths: each row's real keys moved to the front
-    (a stable sort of the mask), then `key_value_seq_lengths`. A row with no real key gets the
-    uniform average of v, as in the explicit form (cuDNN is given length 1, then overridden)."""
+    (a stable sort of the mask), then `key_value_seq_lengths`. Queries and keys are padded to a
+    multiple of FUSED_TILE (a CLS token makes 4097; the kernel's tiles are 64 or 128 long): the
+    extra keys lie beyond every row's length, the extra queries are dropped. A row with no real
+    key gets the uniform average of v, as in the explicit form (the kernel is given length 1,
+    then overridden)."""
     order = jnp.argsort(jnp.logical_not(mask).astype(jnp.int8), axis=1, stable=True)
     k_front, v_front = (jnp.take_along_axis(t, order[:, :, None, None], axis=1) for t in (k, v))
     lengths = jnp.sum(mask, axis=1, dtype=jnp.int32)
+    pad = lambda t: jnp.pad(t, [(0, 0), (0, -t.shape[1] % FUSED_TILE), (0, 0), (0, 0)])  # noqa: E731
     y = jax.nn.dot_product_attention(
-        q, k_front, v_front, scale=scale, key_value_seq_lengths=jnp.maximum(lengths, 1),
-        implementation=implementation or FUSED_IMPLEMENTATION)
+        pad(q), pad(k_front), pad(v_front), scale=scale,
+        key_value_seq_lengths=jnp.maximum(lengths, 1),
+        implementation=implementation or FUSED_IMPLEMENTATION)[:, :q.shape[1]]
     uniform = jnp.mean(v.astype(island(v.dtype)), axis=1, keepdims=True).astype(y.dtype)
     return jnp.where((lengths == 0)[:, None, None, None], uniform, y)
 
