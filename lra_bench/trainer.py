@@ -226,10 +226,21 @@ def train_and_evaluate(rc: RunConfig, splits: dict, on_eval: Callable[[dict], No
             "best_step": best["step"], "evals": evals, "step_times": step_times,
             "data_waits": data_waits, "window": window})
 
+    def through_signal(fn, *args):
+        # A stop signal reaches the whole process group (Ctrl-C, SLURM, `timeout`), the XLA
+        # compiler's own subprocesses (ptxas) with it, which fails the compilation in flight. The
+        # stop means "after this step": compile again, then checkpoint and stop as promised.
+        try:
+            return fn(*args)
+        except jax.errors.JaxRuntimeError:
+            if should_stop is None or not should_stop():
+                raise
+            return fn(*args)
+
     try:
         first = next(stream)
         t0 = time.perf_counter()
-        compiled = steps.train_step.lower(state, first).compile()
+        compiled = through_signal(lambda: steps.train_step.lower(state, first).compile())
         compile_time = time.perf_counter() - t0
         memory, memory_source = measure.peak_memory(compiled)
         flops = measure.cost_flops(compiled)
@@ -265,8 +276,9 @@ def train_and_evaluate(rc: RunConfig, splits: dict, on_eval: Callable[[dict], No
                           "learning_rate": float(metrics["learning_rate"])}
                 window = {"loss": 0.0, "accuracy": 0.0, "count": 0}
                 if evaluate_now:
-                    val = evaluate(steps, state["params"], state["rest"], splits["val"],
-                                   eval_size, t["eval_batches"] * t["grad_accum"])
+                    val = through_signal(evaluate, steps, state["params"], state["rest"],
+                                         splits["val"], eval_size,
+                                         t["eval_batches"] * t["grad_accum"])
                     record.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
                     if val["accuracy"] > best["accuracy"]:
                         best = {"accuracy": val["accuracy"], "step": step,

@@ -124,3 +124,28 @@ def test_every_task_takes_a_training_step(task):
     assert np.isfinite(float(metrics["loss"]))
     val = evaluate(steps, state["params"], state["rest"], synthetic.make_split(rc.data, 3, 1), 2)
     assert 0.0 <= val["accuracy"] <= 1.0
+
+
+def test_a_compilation_killed_by_the_stop_signal_is_redone_then_the_run_stops(data_dir, monkeypatch):
+    # Seen on a GPU: SIGTERM to the process group killed ptxas while the evaluation compiled.
+    from lra_bench import trainer
+
+    rc = config.resolve("transformer", "listops", "smoke", steps=6,
+                        overrides=["train.eval_every=2", "train.batch_size=16"])
+    real, failures = trainer.evaluate, []
+
+    def evaluate_killed_once(*args):
+        if not failures:
+            failures.append(1)
+            raise jax.errors.JaxRuntimeError("INTERNAL: ptxas exited with non-zero error code 15")
+        return real(*args)
+
+    monkeypatch.setattr(trainer, "evaluate", evaluate_killed_once)
+    evals = []
+    with pytest.raises(trainer.Interrupted) as stopped:
+        train_and_evaluate(rc, data.load(rc, data_dir), on_eval=evals.append,
+                           should_stop=lambda: bool(failures))
+    assert stopped.value.step == 2 and [e["step"] for e in evals if "val_accuracy" in e] == [2]
+    failures.clear()  # without a stop request the error is the run's
+    with pytest.raises(jax.errors.JaxRuntimeError):
+        train_and_evaluate(rc, data.load(rc, data_dir), should_stop=lambda: False)
