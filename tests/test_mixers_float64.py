@@ -79,6 +79,27 @@ def test_query_blocks_give_the_whole_attention_and_its_gradient(monkeypatch):
         np.testing.assert_allclose(a, b, **TOL)
 
 
+
+@pytest.mark.parametrize("batch, block_bytes, shape", [
+    (4, 64 * 1024, (2, 32)),   # short rows: pairs of rows, 2 * MIN_BLOCK queries
+    (3, 64 * 1024, (3, 16)),   # an odd batch keeps whole-batch blocks
+    (4, 32 * 1024, (2, 16)),   # rows fitting only MIN_BLOCK queries: as many rows as fit
+    (2, 2**20, (2, 512)),      # blocks fit easily: the whole batch, up to QUERY_BLOCK queries
+])
+def test_grouped_query_blocks_give_the_whole_attention_and_its_gradient(
+        monkeypatch, batch, block_bytes, shape):
+    from lra_bench.mixers import _attention
+    monkeypatch.setattr(_attention, "BLOCK_BYTES", block_bytes)
+    q, k, v = f64(*(rand(i, (batch, 64, 2, 4)) for i in range(3)))  # 8-byte logits
+    assert _attention._block_shape(q, k) == shape
+    lengths = [64, 40, 0, 17][:batch]  # one row without a real key
+    key_mask = jnp.asarray(length_mask(lengths, 64))[:, None, None, :]
+    grads = [jax.value_and_grad(lambda q, k, v: (fn(q, k, v, key_mask, 0.5) ** 3).sum(),
+                                argnums=(0, 1, 2))(q, k, v)
+             for fn in (_attention._query_blocks, _attention._explicit)]
+    for a, b in zip(*(jax.tree.leaves(g) for g in grads)):
+        np.testing.assert_allclose(a, b, **TOL)
+
 def test_linear_and_sikf_attention():
     q, k, v = (rand(i, (2, 10, 2, 4), 0.5) for i in range(3))
     mask = length_mask([10, 6], 10)
