@@ -140,8 +140,9 @@ def _query_blocks(q, k, v, key_mask, scale):
     fwd + bwd): 16-query blocks ran 1.7x faster at 2K tokens than 512-query blocks, which were
     themselves as fast as the whole (queries x keys) form; at batch 16 the smaller blocks still
     won (1.4x at 1K), and Nyströmformer's (2048 queries x 64 landmarks) softmaxes ran 1.4x
-    faster in 512-query blocks than whole. On GPU the whole product keeps the device busier, so
-    this is CPU only.
+    faster in 512-query blocks than whole. A group of rows without any real key (top-k's chunks
+    that lie wholly in a document's padding) skips the products: its output is known. On GPU the
+    whole product keeps the device busier, so this is CPU only.
     """
     b, n = q.shape[:2]
     rows, size = _block_shape(q, k)
@@ -154,8 +155,19 @@ def _query_blocks(q, k, v, key_mask, scale):
 
     def one_group(args):
         qg, kg, vg, mg = args  # qg: (blocks, rows, size, heads, head_dim)
-        one_block = jax.checkpoint(lambda qi: _explicit(qi, kg, vg, mg, scale))
-        return jax.lax.map(one_block, qg)
+
+        def attend():
+            one_block = jax.checkpoint(lambda qi: _explicit(qi, kg, vg, mg, scale))
+            return jax.lax.map(one_block, qg)
+
+        def no_real_key():
+            # Every key of these rows is padding (top-k's chunks past a document's end): the
+            # weights are uniform, so every output is the mean of v, as the explicit form gives,
+            # without its (block x keys) work.
+            mean = jnp.mean(vg.astype(island(vg.dtype)), axis=1).astype(vg.dtype)  # (rows, h, d)
+            return jnp.broadcast_to(mean[None, :, None], (*qg.shape[:3], *vg.shape[2:]))
+
+        return jax.lax.cond(jnp.any(mg), attend, no_real_key)
 
     y = jax.lax.map(one_group, (q, k, v, key_mask))  # (groups, blocks, rows, size, h, d)
     y = y.swapaxes(1, 2).reshape(b, blocks * size, *y.shape[4:])
