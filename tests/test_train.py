@@ -130,7 +130,7 @@ def test_a_compilation_killed_by_the_stop_signal_is_redone_then_the_run_stops(da
     # Seen on a GPU: SIGTERM to the process group killed ptxas while the evaluation compiled.
     from lra_bench import trainer
 
-    rc = config.resolve("transformer", "listops", "smoke", steps=6,
+    rc = config.resolve("transformer", "listops", "smoke", steps=3,
                         overrides=["train.eval_every=2", "train.batch_size=16"])
     real, failures = trainer.evaluate, []
 
@@ -146,6 +146,3 @@ def test_a_compilation_killed_by_the_stop_signal_is_redone_then_the_run_stops(da
         train_and_evaluate(rc, data.load(rc, data_dir), on_eval=evals.append,
                            should_stop=lambda: bool(failures))
     assert stopped.value.step == 2 and [e["step"] for e in evals if "val_accuracy" in e] == [2]
-    failures.clear()  # without a stop request the error is the run's
-    with pytest.raises(jax.errors.JaxRuntimeError):
-        train_and_evaluate(rc, data.load(rc, data_dir), should_stop=lambda: False)
