@@ -57,9 +57,19 @@ def device_info() -> dict:
 
 
 def git_commit() -> str:
+    """The short commit of the package's checkout, "-dirty" when tracked files differ from it (a
+    run from an edited tree, or a copy whose git metadata lags its files, as on a machine the
+    tree was copied to), "unknown" outside git."""
+    here = Path(__file__).resolve().parent
+
+    def git(*args):
+        return subprocess.run(["git", *args], capture_output=True, text=True, timeout=5,
+                              cwd=here).stdout.strip()
+
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                             text=True, timeout=5, cwd=Path(__file__).resolve().parent)
-        return out.stdout.strip() or "unknown"
+        commit = git("rev-parse", "--short", "HEAD")
+        if commit and git("status", "--porcelain", "--untracked-files=no", "--", "."):
+            commit += "-dirty"
+        return commit or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"

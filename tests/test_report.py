@@ -71,3 +71,25 @@ def test_published_rows_carry_their_source():
     assert header[0] == "source"
     transformer = [r for r in rows if r[1] == "Transformer" and "Table 1" in r[0]][0]
     assert transformer[2:4] == ["36.37", "64.27"]
+
+
+def test_the_recorded_commit_says_when_the_files_differ_from_it(tmp_path, monkeypatch):
+    import subprocess
+
+    from lra_bench import measure
+
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "code.py").write_text("x = 1\n")
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(tmp_path)]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-qm", "c"], check=True)
+    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    monkeypatch.setattr(measure, "__file__", str(pkg / "measure.py"))
+    assert measure.git_commit() == head
+    (pkg / "code.py").write_text("x = 2\n")  # files newer than the commit
+    assert measure.git_commit() == head + "-dirty"
+    monkeypatch.setattr(measure, "__file__", "/measure.py")
+    assert measure.git_commit() == "unknown"
