@@ -55,14 +55,14 @@ phase() {  # phase NAME CAP CMD...: at most CAP seconds (and what is left), log 
 
 "$PY" - > "$OUT/environment.json" <<'PYEOF'
 import json, shutil, subprocess, jax, jaxlib, flax
+from lra_bench import measure  # run from the repository root
 smi = shutil.which("nvidia-smi") and subprocess.run(
     ["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
     capture_output=True, text=True).stdout.strip()
 print(json.dumps({"devices": [str(d) for d in jax.devices()], "backend": jax.default_backend(),
                   "jax": jax.__version__, "jaxlib": jaxlib.__version__, "flax": flax.__version__,
                   "nvidia_smi": smi or None,
-                  "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"],
-                                           capture_output=True, text=True).stdout.strip()},
+                  "commit": measure.git_commit()},
                  indent=1))
 PYEOF
 
