@@ -25,8 +25,11 @@ demo: setup
 	@echo "'majority class' row (always guessing the commonest answer). Curves: results/demo_curves.png;"
 	@echo "3 seeds of all 7 models: docs/quick.md. Paper-scale runs: --preset lra (GPU)."
 
+# Two workers, each test file on one (its module fixtures are built once): 7:42 instead of 9:14-9:48
+# on 2 cores, 452 tests (2026-11-30). TEST_WORKERS=0 runs them in this process.
+TEST_WORKERS ?= 2
 test: setup
-	$(BIN)/python -m pytest -p no:cacheprovider --durations=15 tests
+	$(BIN)/python -m pytest -p no:cacheprovider --durations=15 -n $(TEST_WORKERS) --dist loadfile tests
 
 clean:
 	rm -rf $(VENV) *.egg-info
