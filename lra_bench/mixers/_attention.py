@@ -181,14 +181,15 @@ def _query_blocks(q, k, v, key_mask, scale):
 def _block_shape(q, k) -> tuple[int, int]:
     """(batch rows, queries) of one block of `_query_blocks`."""
     b, head_dim = q.shape[0], q.shape[-1]
-    fits = BLOCK_BYTES // max(_logits_bytes(q, k, queries=1), 1)
+    per_query = max(_logits_bytes(q, k, queries=1), 1)  # one query of every row
+    fits = BLOCK_BYTES // per_query
     # BLOCK_BYTES holds for heads of BLOCK_HEAD_DIM. Each logit of a larger head costs more
     # to compute than to keep, and the best block grew with the head size squared: for heads of
     # 64 (LRA's text Transformer) at 2K tokens, batch 4, 128-256 queries per block took
     # 1.34-1.41 s forward + backward against 2.57 s for 16 (heads of 32: 0.93-0.99 s against
     # 1.29 s; one thread, 2026-11-29).
     scale = max(1, head_dim // BLOCK_HEAD_DIM) ** 2
-    fits_head = scale * BLOCK_BYTES // max(_logits_bytes(q, k, queries=1), 1)
+    fits_head = scale * BLOCK_BYTES // per_query
     size = min(QUERY_BLOCK, max(MIN_BLOCK, 1 << max(int(fits_head).bit_length() - 1, 0)))
     rows = b
     per_row = BLOCK_BYTES // max(_logits_bytes(q[:1], k, queries=1), 1)
