@@ -69,8 +69,7 @@ def attention(q, k, v, mask, *, dropout_rate: float = 0.0, dropout_rng=None, sca
     y = _attention(q, k, v, mask, dropout_rate, dropout_rng, scale)
     if query_mask is None:
         return y
-    uniform = jnp.mean(v.astype(island(v.dtype)), axis=1, keepdims=True).astype(y.dtype)
-    return jnp.where(query_mask[:, :, None, None], y, uniform)
+    return jnp.where(query_mask[:, :, None, None], y, _mean_values(v))
 
 
 def _attention(q, k, v, mask, dropout_rate, dropout_rng, scale):
@@ -99,6 +98,11 @@ def _attention(q, k, v, mask, dropout_rate, dropout_rng, scale):
     return _explicit(q, k, v, key_mask, scale)
 
 
+def _mean_values(v):
+    """(batch, 1, heads, head_dim): what uniform weights over every key give, the mean of v."""
+    return jnp.mean(v.astype(island(v.dtype)), axis=1, keepdims=True).astype(v.dtype)
+
+
 def _fused(q, k, v, mask, scale, implementation=None):
     """The fused kernel with the key mask as lengths: each row's real keys moved to the front
     (a stable sort of the mask), then `key_value_seq_lengths`. Queries and keys are padded to a
@@ -114,8 +118,7 @@ def _fused(q, k, v, mask, scale, implementation=None):
         pad(q), pad(k_front), pad(v_front), scale=scale,
         key_value_seq_lengths=jnp.maximum(lengths, 1),
         implementation=implementation or FUSED_IMPLEMENTATION)[:, :q.shape[1]]
-    uniform = jnp.mean(v.astype(island(v.dtype)), axis=1, keepdims=True).astype(y.dtype)
-    return jnp.where((lengths == 0)[:, None, None, None], uniform, y)
+    return jnp.where((lengths == 0)[:, None, None, None], _mean_values(v), y)
 
 
 def _explicit(q, k, v, key_mask, scale, dropout_rate: float = 0.0, dropout_rng=None):
@@ -168,8 +171,7 @@ def _query_blocks(q, k, v, key_mask, scale):
             # Every key of these rows is padding (top-k's chunks past a document's end): the
             # weights are uniform, so every output is the mean of v, as the explicit form gives,
             # without its (block x keys) work.
-            mean = jnp.mean(vg.astype(island(vg.dtype)), axis=1).astype(vg.dtype)  # (rows, h, d)
-            return jnp.broadcast_to(mean[None, :, None], (*qg.shape[:3], *vg.shape[2:]))
+            return jnp.broadcast_to(_mean_values(vg)[None], (*qg.shape[:3], *vg.shape[2:]))
 
         return jax.lax.cond(jnp.any(mg), attend, no_real_key)
 
