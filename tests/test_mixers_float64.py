@@ -80,18 +80,19 @@ def test_query_blocks_give_the_whole_attention_and_its_gradient(monkeypatch):
 
 
 
-@pytest.mark.parametrize("batch, head_dim, block_bytes, shape", [
-    (4, 4, 64 * 1024, (2, 32)),   # short rows: pairs of rows, 2 * MIN_BLOCK queries
-    (3, 4, 64 * 1024, (3, 16)),   # an odd batch keeps whole-batch blocks
-    (4, 4, 32 * 1024, (2, 16)),   # rows fitting only MIN_BLOCK queries: as many rows as fit
-    (2, 4, 2**20, (2, 512)),      # blocks fit easily: the whole batch, up to QUERY_BLOCK queries
-    (2, 4, 16 * 1024, (2, 16)),   # long rows: the whole batch, at least MIN_BLOCK queries
-    (2, 32, 16 * 1024, (2, 32)),  # twice BLOCK_HEAD_DIM: four times the bytes per block
+@pytest.mark.parametrize("batch, head_dim, block_bytes, query_block, shape", [
+    (4, 4, 64 * 1024, 128, (1, 64)),   # one row's 64 queries fill the budget
+    (4, 4, 8 * 1024, 128, (1, 16)),    # long rows: still MIN_BLOCK queries
+    (4, 4, 256 * 1024, 128, (2, 128)),  # short rows: groups of rows, QUERY_BLOCK queries each
+    (3, 4, 256 * 1024, 128, (1, 128)),  # groups divide the batch: 3 rows go one by one
+    (4, 4, 64 * 1024, 16, (4, 16)),    # groups of rows over several blocks of queries
+    (4, 32, 16 * 1024, 128, (1, 64)),  # twice BLOCK_HEAD_DIM: four times the bytes per block
 ])
 def test_grouped_query_blocks_give_the_whole_attention_and_its_gradient(
-        monkeypatch, batch, head_dim, block_bytes, shape):
+        monkeypatch, batch, head_dim, block_bytes, query_block, shape):
     from lra_bench.mixers import _attention
     monkeypatch.setattr(_attention, "BLOCK_BYTES", block_bytes)
+    monkeypatch.setattr(_attention, "QUERY_BLOCK", query_block)
     q, k, v = f64(*(rand(i, (batch, 64, 2, head_dim)) for i in range(3)))  # 8-byte logits
     assert _attention._block_shape(q, k) == shape
     lengths = [64, 40, 0, 0][:batch]  # rows without a real key: a whole group of them too

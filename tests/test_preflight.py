@@ -61,7 +61,7 @@ def test_preflight_command_and_run_refuse_what_does_not_fit(data_dir, results_di
     r = runner.invoke(app, ["preflight", "-m", "transformer", "-t", "listops", *sets,
                             "--memory-limit", "10KB"])
     assert r.exit_code == 1, r.output
-    for text in ("estimated peak memory", "MiB (XLA compiled estimate", "FLOPs per step",
+    for text in ("estimated peak memory", " (XLA compiled estimate", "FLOPs per step",
                  "9.77 KiB (memory limit)", "DOES NOT FIT", "lower train.batch_size (now 2)"):
         assert text in r.stdout, text
 

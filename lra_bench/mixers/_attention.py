@@ -7,24 +7,27 @@ cuDNN takes key padding only as per-row lengths (real keys first: its bias must 
 gathered to the front first: softmax attention does not depend on the order of the keys, so any
 key mask works (black pixels as padding in the image tasks, top-k's pooled masks), for an
 O(N d) gather.
-Everywhere else (CPU, float32/float64, dropout, a head size cuDNN rejects) the lean explicit form:
-two einsums, a `where` for the key mask and `jax.nn.softmax`; on CPU over blocks of queries
-small enough for a block's logits to stay in cache, with the weights recomputed in the backward
-pass, so no N x N array is stored. On CPU this
-matters: `jax.nn.dot_product_attention`'s XLA path works on a 5-D (1, B, H, N, N) layout and
-writes about eight N x N arrays per step (five of them transposed copies).
+Without the fused kernel (GPU in float32/float64, with attention dropout, or a head size cuDNN
+rejects) the lean explicit form: two einsums, a `where` for the key mask and `jax.nn.softmax`.
+On CPU without attention dropout the same maths runs over blocks of queries (`_query_blocks`):
+heads-major, a block's logits small enough to stay in cache, and a flash-style backward pass that
+recomputes a block's weights from each query's saved maximum and normaliser, so no N x N array
+is ever stored. On CPU this matters: `jax.nn.dot_product_attention`'s XLA path works on a 5-D
+(1, B, H, N, N) layout and writes about eight N x N arrays per step (five of them transposed
+copies).
 
 Precision follows the mixed-precision rule of `lra_bench.mixers`: logits are accumulated, masked
 and normalised in `island(dtype)` (float32 for bf16/fp16/float32, float64 for float64); the
-weights go back to the compute dtype for the product with v.
+weights (unnormalised in the blocks) go back to the compute dtype for the product with v.
 
 `tests/test_attention_fused.py` checks the fused path against the explicit form (on CPU through
 JAX's XLA implementation of the same call, on a GPU through cuDNN); `LRA_ATTENTION=explicit`
-forces the explicit form everywhere.
+forces the explicit form everywhere (A/B checks of the fused kernel and the CPU blocks).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 
@@ -32,11 +35,10 @@ import jax
 import jax.numpy as jnp
 
 FUSED_DTYPES = (jnp.bfloat16, jnp.float16)
-QUERY_BLOCK = 512  # the most queries per block of the explicit form on CPU
+QUERY_BLOCK = 128  # the most queries of one row per block on CPU (see _block_shape)
 MIN_BLOCK = 16
-BLOCK_BYTES = 2**20  # a block's (batch, heads, block, keys) logits, about the L2 cache of a core
-BLOCK_HEAD_DIM = 16  # the head size BLOCK_BYTES was measured with (see _block_shape)
-BLOCKS_ABOVE = 2 * BLOCK_BYTES  # blocks when the logits of all the queries exceed this
+BLOCK_BYTES = 2**21  # a block's (rows, heads, queries, keys) logits at heads of BLOCK_HEAD_DIM
+BLOCK_HEAD_DIM = 16
 FUSED_IMPLEMENTATION = "cudnn"  # tests run the same call with JAX's "xla" implementation on CPU
 FUSED_TILE = 64  # sequence lengths given to the fused kernel are padded to a multiple of this
 _warned: set[str] = set()
@@ -47,12 +49,15 @@ def island(dtype):
     return jnp.promote_types(dtype, jnp.float32)
 
 
+def _explicit_only() -> bool:
+    # LRA_ATTENTION=explicit: A/B checks, or a cuDNN that fails only at compile time, which the
+    # fallback in _attention cannot catch.
+    return os.environ.get("LRA_ATTENTION", "auto") == "explicit"
+
+
 def _fused_applies(q, dropout: bool) -> bool:
-    # LRA_ATTENTION=explicit switches the fused kernel off (A/B checks, or a cuDNN that fails
-    # only at compile time, which the fallback below cannot catch).
     return (not dropout and jax.default_backend() == "gpu" and q.dtype in FUSED_DTYPES
-            and q.shape[-1] <= 128 and q.shape[-1] % 8 == 0
-            and os.environ.get("LRA_ATTENTION", "auto") != "explicit")
+            and q.shape[-1] <= 128 and q.shape[-1] % 8 == 0 and not _explicit_only())
 
 
 def attention(q, k, v, mask, *, dropout_rate: float = 0.0, dropout_rng=None, scale=None,
@@ -93,14 +98,14 @@ def _attention(q, k, v, mask, dropout_rate, dropout_rng, scale):
         # backward pass, and blocks with a kept mask ran 10% slower than this (text Transformer,
         # 2K tokens, batch 4: 0.084 against 0.094 steps/s, for 3.2 against 5.3 GiB).
         return _explicit(q, k, v, key_mask, scale, dropout_rate, dropout_rng)
-    if jax.default_backend() == "cpu" and _logits_bytes(q, k) > BLOCKS_ABOVE:
+    if jax.default_backend() == "cpu" and not _explicit_only():
         return _query_blocks(q, k, v, key_mask, scale)
     return _explicit(q, k, v, key_mask, scale)
 
 
-def _mean_values(v):
-    """(batch, 1, heads, head_dim): what uniform weights over every key give, the mean of v."""
-    return jnp.mean(v.astype(island(v.dtype)), axis=1, keepdims=True).astype(v.dtype)
+def _mean_values(v, axis: int = 1):
+    """What uniform weights over every key give, the mean of v over its keys' `axis` (kept)."""
+    return jnp.mean(v.astype(island(v.dtype)), axis=axis, keepdims=True).astype(v.dtype)
 
 
 def _fused(q, k, v, mask, scale, implementation=None):
@@ -139,73 +144,136 @@ def _logits_bytes(q, k, queries=None):
 
 
 def _query_blocks(q, k, v, key_mask, scale):
-    """The explicit form over blocks of queries, one after another, each block's weights
-    recomputed in the backward pass (jax.checkpoint): the step keeps (block x keys) arrays
-    instead of (queries x keys) ones. A block has the most queries (a power of two, at least
-    MIN_BLOCK, at most QUERY_BLOCK) whose logits fit BLOCK_BYTES, split evenly so that the last
-    block is not mostly padding. Measured on CPU (one thread, batch 2, 4 heads, head size 16,
-    fwd + bwd): 16-query blocks ran 1.7x faster at 2K tokens than 512-query blocks, which were
-    themselves as fast as the whole (queries x keys) form; at batch 16 the smaller blocks still
-    won (1.4x at 1K), and Nyströmformer's (2048 queries x 64 landmarks) softmaxes ran 1.4x
-    faster in 512-query blocks than whole. A group of rows without any real key (top-k's chunks
-    that lie wholly in a document's padding) skips the products: its output is known. On GPU the
-    whole product keeps the device busier, so this is CPU only.
+    """The explicit form over blocks of queries on CPU, heads-major, with a flash-style backward
+    (`_blockwise`): the step keeps (block x keys) arrays instead of (queries x keys) ones. A
+    block has the most queries (a power of two, at least MIN_BLOCK, at most QUERY_BLOCK) whose
+    logits fit BLOCK_BYTES, split evenly so that the last block is not mostly padding; short
+    rows go in groups of rows (`_block_shape`). A group of rows without any real key (top-k's
+    chunks that lie wholly in a document's padding) skips the products: its output is known.
+    On GPU the whole product keeps the device busier, so this is CPU only.
     """
-    b, n = q.shape[:2]
+    b, n, h, d = q.shape
     rows, size = _block_shape(q, k)
     blocks = -(-n // size)
     size = -(-n // blocks)  # e.g. 820 queries: 2 x 410 rather than 2 x 512
-    q = jnp.pad(q, [(0, 0), (0, blocks * size - n), (0, 0), (0, 0)])
-    q = q.reshape(b // rows, rows, blocks, size, *q.shape[2:]).swapaxes(1, 2)
-    k, v = (t.reshape(b // rows, rows, *t.shape[1:]) for t in (k, v))
+    q = jnp.pad(q * scale, [(0, 0), (0, blocks * size - n), (0, 0), (0, 0)])
+    # (groups, rows, heads, tokens, head_dim): one transpose of each input for the whole step
+    q, k, v = (t.reshape(b // rows, rows, *t.shape[1:]).swapaxes(2, 3) for t in (q, k, v))
     key_mask = key_mask.reshape(b // rows, rows, *key_mask.shape[1:])
 
     def one_group(args):
-        qg, kg, vg, mg = args  # qg: (blocks, rows, size, heads, head_dim)
-
-        def attend():
-            one_block = jax.checkpoint(lambda qi: _explicit(qi, kg, vg, mg, scale))
-            return jax.lax.map(one_block, qg)
+        qg, kg, vg, mg = args
 
         def no_real_key():
-            # Every key of these rows is padding (top-k's chunks past a document's end): the
-            # weights are uniform, so every output is the mean of v, as the explicit form gives,
-            # without its (block x keys) work.
-            return jnp.broadcast_to(_mean_values(vg)[None], (*qg.shape[:3], *vg.shape[2:]))
+            # Every key of these rows is padding: the weights are uniform, so every output is
+            # the mean of v, as the explicit form gives, without its (block x keys) work.
+            return jnp.broadcast_to(_mean_values(vg, axis=2), (*qg.shape[:3], vg.shape[-1]))
 
-        return jax.lax.cond(jnp.any(mg), attend, no_real_key)
+        return jax.lax.cond(jnp.any(mg), lambda: _blockwise(qg, kg, vg, mg, size), no_real_key)
 
-    y = jax.lax.map(one_group, (q, k, v, key_mask))  # (groups, blocks, rows, size, h, d)
-    y = y.swapaxes(1, 2).reshape(b, blocks * size, *y.shape[4:])
-    return y[:, :n]
+    y = jax.lax.map(one_group, (q, k, v, key_mask))  # (groups, rows, heads, tokens, head_dim)
+    return y.swapaxes(2, 3).reshape(b, blocks * size, h, d)[:, :n]
+
+
+def _split(t, size):
+    """(rows, heads, blocks * size, d) -> (blocks, rows, heads, size, d)."""
+    r, h, n, d = t.shape
+    return t.reshape(r, h, n // size, size, d).transpose(2, 0, 1, 3, 4)
+
+
+def _join(t):
+    """The inverse of `_split`."""
+    blocks, r, h, size, d = t.shape
+    return t.transpose(1, 2, 0, 3, 4).reshape(r, h, blocks * size, d)
+
+
+def _block_logits(qb, kt, key_mask):
+    acc = island(qb.dtype)
+    logits = jnp.einsum("rhqd,rhdk->rhqk", qb, kt, preferred_element_type=acc)
+    return jnp.where(key_mask, logits, jnp.finfo(acc).min)
+
+
+def _blockwise_forward(q, k, v, key_mask, size):
+    # Every product is a plain (m x k) @ (k x n) on heads-major arrays: with k^T kept once here
+    # (and v^T in the backward pass) XLA needs no transposed copy per block. The (token-major,
+    # autodiff) form of the same maths ran 1.6-1.7x slower: 4 rows of 512, heads of 16, one
+    # thread, forward + backward: 27 ms against 16 ms (2026-11-30).
+    kt = k.swapaxes(-1, -2)
+
+    def one(qb):
+        logits = _block_logits(qb, kt, key_mask)
+        top = jnp.max(logits, axis=-1, keepdims=True)
+        e = jnp.exp(logits - top)
+        inv = 1.0 / jnp.sum(e, axis=-1, keepdims=True)
+        y = jnp.einsum("rhqk,rhkd->rhqd", e.astype(v.dtype), v, preferred_element_type=e.dtype)
+        return (y * inv).astype(v.dtype), (top, inv)
+
+    return jax.lax.map(one, _split(q, size))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _blockwise(q, k, v, key_mask, size):
+    """Softmax attention on heads-major arrays, `size` queries at a time. q: (rows, heads,
+    blocks * size, head_dim), already scaled; k, v: (rows, heads, keys, head_dim); key_mask:
+    (rows, 1, 1, keys). Only each query's row maximum and normaliser are kept for the backward
+    pass, which recomputes a block's weights from them (as flash attention does): no softmax
+    recomputation, no (queries x keys) array."""
+    return _join(_blockwise_forward(q, k, v, key_mask, size)[0])
+
+
+def _blockwise_fwd(q, k, v, key_mask, size):
+    y, stats = _blockwise_forward(q, k, v, key_mask, size)
+    return _join(y), (q, k, v, key_mask, y, stats)
+
+
+def _blockwise_bwd(size, residuals, dy):
+    q, k, v, key_mask, y, (top, inv) = residuals
+    acc = island(q.dtype)
+    kt, vt = k.swapaxes(-1, -2), v.swapaxes(-1, -2)
+    dy = _split(dy, size)
+    # sum_k p * dp = dy . y for each query: the softmax backward without an (n x n) reduction
+    delta = jnp.sum(dy.astype(acc) * y.astype(acc), axis=-1, keepdims=True)
+
+    def one(carry, block):
+        dkt, dvt = carry
+        qb, dyb, top_b, inv_b, delta_b = block
+        p = jnp.exp(_block_logits(qb, kt, key_mask) - top_b) * inv_b
+        # k and v's gradients are kept transposed, (d x keys), so each update is a plain product
+        dvt = dvt + jnp.einsum("rhdq,rhqk->rhdk", dyb.swapaxes(-1, -2), p.astype(dyb.dtype),
+                               preferred_element_type=acc)
+        dp = jnp.einsum("rhqd,rhdk->rhqk", dyb, vt, preferred_element_type=acc)
+        ds = jnp.where(key_mask, p * (dp - delta_b), 0.0)
+        dq = jnp.einsum("rhqk,rhkd->rhqd", ds.astype(k.dtype), k, preferred_element_type=acc)
+        dkt = dkt + jnp.einsum("rhdq,rhqk->rhdk", qb.swapaxes(-1, -2), ds.astype(qb.dtype),
+                               preferred_element_type=acc)
+        return (dkt, dvt), dq.astype(q.dtype)
+
+    zeros = jnp.zeros(kt.shape, acc)
+    (dkt, dvt), dq = jax.lax.scan(one, (zeros, zeros), (_split(q, size), dy, top, inv, delta))
+    return (_join(dq), dkt.swapaxes(-1, -2).astype(k.dtype), dvt.swapaxes(-1, -2).astype(v.dtype),
+            None)
+
+
+_blockwise.defvjp(_blockwise_fwd, _blockwise_bwd)
 
 
 def _block_shape(q, k) -> tuple[int, int]:
-    """(batch rows, queries) of one block of `_query_blocks`."""
+    """(batch rows, queries) of one block of `_query_blocks`: as many rows x queries as have
+    BLOCK_BYTES of logits (times (head_dim / BLOCK_HEAD_DIM)^2: each logit of a larger head
+    costs more to compute than to keep), up to QUERY_BLOCK queries of each row.
+
+    Measured on one thread, forward + backward, heads of 16 unless said (2026-11-30): 4 rows of
+    512 (top-k's chunks at 1K) 2 x 128 and 4 x 64 took 15.0-15.4 ms, 4 x 32 16.0, 1 x 256 16.1,
+    4 x 256 19.4; 32 rows of 512: 2 x 128 121 ms, 4 x 64 131, 1 x 256 128; 2 rows of 2K: 1 x 64
+    116-118 ms, 2 x 64 121, 1 x 32 122; 2 rows of 8K: 1 x 16 and 1 x 32 2.25-2.31 s, 2 x 32
+    2.94; 4 rows of 2K, heads of 64: 4 x 128 870 ms, 4 x 256 867, 2 x 128 920, 4 x 64 943;
+    Nystromformer's 4K queries x 64 landmarks: 2 x 128 8.9 ms, 1 x 128 14.2.
+    """
     b, head_dim = q.shape[0], q.shape[-1]
-    per_query = max(_logits_bytes(q, k, queries=1), 1)  # one query of every row
-    fits = BLOCK_BYTES // per_query
-    # BLOCK_BYTES holds for heads of BLOCK_HEAD_DIM. Each logit of a larger head costs more
-    # to compute than to keep, and the best block grew with the head size squared: for heads of
-    # 64 (LRA's text Transformer) at 2K tokens, batch 4, 128-256 queries per block took
-    # 1.34-1.41 s forward + backward against 2.57 s for 16 (heads of 32: 0.93-0.99 s against
-    # 1.29 s; one thread, 2026-11-29).
-    scale = max(1, head_dim // BLOCK_HEAD_DIM) ** 2
-    fits_head = scale * BLOCK_BYTES // per_query
-    size = min(QUERY_BLOCK, max(MIN_BLOCK, 1 << max(int(fits_head).bit_length() - 1, 0)))
-    rows = b
-    per_row = BLOCK_BYTES // max(_logits_bytes(q[:1], k, queries=1), 1)
-    if fits < 2 * MIN_BLOCK and b % 2 == 0 and per_row >= 4 * MIN_BLOCK:
-        # Many short rows (top-k's 512-token chunks are batch rows: 32 of them at 8K): pairs of
-        # rows, 2 * MIN_BLOCK queries each. Measured on 16 rows of 512 (one thread, fwd + bwd):
-        # 104 ms against 121 ms for 8 rows x 16 queries (4 heads of 16), 319 against 644 ms with
-        # heads of 64, 213 against 231 ms for 4 rows x 16 with 8 heads; single rows, and more
-        # rows or queries per block, were slower in every case.
-        rows, size = 2, 2 * MIN_BLOCK
-    elif fits < MIN_BLOCK and per_row >= 2 * MIN_BLOCK:
-        # Rows too long for 2 x 2 * MIN_BLOCK queries but short enough to group: as many rows
-        # as MIN_BLOCK queries of each fit (blockwise attention at 8K with 16 heads).
-        rows, size = min(b, per_row // MIN_BLOCK), MIN_BLOCK
-        while b % rows:
-            rows -= 1
+    budget = BLOCK_BYTES * max(1, head_dim // BLOCK_HEAD_DIM) ** 2
+    fits = max(1, budget // max(_logits_bytes(q[:1], k, queries=1), 1))  # row-queries
+    size = min(QUERY_BLOCK, max(MIN_BLOCK, 1 << (int(fits).bit_length() - 1)))
+    rows = max(1, min(b, fits // size))
+    while b % rows:
+        rows -= 1
     return rows, size
