@@ -103,6 +103,33 @@ def test_grouped_query_blocks_give_the_whole_attention_and_its_gradient(
     for a, b in zip(*(jax.tree.leaves(g) for g in grads)):
         np.testing.assert_allclose(a, b, **TOL)
 
+def test_query_blocks_with_attention_dropout_give_the_explicit_form_and_its_gradient(monkeypatch):
+    """Attention dropout inside the CPU blocks: the same keep mask as the explicit form's draw,
+    the same outputs and gradients (rows with a real key; an all-padding group of rows gives the
+    mean of v in the blocks, which no real query reads)."""
+    from lra_bench.mixers import _attention
+    monkeypatch.setattr(_attention, "BLOCK_BYTES", 8 * 1024)  # 16-query blocks, one row each
+    q, k, v = f64(*(rand(i, (3, 40, 2, 4)) for i in range(3)))
+    mask = jnp.asarray(length_mask([40, 23, 0], 40))
+    rng = jax.random.key(7)
+
+    def loss(attend):
+        def f(q, k, v):
+            y = attend(q, k, v)[:2]  # the rows with real keys
+            return (y ** 3).sum()
+        return jax.value_and_grad(f, argnums=(0, 1, 2))(q, k, v)
+
+    blocked = loss(lambda q, k, v: _attention.attention(q, k, v, mask, dropout_rate=0.25,
+                                                         dropout_rng=rng))
+    monkeypatch.setenv("LRA_ATTENTION", "explicit")
+    explicit = loss(lambda q, k, v: _attention.attention(q, k, v, mask, dropout_rate=0.25,
+                                                          dropout_rng=rng))
+    undropped = loss(lambda q, k, v: _attention.attention(q, k, v, mask))
+    for a, b in zip(jax.tree.leaves(blocked), jax.tree.leaves(explicit)):
+        np.testing.assert_allclose(a, b, **TOL)
+    assert abs(float(blocked[0]) - float(undropped[0])) > 1e-3  # the dropout did drop
+
+
 def test_linear_and_sikf_attention():
     q, k, v = (rand(i, (2, 10, 2, 4), 0.5) for i in range(3))
     mask = length_mask([10, 6], 10)

@@ -93,14 +93,10 @@ def _attention(q, k, v, mask, dropout_rate, dropout_rng, scale):
                 logging.getLogger("lra_bench").warning(
                     "fused attention rejected for q %s %s (%s); using the explicit form",
                     q.shape, q.dtype, reason)
-    if dropout:
-        # Not in blocks: the mask must then be kept (1 byte per weight) or drawn again in the
-        # backward pass, and blocks with a kept mask ran 10% slower than this (text Transformer,
-        # 2K tokens, batch 4: 0.084 against 0.094 steps/s, for 3.2 against 5.3 GiB).
-        return _explicit(q, k, v, key_mask, scale, dropout_rate, dropout_rng)
     if jax.default_backend() == "cpu" and not _explicit_only():
-        return _query_blocks(q, k, v, key_mask, scale)
-    return _explicit(q, k, v, key_mask, scale)
+        keep = _keep_mask(q, k, dropout_rate, dropout_rng) if dropout else None
+        return _query_blocks(q, k, v, key_mask, scale, keep, dropout_rate)
+    return _explicit(q, k, v, key_mask, scale, dropout_rate, dropout_rng if dropout else None)
 
 
 def _mean_values(v, axis: int = 1):
@@ -126,6 +122,24 @@ def _fused(q, k, v, mask, scale, implementation=None):
     return jnp.where((lengths == 0)[:, None, None, None], _mean_values(v), y)
 
 
+def _keep_mask(q, k, rate, rng):
+    """Attention dropout's (batch, heads, queries, keys) keep mask, the same draw in every form.
+
+    Each 32-bit threefry word serves two weights (16 bits each, kept when below
+    round((1 - rate) * 2^16)): the bits are the costliest part of attention dropout on CPU, more
+    than the attention's own maths. A text Transformer step at 1K tokens, batch 8, took 4.1 s
+    with `jax.random.bernoulli`'s mask and 2.8 s without dropout; a 4M-weight mask took 33 ms
+    this way against 66 ms (one thread, 2026-11-30). The keep probability is quantised to
+    1/65536 (0.9 -> 0.899994). The mask is drawn once and kept (1 byte per weight): drawing it
+    again in the backward pass would double that cost.
+    """
+    b, n, h = q.shape[:3]
+    keys = k.shape[1]
+    words = jax.random.bits(rng, (b, h, n, -(-keys // 2)), jnp.uint32)
+    halves = jnp.stack([words & 0xFFFF, words >> 16], axis=-1).reshape(b, h, n, -1)[..., :keys]
+    return halves < round((1.0 - rate) * 65536)
+
+
 def _explicit(q, k, v, key_mask, scale, dropout_rate: float = 0.0, dropout_rng=None):
     acc = island(q.dtype)
     # Scaling q (n x d) instead of the logits (n x n) saves a pass over the largest array.
@@ -133,7 +147,7 @@ def _explicit(q, k, v, key_mask, scale, dropout_rate: float = 0.0, dropout_rng=N
     logits = jnp.where(key_mask, logits, jnp.finfo(acc).min)
     weights = jax.nn.softmax(logits, axis=-1)
     if dropout_rng is not None:
-        keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, weights.shape)
+        keep = _keep_mask(q, k, dropout_rate, dropout_rng)
         weights = jnp.where(keep, weights / (1.0 - dropout_rate), 0.0)
     return jnp.einsum("bhqk,bkhd->bqhd", weights.astype(v.dtype), v)
 
@@ -143,35 +157,43 @@ def _logits_bytes(q, k, queries=None):
     return b * h * (n if queries is None else queries) * k.shape[1] * island(q.dtype).itemsize
 
 
-def _query_blocks(q, k, v, key_mask, scale):
+def _query_blocks(q, k, v, key_mask, scale, keep=None, rate: float = 0.0):
     """The explicit form over blocks of queries on CPU, heads-major, with a flash-style backward
     (`_blockwise`): the step keeps (block x keys) arrays instead of (queries x keys) ones. A
     block has the most queries (a power of two, at least MIN_BLOCK, at most QUERY_BLOCK) whose
     logits fit BLOCK_BYTES, split evenly so that the last block is not mostly padding; short
     rows go in groups of rows (`_block_shape`). A group of rows without any real key (top-k's
-    chunks that lie wholly in a document's padding) skips the products: its output is known.
-    On GPU the whole product keeps the device busier, so this is CPU only.
+    chunks that lie wholly in a document's padding) skips the products: its output is known
+    (the mean of v, attention dropout or not: no real query reads it). keep: attention
+    dropout's (batch, heads, queries, keys) mask, or None. On GPU the whole product keeps the
+    device busier, so this is CPU only.
     """
     b, n, h, d = q.shape
     rows, size = _block_shape(q, k)
     blocks = -(-n // size)
-    size = -(-n // blocks)  # e.g. 820 queries: 2 x 410 rather than 2 x 512
+    size = -(-n // blocks)  # e.g. 300 queries: 3 x 100 rather than 3 x 128
     q = jnp.pad(q * scale, [(0, 0), (0, blocks * size - n), (0, 0), (0, 0)])
     # (groups, rows, heads, tokens, head_dim): one transpose of each input for the whole step
     q, k, v = (t.reshape(b // rows, rows, *t.shape[1:]).swapaxes(2, 3) for t in (q, k, v))
     key_mask = key_mask.reshape(b // rows, rows, *key_mask.shape[1:])
+    if keep is not None:
+        keep = jnp.pad(keep, [(0, 0), (0, 0), (0, blocks * size - n), (0, 0)])
+        keep = keep.reshape(b // rows, rows, *keep.shape[1:])
 
     def one_group(args):
-        qg, kg, vg, mg = args
+        qg, kg, vg, mg, keep_g = args
 
         def no_real_key():
             # Every key of these rows is padding: the weights are uniform, so every output is
             # the mean of v, as the explicit form gives, without its (block x keys) work.
             return jnp.broadcast_to(_mean_values(vg, axis=2), (*qg.shape[:3], vg.shape[-1]))
 
-        return jax.lax.cond(jnp.any(mg), lambda: _blockwise(qg, kg, vg, mg, size), no_real_key)
+        def attend():
+            return _blockwise(qg, kg, vg, mg, keep_g, size, rate)
 
-    y = jax.lax.map(one_group, (q, k, v, key_mask))  # (groups, rows, heads, tokens, head_dim)
+        return jax.lax.cond(jnp.any(mg), attend, no_real_key)
+
+    y = jax.lax.map(one_group, (q, k, v, key_mask, keep))  # (groups, rows, heads, tokens, head_dim)
     return y.swapaxes(2, 3).reshape(b, blocks * size, h, d)[:, :n]
 
 
@@ -193,55 +215,63 @@ def _block_logits(qb, kt, key_mask):
     return jnp.where(key_mask, logits, jnp.finfo(acc).min)
 
 
-def _blockwise_forward(q, k, v, key_mask, size):
+def _blockwise_forward(q, k, v, key_mask, keep, size, rate):
     # Every product is a plain (m x k) @ (k x n) on heads-major arrays: with k^T kept once here
     # (and v^T in the backward pass) XLA needs no transposed copy per block. The (token-major,
     # autodiff) form of the same maths ran 1.6-1.7x slower: 4 rows of 512, heads of 16, one
     # thread, forward + backward: 27 ms against 16 ms (2026-11-30).
     kt = k.swapaxes(-1, -2)
 
-    def one(qb):
+    def one(block):
+        qb, keep_b = block
         logits = _block_logits(qb, kt, key_mask)
         top = jnp.max(logits, axis=-1, keepdims=True)
         e = jnp.exp(logits - top)
         inv = 1.0 / jnp.sum(e, axis=-1, keepdims=True)
+        if keep_b is not None:  # dropout after the normalisation, as in the explicit form
+            e = jnp.where(keep_b, e, 0.0) / (1.0 - rate)
         y = jnp.einsum("rhqk,rhkd->rhqd", e.astype(v.dtype), v, preferred_element_type=e.dtype)
         return (y * inv).astype(v.dtype), (top, inv)
 
-    return jax.lax.map(one, _split(q, size))
+    return jax.lax.map(one, (_split(q, size), None if keep is None else _split(keep, size)))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
-def _blockwise(q, k, v, key_mask, size):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
+def _blockwise(q, k, v, key_mask, keep, size, rate):
     """Softmax attention on heads-major arrays, `size` queries at a time. q: (rows, heads,
     blocks * size, head_dim), already scaled; k, v: (rows, heads, keys, head_dim); key_mask:
-    (rows, 1, 1, keys). Only each query's row maximum and normaliser are kept for the backward
-    pass, which recomputes a block's weights from them (as flash attention does): no softmax
-    recomputation, no (queries x keys) array."""
-    return _join(_blockwise_forward(q, k, v, key_mask, size)[0])
+    (rows, 1, 1, keys); keep: attention dropout's (rows, heads, blocks * size, keys) mask, or
+    None. Only each query's row maximum and normaliser are kept for the backward pass, which
+    recomputes a block's weights from them (as flash attention does): no softmax recomputation,
+    no (queries x keys) float array."""
+    return _join(_blockwise_forward(q, k, v, key_mask, keep, size, rate)[0])
 
 
-def _blockwise_fwd(q, k, v, key_mask, size):
-    y, stats = _blockwise_forward(q, k, v, key_mask, size)
-    return _join(y), (q, k, v, key_mask, y, stats)
+def _blockwise_fwd(q, k, v, key_mask, keep, size, rate):
+    y, stats = _blockwise_forward(q, k, v, key_mask, keep, size, rate)
+    return _join(y), (q, k, v, key_mask, keep, y, stats)
 
 
-def _blockwise_bwd(size, residuals, dy):
-    q, k, v, key_mask, y, (top, inv) = residuals
+def _blockwise_bwd(size, rate, residuals, dy):
+    q, k, v, key_mask, keep, y, (top, inv) = residuals
     acc = island(q.dtype)
     kt, vt = k.swapaxes(-1, -2), v.swapaxes(-1, -2)
     dy = _split(dy, size)
-    # sum_k p * dp = dy . y for each query: the softmax backward without an (n x n) reduction
+    # sum_k p * dp = dy . y for each query (dropout included): the softmax backward without an
+    # (n x n) reduction
     delta = jnp.sum(dy.astype(acc) * y.astype(acc), axis=-1, keepdims=True)
 
     def one(carry, block):
         dkt, dvt = carry
-        qb, dyb, top_b, inv_b, delta_b = block
+        qb, dyb, top_b, inv_b, delta_b, keep_b = block
         p = jnp.exp(_block_logits(qb, kt, key_mask) - top_b) * inv_b
+        dropped = p if keep_b is None else jnp.where(keep_b, p, 0.0) / (1.0 - rate)
         # k and v's gradients are kept transposed, (d x keys), so each update is a plain product
-        dvt = dvt + jnp.einsum("rhdq,rhqk->rhdk", dyb.swapaxes(-1, -2), p.astype(dyb.dtype),
+        dvt = dvt + jnp.einsum("rhdq,rhqk->rhdk", dyb.swapaxes(-1, -2), dropped.astype(dyb.dtype),
                                preferred_element_type=acc)
         dp = jnp.einsum("rhqd,rhdk->rhqk", dyb, vt, preferred_element_type=acc)
+        if keep_b is not None:
+            dp = jnp.where(keep_b, dp, 0.0) / (1.0 - rate)
         ds = jnp.where(key_mask, p * (dp - delta_b), 0.0)
         dq = jnp.einsum("rhqk,rhkd->rhqd", ds.astype(k.dtype), k, preferred_element_type=acc)
         dkt = dkt + jnp.einsum("rhdq,rhqk->rhdk", qb.swapaxes(-1, -2), ds.astype(qb.dtype),
@@ -249,9 +279,10 @@ def _blockwise_bwd(size, residuals, dy):
         return (dkt, dvt), dq.astype(q.dtype)
 
     zeros = jnp.zeros(kt.shape, acc)
-    (dkt, dvt), dq = jax.lax.scan(one, (zeros, zeros), (_split(q, size), dy, top, inv, delta))
+    blocks = (_split(q, size), dy, top, inv, delta, None if keep is None else _split(keep, size))
+    (dkt, dvt), dq = jax.lax.scan(one, (zeros, zeros), blocks)
     return (_join(dq), dkt.swapaxes(-1, -2).astype(k.dtype), dvt.swapaxes(-1, -2).astype(v.dtype),
-            None)
+            None, None)
 
 
 _blockwise.defvjp(_blockwise_fwd, _blockwise_bwd)
