@@ -66,14 +66,14 @@ def test_softmax_attention():
 
 def test_query_blocks_give_the_whole_attention_and_its_gradient(monkeypatch):
     """The CPU path over blocks of queries (here 8, not dividing 20) is the same function."""
-    from lra_bench.mixers import _attention
-    monkeypatch.setattr(_attention, "QUERY_BLOCK", 8)
+    from lra_bench.mixers import _attention, _blocks
+    monkeypatch.setattr(_blocks, "QUERY_BLOCK", 8)
     q, k, v = f64(*(rand(i, (2, 20, 2, 4)) for i in range(3)))
     key_mask = jnp.asarray(length_mask([20, 13], 20))[:, None, None, :]
-    for fn in (_attention._query_blocks, _attention._explicit):
+    for fn in (_blocks.query_blocks, _attention._explicit):
         got = jax.value_and_grad(lambda q, k, v: (fn(q, k, v, key_mask, 0.5) ** 3).sum(),
                                  argnums=(0, 1, 2))(q, k, v)
-        if fn is _attention._query_blocks:
+        if fn is _blocks.query_blocks:
             blocked = got
     for a, b in zip(jax.tree.leaves(blocked), jax.tree.leaves(got)):
         np.testing.assert_allclose(a, b, **TOL)
@@ -90,16 +90,16 @@ def test_query_blocks_give_the_whole_attention_and_its_gradient(monkeypatch):
 ])
 def test_grouped_query_blocks_give_the_whole_attention_and_its_gradient(
         monkeypatch, batch, head_dim, block_bytes, query_block, shape):
-    from lra_bench.mixers import _attention
-    monkeypatch.setattr(_attention, "BLOCK_BYTES", block_bytes)
-    monkeypatch.setattr(_attention, "QUERY_BLOCK", query_block)
+    from lra_bench.mixers import _attention, _blocks
+    monkeypatch.setattr(_blocks, "BLOCK_BYTES", block_bytes)
+    monkeypatch.setattr(_blocks, "QUERY_BLOCK", query_block)
     q, k, v = f64(*(rand(i, (batch, 64, 2, head_dim)) for i in range(3)))  # 8-byte logits
-    assert _attention._block_shape(q, k) == shape
+    assert _blocks.block_shape(q, k) == shape
     lengths = [64, 40, 0, 0][:batch]  # rows without a real key: a whole group of them too
     key_mask = jnp.asarray(length_mask(lengths, 64))[:, None, None, :]
     grads = [jax.value_and_grad(lambda q, k, v: (fn(q, k, v, key_mask, 0.5) ** 3).sum(),
                                 argnums=(0, 1, 2))(q, k, v)
-             for fn in (_attention._query_blocks, _attention._explicit)]
+             for fn in (_blocks.query_blocks, _attention._explicit)]
     for a, b in zip(*(jax.tree.leaves(g) for g in grads)):
         np.testing.assert_allclose(a, b, **TOL)
 
@@ -107,8 +107,8 @@ def test_query_blocks_with_attention_dropout_give_the_explicit_form_and_its_grad
     """Attention dropout inside the CPU blocks: the same keep mask as the explicit form's draw,
     the same outputs and gradients (rows with a real key; an all-padding group of rows gives the
     mean of v in the blocks, which no real query reads)."""
-    from lra_bench.mixers import _attention
-    monkeypatch.setattr(_attention, "BLOCK_BYTES", 8 * 1024)  # 16-query blocks, one row each
+    from lra_bench.mixers import _attention, _blocks
+    monkeypatch.setattr(_blocks, "BLOCK_BYTES", 8 * 1024)  # 16-query blocks, one row each
     q, k, v = f64(*(rand(i, (3, 40, 2, 4)) for i in range(3)))
     mask = jnp.asarray(length_mask([40, 23, 0], 40))
     rng = jax.random.key(7)

@@ -42,7 +42,7 @@ Users add theirs without forking: an entry point in the group `lra_bench.mixers`
 `kind = "package.module:Class"` (see `lra_bench.plugins` and docs/plugins.md).
 
 Mixed precision (`--dtype bfloat16`): `spec.dtype` is the compute dtype; parameters stay float32.
-"float32" below means the island dtype `_attention.island(dtype)` = promote_types(dtype, float32):
+"float32" below means the island dtype `_precision.island(dtype)` = promote_types(dtype, float32):
 float32 for bf16/float32 inputs, float64 for float64 ones (the equation tests run in float64), so
 no kernel hard-codes float32. Softmax attention is `_attention.attention` for every mixer that
 attends; q/k/v/out projections are `_projections.HeadProjections`.

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lra_bench.mixers._attention import island
+from lra_bench.mixers._precision import island
 
 BASE_TYPES = ("full", "symmetric")
 

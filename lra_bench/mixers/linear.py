@@ -11,7 +11,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from lra_bench.mixers import MixerSpec
-from lra_bench.mixers._attention import island
+from lra_bench.mixers._precision import island
 from lra_bench.mixers._projections import HeadProjections
 
 

@@ -27,7 +27,8 @@ from flax import nnx
 
 from lra_bench.errors import UserError
 from lra_bench.mixers import MixerSpec
-from lra_bench.mixers._attention import attention, island
+from lra_bench.mixers._attention import attention
+from lra_bench.mixers._precision import island
 from lra_bench.mixers._projections import HeadProjections
 
 PINV_INITS = ("per_matrix", "global")

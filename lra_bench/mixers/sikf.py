@@ -19,7 +19,7 @@ from flax import nnx
 from lra_bench.errors import UserError
 from lra_bench.mixers import MixerSpec
 from lra_bench.mixers import _fastrpb
-from lra_bench.mixers._attention import island
+from lra_bench.mixers._precision import island
 from lra_bench.mixers._projections import HeadProjections
 from lra_bench.mixers.linear import elu_linear_attention, normalized_linear_attention
 

@@ -32,7 +32,7 @@ from flax import nnx
 from lra_bench.errors import UserError
 from lra_bench.mixers import MixerSpec
 from lra_bench.mixers import softmax
-from lra_bench.mixers._attention import island
+from lra_bench.mixers._precision import island
 
 SCORE_EPS = 1e-5  # official: sigmoid(logits) + 0.00001 keeps every score positive
 
