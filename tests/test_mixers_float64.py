@@ -83,10 +83,11 @@ def test_query_blocks_give_the_whole_attention_and_its_gradient(monkeypatch):
 @pytest.mark.parametrize("batch, head_dim, block_bytes, query_block, shape", [
     (4, 4, 64 * 1024, 128, (1, 64)),   # one row's 64 queries fill the budget
     (4, 4, 8 * 1024, 128, (1, 16)),    # long rows: still MIN_BLOCK queries
-    (4, 4, 256 * 1024, 128, (2, 128)),  # short rows: groups of rows, QUERY_BLOCK queries each
-    (3, 4, 256 * 1024, 128, (1, 128)),  # groups divide the batch: 3 rows go one by one
+    (16, 4, 256 * 1024, 128, (2, 128)),  # short rows: groups of rows, QUERY_BLOCK queries each
+    (15, 4, 256 * 1024, 128, (1, 128)),  # groups divide the batch: 15 rows go one by one
     (4, 4, 64 * 1024, 16, (4, 16)),    # groups of rows over several blocks of queries
     (4, 32, 16 * 1024, 128, (1, 64)),  # twice BLOCK_HEAD_DIM: four times the bytes per block
+    (4, 4, 128 * 1024, 128, (4, 64)),  # all the logits within twice the budget: one block
 ])
 def test_grouped_query_blocks_give_the_whole_attention_and_its_gradient(
         monkeypatch, batch, head_dim, block_bytes, query_block, shape):
@@ -95,7 +96,7 @@ def test_grouped_query_blocks_give_the_whole_attention_and_its_gradient(
     monkeypatch.setattr(_blocks, "QUERY_BLOCK", query_block)
     q, k, v = f64(*(rand(i, (batch, 64, 2, head_dim)) for i in range(3)))  # 8-byte logits
     assert _blocks.block_shape(q, k) == shape
-    lengths = [64, 40, 0, 0][:batch]  # rows without a real key: a whole group of them too
+    lengths = ([64, 40, 0, 0] * 4)[:batch]  # rows without a real key: whole groups of them too
     key_mask = jnp.asarray(length_mask(lengths, 64))[:, None, None, :]
     grads = [jax.value_and_grad(lambda q, k, v: (fn(q, k, v, key_mask, 0.5) ** 3).sum(),
                                 argnums=(0, 1, 2))(q, k, v)
@@ -109,6 +110,7 @@ def test_query_blocks_with_attention_dropout_give_the_explicit_form_and_its_grad
     mean of v in the blocks, which no real query reads)."""
     from lra_bench.mixers import _attention, _blocks
     monkeypatch.setattr(_blocks, "BLOCK_BYTES", 8 * 1024)  # 16-query blocks, one row each
+    monkeypatch.setattr(_blocks, "SMALL_BYTES", 0)  # blocks even for this small attention
     q, k, v = f64(*(rand(i, (3, 40, 2, 4)) for i in range(3)))
     mask = jnp.asarray(length_mask([40, 23, 0], 40))
     rng = jax.random.key(7)

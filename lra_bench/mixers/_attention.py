@@ -8,7 +8,8 @@ gathered to the front first: softmax attention does not depend on the order of t
 key mask works (black pixels as padding in the image tasks, top-k's pooled masks), for an
 O(N d) gather.
 On CPU: the same maths over blocks of queries with a flash-style backward pass
-(`lra_bench.mixers._blocks`), attention dropout included; no N x N float array is ever stored.
+(`lra_bench.mixers._blocks`), attention dropout included; no N x N float array is ever stored
+(the smallest attentions, under 256 KiB of logits, take the explicit form: it is faster there).
 On CPU this matters: `jax.nn.dot_product_attention`'s XLA path works on a 5-D (1, B, H, N, N)
 layout and writes about eight N x N arrays per step (five of them transposed copies).
 Otherwise (GPU in float32/float64, with attention dropout, or a head size cuDNN rejects) the
@@ -31,7 +32,7 @@ import os
 import jax
 import jax.numpy as jnp
 
-from lra_bench.mixers._blocks import mean_values, query_blocks
+from lra_bench.mixers._blocks import mean_values, pays, query_blocks
 from lra_bench.mixers._precision import island
 
 FUSED_DTYPES = (jnp.bfloat16, jnp.float16)
@@ -84,7 +85,7 @@ def _attention(q, k, v, mask, dropout_rate, dropout_rng, scale):
                 logging.getLogger("lra_bench").warning(
                     "fused attention rejected for q %s %s (%s); using the explicit form",
                     q.shape, q.dtype, reason)
-    if jax.default_backend() == "cpu" and not _explicit_only():
+    if jax.default_backend() == "cpu" and not _explicit_only() and pays(q, k):
         keep = _keep_mask(q, k, dropout_rate, dropout_rng) if dropout else None
         return query_blocks(q, k, v, key_mask, scale, keep, dropout_rate)
     return _explicit(q, k, v, key_mask, scale, dropout_rate, dropout_rng if dropout else None)

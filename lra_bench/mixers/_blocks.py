@@ -24,11 +24,20 @@ QUERY_BLOCK = 128  # the most queries of one row per block (see block_shape)
 MIN_BLOCK = 16
 BLOCK_BYTES = 2**21  # a block's (rows, heads, queries, keys) logits at heads of BLOCK_HEAD_DIM
 BLOCK_HEAD_DIM = 16
+SMALL_BYTES = 2**18  # logits of every query below which the explicit form is faster (see pays)
 
 
 def mean_values(v, axis: int = 1):
     """What uniform weights over every key give, the mean of v over its keys' `axis` (kept)."""
     return jnp.mean(v.astype(island(v.dtype)), axis=axis, keepdims=True).astype(v.dtype)
+
+
+def pays(q, k) -> bool:
+    """Whether blocks beat the explicit form: not for the smallest attentions, where their
+    fixed costs show. 32 rows of 17 tokens, 4 heads of 16 (148 KiB of logits): 0.54 ms in
+    blocks against 0.41 ms; 33 tokens (544 KiB): 1.18 against 1.22 ms; 65 tokens: 3.0 against
+    3.3 ms (forward + backward, one thread, 2026-11-30)."""
+    return _logits_bytes(q, k) > SMALL_BYTES
 
 
 def _logits_bytes(q, k, queries=None):
@@ -169,7 +178,7 @@ _blockwise.defvjp(_blockwise_fwd, _blockwise_bwd)
 
 
 def block_shape(q, k) -> tuple[int, int]:
-    """(batch rows, queries) of one block of `_query_blocks`: as many rows x queries as have
+    """(batch rows, queries) of one block of `query_blocks`: as many rows x queries as have
     BLOCK_BYTES of logits (times (head_dim / BLOCK_HEAD_DIM)^2: each logit of a larger head
     costs more to compute than to keep), up to QUERY_BLOCK queries of each row.
 
@@ -179,9 +188,15 @@ def block_shape(q, k) -> tuple[int, int]:
     116-118 ms, 2 x 64 121, 1 x 32 122; 2 rows of 8K: 1 x 16 and 1 x 32 2.25-2.31 s, 2 x 32
     2.94; 4 rows of 2K, heads of 64: 4 x 128 870 ms, 4 x 256 867, 2 x 128 920, 4 x 64 943;
     Nystromformer's 4K queries x 64 landmarks: 2 x 128 8.9 ms, 1 x 128 14.2.
+
+    Logits of up to twice the budget go in one block: any loop costs a fixed overhead. 32 rows
+    of 65 tokens (top-k's first layer in the ListOps quick preset): one block 3.0 ms, two or more
+    groups of rows 4.7-5.0 ms, blocks of 32 queries 3.8 ms.
     """
-    b, head_dim = q.shape[0], q.shape[-1]
+    b, n, head_dim = q.shape[0], q.shape[1], q.shape[-1]
     budget = BLOCK_BYTES * max(1, head_dim // BLOCK_HEAD_DIM) ** 2
+    if _logits_bytes(q, k) <= 2 * budget:
+        return b, n
     fits = max(1, budget // max(_logits_bytes(q[:1], k, queries=1), 1))  # row-queries
     size = min(QUERY_BLOCK, max(MIN_BLOCK, 1 << (int(fits).bit_length() - 1)))
     rows = max(1, min(b, fits // size))
