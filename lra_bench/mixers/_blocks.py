@@ -189,16 +189,17 @@ def block_shape(q, k) -> tuple[int, int]:
     2.94; 4 rows of 2K, heads of 64: 4 x 128 870 ms, 4 x 256 867, 2 x 128 920, 4 x 64 943;
     Nystromformer's 4K queries x 64 landmarks: 2 x 128 8.9 ms, 1 x 128 14.2.
 
-    Logits of up to twice the budget go in one block: any loop costs a fixed overhead. 32 rows
-    of 65 tokens (top-k's first layer in the ListOps quick preset): one block 3.0 ms, two or more
-    groups of rows 4.7-5.0 ms, blocks of 32 queries 3.8 ms.
+    When all the logits are within twice the budget, every row goes in one group: a loop over
+    groups has a fixed cost. 32 rows of 65 tokens (top-k's first layer in the ListOps quick
+    preset): one group 3.0 ms, two or more 4.7-5.0 ms. Queries stay in blocks: Nystromformer's
+    1K queries x 64 landmarks took 2.2 ms in blocks of 128 against 2.5 ms in one.
     """
-    b, n, head_dim = q.shape[0], q.shape[1], q.shape[-1]
+    b, head_dim = q.shape[0], q.shape[-1]
     budget = BLOCK_BYTES * max(1, head_dim // BLOCK_HEAD_DIM) ** 2
-    if _logits_bytes(q, k) <= 2 * budget:
-        return b, n
     fits = max(1, budget // max(_logits_bytes(q[:1], k, queries=1), 1))  # row-queries
     size = min(QUERY_BLOCK, max(MIN_BLOCK, 1 << (int(fits).bit_length() - 1)))
+    if _logits_bytes(q, k) <= 2 * budget:
+        return b, size
     rows = max(1, min(b, fits // size))
     while b % rows:
         rows -= 1
