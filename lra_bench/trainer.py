@@ -247,7 +247,8 @@ def train_and_evaluate(rc: RunConfig, splits: dict, on_eval: Callable[[dict], No
 
         # Training loss and accuracy are the means over the steps since the previous record, so a
         # curve point is not one batch's noise.
-        window = progress.get("window") or {"loss": 0.0, "accuracy": 0.0, "count": 0}
+        empty = {"loss": 0.0, "accuracy": 0.0, "count": 0}
+        window = progress.get("window") or dict(empty)
         batch = first
         for step in range(start + 1, total + 1):
             if step > start + 1:
@@ -256,12 +257,13 @@ def train_and_evaluate(rc: RunConfig, splits: dict, on_eval: Callable[[dict], No
                 data_waits.append(time.perf_counter() - t_wait)
             t_step = time.perf_counter()
             state, metrics = compiled(state, batch)
-            loss = float(metrics["loss"])  # synchronises: the step time below is device time
+            # One transfer for both; it synchronises, so the step time below is device time.
+            loss, accuracy = map(float, jax.device_get((metrics["loss"], metrics["accuracy"])))
             step_times.append(time.perf_counter() - t_step)
             if not math.isfinite(loss):
                 raise Diverged(step, loss)
             window["loss"] += loss
-            window["accuracy"] += float(metrics["accuracy"])
+            window["accuracy"] += accuracy
             window["count"] += 1
             train_loss = window["loss"] / window["count"]
             train_accuracy = window["accuracy"] / window["count"]
@@ -274,7 +276,7 @@ def train_and_evaluate(rc: RunConfig, splits: dict, on_eval: Callable[[dict], No
                 record = {"step": step, "train_loss": train_loss, "train_accuracy": train_accuracy,
                           "train_steps": window["count"],
                           "learning_rate": float(metrics["learning_rate"])}
-                window = {"loss": 0.0, "accuracy": 0.0, "count": 0}
+                window = dict(empty)
                 if evaluate_now:
                     val = through_signal(evaluate, steps, state["params"], state["rest"],
                                          splits["val"], eval_size,

@@ -87,7 +87,8 @@ def test_query_blocks_give_the_whole_attention_and_its_gradient(monkeypatch):
     (15, 4, 256 * 1024, 128, (1, 128)),  # groups divide the batch: 15 rows go one by one
     (4, 4, 64 * 1024, 16, (4, 16)),    # groups of rows over several blocks of queries
     (4, 32, 16 * 1024, 128, (1, 64)),  # twice BLOCK_HEAD_DIM: four times the bytes per block
-    (4, 4, 128 * 1024, 128, (4, 128)),  # all the logits within twice the budget: one group
+    (16, 4, 512 * 1024, 128, (16, 128)),  # many small rows within twice the budget: one group
+    (4, 4, 128 * 1024, 128, (1, 128)),  # rows of 1/2 the budget keep to it, all within twice or not
 ])
 def test_grouped_query_blocks_give_the_whole_attention_and_its_gradient(
         monkeypatch, batch, head_dim, block_bytes, query_block, shape):

@@ -189,16 +189,17 @@ def block_shape(q, k) -> tuple[int, int]:
     2.94; 4 rows of 2K, heads of 64: 4 x 128 870 ms, 4 x 256 867, 2 x 128 920, 4 x 64 943;
     Nystromformer's 4K queries x 64 landmarks: 2 x 128 8.9 ms, 1 x 128 14.2.
 
-    When all the logits are within twice the budget, every row goes in one group: a loop over
-    groups has a fixed cost. 32 rows of 65 tokens (top-k's first layer in the ListOps quick
-    preset): one group 3.0 ms, two or more 4.7-5.0 ms. Queries stay in blocks: Nystromformer's
-    1K queries x 64 landmarks took 2.2 ms in blocks of 128 against 2.5 ms in one.
+    Many small rows (each under 1/8 of the budget, all of them within twice it) go in one group:
+    a loop over groups has a fixed cost that only small rows feel. 32 rows of 65 tokens (top-k's
+    first layer in the ListOps quick preset): one group 3.0 ms, two or more 4.7-5.0 ms. Long rows
+    keep to the budget: Nystromformer's 64 landmarks x 1K keys, 2 rows, ran 10-20% slower as
+    one group than row by row.
     """
     b, head_dim = q.shape[0], q.shape[-1]
     budget = BLOCK_BYTES * max(1, head_dim // BLOCK_HEAD_DIM) ** 2
     fits = max(1, budget // max(_logits_bytes(q[:1], k, queries=1), 1))  # row-queries
     size = min(QUERY_BLOCK, max(MIN_BLOCK, 1 << (int(fits).bit_length() - 1)))
-    if _logits_bytes(q, k) <= 2 * budget:
+    if 8 * _logits_bytes(q[:1], k) <= budget and _logits_bytes(q, k) <= 2 * budget:
         return b, size
     rows = max(1, min(b, fits // size))
     while b % rows:
