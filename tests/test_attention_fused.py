@@ -89,6 +89,7 @@ def test_cudnn_kernel_matches_the_explicit_form_and_keeps_no_n_squared_array(n):
 
 def test_a_rejected_fused_call_falls_back_to_the_explicit_form_and_says_why(monkeypatch, caplog):
     q, k, v, mask = inputs(jnp.bfloat16)
+    monkeypatch.setattr(_attention, "_fused_applies", lambda q, dropout: False)
     unfused = _attention.attention(q, k, v, mask)  # what this backend runs without the kernel
     monkeypatch.setattr(_attention, "_fused_applies", lambda q, dropout: True)
     monkeypatch.setattr(_attention, "_warned", set())
