@@ -104,7 +104,7 @@ def _block_logits(qb, kt, key_mask):
     return jnp.where(key_mask, logits, jnp.finfo(acc).min)
 
 
-def _blockwise_forward(q, k, v, key_mask, keep, size, rate):
+def _blockwise_forward(qs, k, v, key_mask, keeps, rate):
     # Every product is a plain (m x k) @ (k x n) on heads-major arrays: with k^T kept once here
     # (and v^T in the backward pass) XLA needs no transposed copy per block. The (token-major,
     # autodiff) form of the same maths ran 1.6-1.7x slower: 4 rows of 512, heads of 16, one
@@ -122,7 +122,12 @@ def _blockwise_forward(q, k, v, key_mask, keep, size, rate):
         y = jnp.einsum("rhqk,rhkd->rhqd", e.astype(v.dtype), v, preferred_element_type=e.dtype)
         return (y * inv).astype(v.dtype), (top, inv)
 
-    return jax.lax.map(one, (_split(q, size), None if keep is None else _split(keep, size)))
+    return jax.lax.map(one, (qs, keeps))
+
+
+def _split_inputs(q, keep, size):
+    """q and the keep mask in blocks, made once: the backward pass reads them as they are."""
+    return _split(q, size), None if keep is None else _split(keep, size)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
@@ -133,17 +138,19 @@ def _blockwise(q, k, v, key_mask, keep, size, rate):
     None. Only each query's row maximum and normaliser are kept for the backward pass, which
     recomputes a block's weights from them (as flash attention does): no softmax recomputation,
     no (queries x keys) float array."""
-    return _join(_blockwise_forward(q, k, v, key_mask, keep, size, rate)[0])
+    qs, keeps = _split_inputs(q, keep, size)
+    return _join(_blockwise_forward(qs, k, v, key_mask, keeps, rate)[0])
 
 
 def _blockwise_fwd(q, k, v, key_mask, keep, size, rate):
-    y, stats = _blockwise_forward(q, k, v, key_mask, keep, size, rate)
-    return _join(y), (q, k, v, key_mask, keep, y, stats)
+    qs, keeps = _split_inputs(q, keep, size)
+    y, stats = _blockwise_forward(qs, k, v, key_mask, keeps, rate)
+    return _join(y), (qs, k, v, key_mask, keeps, y, stats)
 
 
 def _blockwise_bwd(size, rate, residuals, dy):
-    q, k, v, key_mask, keep, y, (top, inv) = residuals
-    acc = island(q.dtype)
+    qs, k, v, key_mask, keeps, y, (top, inv) = residuals
+    acc = island(qs.dtype)
     kt, vt = k.swapaxes(-1, -2), v.swapaxes(-1, -2)
     dy = _split(dy, size)
     # sum_k p * dp = dy . y for each query (dropout included): the softmax backward without an
@@ -165,11 +172,10 @@ def _blockwise_bwd(size, rate, residuals, dy):
         dq = jnp.einsum("rhqk,rhkd->rhqd", ds.astype(k.dtype), k, preferred_element_type=acc)
         dkt = dkt + jnp.einsum("rhdq,rhqk->rhdk", qb.swapaxes(-1, -2), ds.astype(qb.dtype),
                                preferred_element_type=acc)
-        return (dkt, dvt), dq.astype(q.dtype)
+        return (dkt, dvt), dq.astype(qs.dtype)
 
     zeros = jnp.zeros(kt.shape, acc)
-    blocks = (_split(q, size), dy, top, inv, delta, None if keep is None else _split(keep, size))
-    (dkt, dvt), dq = jax.lax.scan(one, (zeros, zeros), blocks)
+    (dkt, dvt), dq = jax.lax.scan(one, (zeros, zeros), (qs, dy, top, inv, delta, keeps))
     return (_join(dq), dkt.swapaxes(-1, -2).astype(k.dtype), dvt.swapaxes(-1, -2).astype(v.dtype),
             None, None)
 
