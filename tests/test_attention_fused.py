@@ -41,8 +41,9 @@ def loss(f):
                                          * jnp.cos(jnp.arange(q.shape[1]))[None, :, None, None])
 
 
-def test_fused_call_with_keys_moved_to_the_front_equals_the_masked_explicit_form():
-    q, k, v, mask = inputs(jnp.float32)
+@pytest.mark.parametrize("d", [16, 4])  # 4: padded with zero features to 8 for the kernel
+def test_fused_call_with_keys_moved_to_the_front_equals_the_masked_explicit_form(d):
+    q, k, v, mask = inputs(jnp.float32, d=d)
     want = explicit(q, k, v, mask)
     got = fused(q, k, v, mask, "xla")
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
@@ -70,9 +71,9 @@ def test_attention_routes_bf16_through_the_fused_path_where_it_applies(monkeypat
 
 
 @pytest.mark.skipif(not ON_GPU, reason="cuDNN needs a GPU")
-@pytest.mark.parametrize("n", [1000, 4096])
-def test_cudnn_kernel_matches_the_explicit_form_and_keeps_no_n_squared_array(n):
-    q, k, v, mask = inputs(jnp.bfloat16, b=3, n=n, h=4, d=64)
+@pytest.mark.parametrize("n, d", [(1000, 64), (4096, 64), (1025, 4)])  # 1025: CLS; 4: padded
+def test_cudnn_kernel_matches_the_explicit_form_and_keeps_no_n_squared_array(n, d):
+    q, k, v, mask = inputs(jnp.bfloat16, b=3, n=n, h=4, d=d)
     step = jax.jit(jax.value_and_grad(loss(lambda *a: fused(*a, "cudnn")), argnums=(0, 1, 2)))
     compiled = step.lower(q, k, v, mask).compile()
     assert "cudnn" in compiled.as_text().lower()

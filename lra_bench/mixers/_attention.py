@@ -12,8 +12,14 @@ On CPU: the same maths over blocks of queries with a flash-style backward pass
 (the smallest attentions, under 256 KiB of logits, take the explicit form: it is faster there).
 On CPU this matters: `jax.nn.dot_product_attention`'s XLA path works on a 5-D (1, B, H, N, N)
 layout and writes about eight N x N arrays per step (five of them transposed copies).
-Otherwise (GPU in float32/float64, with attention dropout, or a head size cuDNN rejects) the
-lean explicit form: two einsums, a `where` for the key mask and `jax.nn.softmax`.
+Sequence lengths are padded to a multiple of 64 and head sizes to a multiple of 8 for the
+kernel (zero features change no logit): in training JAX's cuDNN wrapper refuses odd lengths, and a
+CLS token makes 4097; Pathfinder's LRA heads have 4 features.
+Otherwise (GPU in float32/float64, with attention dropout, or heads over 128 features) the lean
+explicit form: two einsums, a `where` for the key mask and `jax.nn.softmax`.
+
+`tests/test_attention_lowering.py` lowers whole train steps for CUDA on a CPU host and checks that
+every softmax attention there is the cuDNN call and that no N x N array is left.
 
 Precision follows the mixed-precision rule of `lra_bench.mixers`: logits are accumulated, masked
 and normalised in `island(dtype)` (float32 for bf16/fp16/float32, float64 for float64); the
@@ -38,6 +44,8 @@ from lra_bench.mixers._precision import island
 FUSED_DTYPES = (jnp.bfloat16, jnp.float16)
 FUSED_IMPLEMENTATION = "cudnn"  # tests run the same call with JAX's "xla" implementation on CPU
 FUSED_TILE = 64  # sequence lengths given to the fused kernel are padded to a multiple of this
+FUSED_HEAD_MULTIPLE = 8  # and head sizes to a multiple of this
+FUSED_MAX_HEAD = 128
 _warned: set[str] = set()
 
 
@@ -47,9 +55,14 @@ def _explicit_only() -> bool:
     return os.environ.get("LRA_ATTENTION", "auto") == "explicit"
 
 
+def backend() -> str:
+    """The platform the attention is traced for (a test lowers for CUDA on a CPU host)."""
+    return jax.default_backend()
+
+
 def _fused_applies(q, dropout: bool) -> bool:
-    return (not dropout and jax.default_backend() == "gpu" and q.dtype in FUSED_DTYPES
-            and q.shape[-1] <= 128 and q.shape[-1] % 8 == 0 and not _explicit_only())
+    return (not dropout and backend() == "gpu" and q.dtype in FUSED_DTYPES
+            and q.shape[-1] <= FUSED_MAX_HEAD and not _explicit_only())
 
 
 def attention(q, k, v, mask, *, dropout_rate: float = 0.0, dropout_rng=None, scale=None,
@@ -85,7 +98,7 @@ def _attention(q, k, v, mask, dropout_rate, dropout_rng, scale):
                 logging.getLogger("lra_bench").warning(
                     "fused attention rejected for q %s %s (%s); using the explicit form",
                     q.shape, q.dtype, reason)
-    if jax.default_backend() == "cpu" and not _explicit_only() and pays(q, k):
+    if backend() == "cpu" and not _explicit_only() and pays(q, k):
         keep = _keep_mask(q, k, dropout_rate, dropout_rng) if dropout else None
         return query_blocks(q, k, v, key_mask, scale, keep, dropout_rate)
     return _explicit(q, k, v, key_mask, scale, dropout_rate, dropout_rng if dropout else None)
@@ -93,19 +106,27 @@ def _attention(q, k, v, mask, dropout_rate, dropout_rng, scale):
 
 def _fused(q, k, v, mask, scale, implementation=None):
     """The fused kernel with the key mask as lengths: each row's real keys moved to the front
-    (a stable sort of the mask), then `key_value_seq_lengths`. Queries and keys are padded to a
-    multiple of FUSED_TILE (a CLS token makes 4097; the kernel's tiles are 64 or 128 long): the
-    extra keys lie beyond every row's length, the extra queries are dropped. A row with no real
-    key gets the uniform average of v, as in the explicit form (the kernel is given length 1,
-    then overridden)."""
+    (a stable sort of the mask), then `key_value_seq_lengths`.
+
+    Queries and keys are padded to a multiple of FUSED_TILE: JAX's cuDNN wrapper refuses odd
+    lengths in training (it passes an empty bias array, so its "no odd length with a bias" rule
+    always applies; jax 0.10-0.11), and a CLS token makes 4097. The extra keys lie beyond every
+    row's length, the extra queries are dropped. Head sizes are padded with zero features to a
+    multiple of FUSED_HEAD_MULTIPLE (q.k and the real output columns are unchanged; the scale is
+    the real head size's). A row with no real key gets the uniform average of v, as in the
+    explicit form (the kernel is given length 1, then overridden)."""
     order = jnp.argsort(jnp.logical_not(mask).astype(jnp.int8), axis=1, stable=True)
     k_front, v_front = (jnp.take_along_axis(t, order[:, :, None, None], axis=1) for t in (k, v))
     lengths = jnp.sum(mask, axis=1, dtype=jnp.int32)
-    pad = lambda t: jnp.pad(t, [(0, 0), (0, -t.shape[1] % FUSED_TILE), (0, 0), (0, 0)])  # noqa: E731
+
+    def pad(t):
+        return jnp.pad(t, [(0, 0), (0, -t.shape[1] % FUSED_TILE), (0, 0),
+                           (0, -t.shape[3] % FUSED_HEAD_MULTIPLE)])
+
     y = jax.nn.dot_product_attention(
         pad(q), pad(k_front), pad(v_front), scale=scale,
         key_value_seq_lengths=jnp.maximum(lengths, 1),
-        implementation=implementation or FUSED_IMPLEMENTATION)[:, :q.shape[1]]
+        implementation=implementation or FUSED_IMPLEMENTATION)[:, :q.shape[1], :, :v.shape[3]]
     return jnp.where((lengths == 0)[:, None, None, None], mean_values(v), y)
 
 
