@@ -4,6 +4,7 @@ to stdout, progress and logs to stderr, and user errors end with one line and ex
 from __future__ import annotations
 
 import functools
+import importlib
 import sys
 from pathlib import Path
 from typing import List, Optional, Tuple
@@ -355,21 +356,37 @@ app.add_typer(data_app, name="data")
 @data_app.command("download")
 @user_errors
 def data_download(
-    to: Optional[Path] = typer.Option(None, "--to", help="where the archive and lra_release/ go "
+    task: Optional[str] = typer.Argument(
+        None, help="text or image: the task's original archive (IMDB, CIFAR-10); any other task, "
+        "or none: the LRA release (ListOps, AAN, Pathfinder, Path-X)"),
+    to: Optional[Path] = typer.Option(None, "--to", help="where the archives and lra_release/ go "
                                       "(default: the data directory, $LRA_DATA_DIR or ./data)"),
-    url: str = typer.Option(None, help="the archive's URL (default: the official LRA release)"),
+    url: str = typer.Option(None, help="the archive's URL (default: the official one)"),
     include: List[str] = typer.Option([], help="also extract this release path, e.g. "
                                       "pathfinder32/curv_baseline/"),
     keep_archive: bool = typer.Option(True, help="keep lra_release.gz after extracting"),
     retries: int = typer.Option(5, help="resume attempts within this call"),
     insecure: bool = typer.Option(False, help="allow a plain-http --url"),
-    sha256: Optional[str] = typer.Option(None, help="the archive's expected SHA-256 (checked "
-                                         "before extraction)"),
+    sha256: Optional[str] = typer.Option(None, help="the release archive's expected SHA-256 "
+                                         "(checked before extraction)"),
 ):
-    """Fetch the LRA release archive (resumable), check it and extract the parts the tasks read."""
+    """Fetch the LRA release archive (resumable), check it and extract the parts the tasks read;
+    or, for text and image, the original IMDB / CIFAR-10 archive."""
     from lra_bench.data import download
 
     where = paths.data_dir(to, "--to")
+    if task is not None:
+        spec = config.load_spec("tasks", task)  # an unknown name ends here, with the choices
+        loader = importlib.import_module(f"lra_bench.data.{spec['data']['loader']}")
+        original = getattr(loader, "ORIGINAL", None)
+        if original is not None:
+            if include or sha256:
+                raise UserError(f"--include and --sha256 are for the LRA release; {task}'s "
+                                f"archive has a pinned SHA-256 (drop them, or omit '{task}')")
+            archive = download.download_original(original, where, url, retries, _log, insecure)
+            out.print(f"{archive}: `lra run -t {task}` and `lra data prepare {task}` read it "
+                      "from there", highlight=False)
+            return
     result = download.download(where, url or download.OFFICIAL_URL, tuple(include),
                                keep_archive=keep_archive, retries=retries, log=_log,
                                insecure=insecure, sha256=sha256)

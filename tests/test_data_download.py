@@ -3,6 +3,8 @@ break off and resume with HTTP Range."""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import io
 import os
 import re
@@ -173,3 +175,29 @@ def test_http_errors_and_damaged_archives_fail_in_one_line_leaving_nothing(tmp_p
     r = lra("--to", tmp_path / "b", "--url", server.url)
     assert r.exit_code == 2 and "is damaged" in r.stderr and "Traceback" not in r.output
     assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["lra_release.gz"]
+
+
+def test_an_original_archive_is_fetched_resumably_and_must_be_the_official_one(
+        tmp_path, server, archive, monkeypatch):
+    from lra_bench.data import text
+
+    body = archive[0]  # stands for aclImdb_v1.tar.gz: its hash is pinned for the test
+    monkeypatch.setattr(text, "ORIGINAL", dataclasses.replace(
+        text.ORIGINAL, sha256=hashlib.sha256(body).hexdigest()))
+    assert text.default_source({}, tmp_path) == "tfds"  # no archive yet
+    server.cut_after = [len(body) // 2]
+    r = lra("text", "--to", tmp_path, "--url", server.url)
+    assert r.exit_code == 0, r.output
+    assert server.requests == [None, f"bytes={len(body) // 2}-"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["aclImdb_v1.tar.gz"]
+    assert (tmp_path / "aclImdb_v1.tar.gz").read_bytes() == body
+    assert text.default_source({}, tmp_path) == str(tmp_path / "aclImdb_v1.tar.gz")
+    again = lra("text", "--to", tmp_path, "--url", server.url)
+    assert again.exit_code == 0 and len(server.requests) == 2  # checked, not fetched again
+
+    monkeypatch.setattr(text, "ORIGINAL", dataclasses.replace(text.ORIGINAL, sha256="0" * 64))
+    r = lra("text", "--to", tmp_path / "new", "--url", server.url)
+    assert r.exit_code == 2 and "not the official" in r.stderr and "Traceback" not in r.output
+    assert not (tmp_path / "new").exists()  # the refused archive and its folder are gone
+    r = lra("text", "--to", tmp_path, "--url", server.url, "--sha256", "0" * 64)
+    assert r.exit_code == 2 and "pinned SHA-256" in r.stderr

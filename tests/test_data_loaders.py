@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import pickle
 import tarfile
 from pathlib import Path
@@ -13,12 +14,17 @@ from PIL import Image
 
 from lra_bench import config
 from lra_bench.data import cache, prepare
-from lra_bench.data.image import downsample, rgb_to_grayscale
+from lra_bench.data.image import downsample, read_cifar_tar, rgb_to_grayscale
+from lra_bench.data.text import read_acl_tar
 from lra_bench.errors import UserError
 
 
 def quiet(_msg):
     pass
+
+
+# Orders measured from tfds's own builders (with TensorFlow) on fabricated archives; see _about.
+TFDS_ORDER = json.loads((Path(__file__).parent / "fixtures" / "tfds_order.json").read_text())
 
 
 def run_prepare(task, tmp_path, sets=(), preset="smoke", **kw):
@@ -104,6 +110,23 @@ def test_text_from_tfds_mock_matches_the_source(tmp_path, tfds_temp):
             assert decode(splits["train"]["inputs"][i]) == raw[:20]
             assert splits["train"]["labels"][i] == int(ds[i]["label"])
     assert manifest["source"]["kind"] == "tfds"
+
+
+def test_tfds_without_the_set_or_tensorflow_fails_at_once_naming_the_download(tmp_path,
+                                                                              monkeypatch):
+    import tempfile
+
+    from lra_bench.data import originals
+
+    monkeypatch.setattr(originals, "tensorflow_installed", lambda: False)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    with pytest.raises(UserError) as e:
+        run_prepare("text", tmp_path, source=f"tfds:{tmp_path / 'tfds'}")
+    message = str(e.value)
+    assert "cannot prepare it without TensorFlow" in message
+    assert "`lra data download text` fetches the original aclImdb_v1.tar.gz" in message
+    assert not list((tmp_path / "tmp").iterdir())  # tfds's own temporary folder is removed
 
 
 def test_text_rejects_a_broken_archive(tmp_path):
@@ -194,13 +217,15 @@ def test_image_from_cifar_tar_splits_90_10_and_keeps_black_pixels(tmp_path):
                                                        "data.num_test=0"],
                                    source=tmp_path / "cifar.tar.gz")
     tr, va, te = splits["train"]["inputs"], splits["val"]["inputs"], splits["test"]["inputs"]
-    assert (len(tr), len(va), len(te)) == (9, 1, 5)  # train[:90%] of 10, in archive order
-    firsts = tr[:, 0] - 1  # grey level of pixel (0, 0)
-    assert firsts.tolist() == [0, 1, 2, 3, 4, 10, 11, 12, 13]
-    assert va[0, 0] - 1 == 14 and (te[:, 0] - 1).tolist() == [20, 21, 22, 23, 24]
+    assert (len(tr), len(va), len(te)) == (9, 1, 5)  # train[:90%] of 10, in tfds's order
+    train = [i for i in TFDS_ORDER["cifar10"]["train"] if i < 10]  # indices over the batches
+    test = [i for i in TFDS_ORDER["cifar10"]["test"] if i < 5]
+    grey = [i % 5 + 10 * (i // 5) for i in train]  # what make_cifar_tar put in pixel (0, 0)
+    assert (tr[:, 0] - 1).tolist() == grey[:9] and va[0, 0] - 1 == grey[9]
+    assert (te[:, 0] - 1).tolist() == [20 + i for i in test]
     assert (tr[:, 1] == 1).all()  # black is id 1: a pixel, not padding
     assert (tr[:, 2:] == 77).all()  # pure red -> grey 76, row by row
-    assert splits["train"]["labels"].tolist() == [0, 1, 2, 3, 4, 1, 2, 3, 4]
+    assert splits["train"]["labels"].tolist() == [(i % 5 + i // 5) % 10 for i in train[:9]]
 
 
 def test_image_downsampled_is_16_by_16_and_says_so(tmp_path):
@@ -210,10 +235,39 @@ def test_image_downsampled_is_16_by_16_and_says_so(tmp_path):
                                    source=tmp_path / "cifar.tar.gz")
     tr = splits["train"]["inputs"]
     assert tr.shape == (9, 256)
-    # pixel block (0, 0) holds the index grey, black, and two reds (76): round((i + 152) / 4)
-    assert ((tr[:, 0] - 1) == (np.array([0, 1, 2, 3, 4, 10, 11, 12, 13]) + 152 + 2) // 4).all()
+    grey = np.array([i % 5 + 10 * (i // 5) for i in TFDS_ORDER["cifar10"]["train"] if i < 10])
+    # pixel block (0, 0) holds the index grey, black, and two reds (76): round((g + 152) / 4)
+    assert ((tr[:, 0] - 1) == (grey[:9] + 152 + 2) // 4).all()
     assert (tr[:, 1:] == 77).all()
     assert "2 x 2 average pooling" in manifest["protocol"]["downsample"]
+
+
+def test_archives_are_read_as_tfds_stores_them(tmp_path):
+    """The original archives give tfds's order (and IMDB's stripped text), so an archive and a
+    prepared tfds folder make the same cache: LRA's train/validation cut of CIFAR-10 included."""
+    imdb = TFDS_ORDER["imdb_reviews"]
+    with tarfile.open(tmp_path / "acl.tar.gz", "w:gz") as tar:
+        for split in ("test", "train"):  # not tfds's order, nor sorted
+            for name in sorted(imdb[split], reverse=True):
+                add_bytes(tar, name, f" {name} \n".encode())
+        add_bytes(tar, "aclImdb/train/unsup/0_0.txt", b"ignored")
+    raw, _ = read_acl_tar(tmp_path / "acl.tar.gz")
+    for split in ("train", "test"):
+        texts, labels = raw[split]
+        assert [t.decode() for t in texts] == imdb[split]
+        assert labels.tolist() == [int("/pos/" in t) for t in imdb[split]]
+
+    cifar = TFDS_ORDER["cifar10"]
+    with tarfile.open(tmp_path / "cifar.tar.gz", "w:gz") as tar:
+        names = [("data_batch_%d" % (b + 1), 7, 7 * b) for b in range(5)] + [("test_batch", 9, 0)]
+        for name, n, first in names:
+            planes = np.zeros((n, 3072), np.uint8)
+            planes[:, 0] = np.arange(first, first + n)  # red of pixel (0, 0): the index
+            add_bytes(tar, f"cifar-10-batches-py/{name}", pickle.dumps(
+                {b"data": planes, b"labels": [0] * n}, protocol=2))
+    raw, _ = read_cifar_tar(tmp_path / "cifar.tar.gz")
+    for split in ("train", "test"):
+        assert raw[split][0][:, 0, 0, 0].tolist() == cifar[split]
 
 
 def test_image_from_tfds_mock(tmp_path, tfds_temp):

@@ -359,3 +359,29 @@ def download(to: Path, url: str = OFFICIAL_URL, include: tuple[str, ...] = (),
     if not keep_archive:
         archive.unlink()
     return result
+
+
+def download_original(original, to: Path, url: str | None = None, retries: int = 5,
+                      log: Log = lambda m: print(m, file=sys.stderr, flush=True),
+                      insecure: bool = False) -> Path:
+    """Fetch (or reuse) a task's original archive (`lra_bench.data.originals.Original`) into
+    `to`, resumable; it must have the official SHA-256 (also from a mirror given as `url`)."""
+    dest = Path(to) / original.file
+    url = url or original.url
+    check_url(url, insecure)
+    with made_dirs(dest.parent):  # a refused archive leaves no folder behind
+        if not dest.exists():
+            log(f"downloading {url} to {dest}")
+            fetch(url, dest, retries=retries, log=log, insecure=insecure,
+                  max_bytes=limits(original.limits)["archive_bytes"])
+        else:
+            log(f"checking {dest}")
+        digest = sha256_file(dest)
+        if digest != original.sha256:
+            dest.unlink()
+            raise UserError(f"{dest} had SHA-256 {digest[:16]}..., not the official "
+                            f"{original.sha256[:16]}...; it was deleted: run the command again, "
+                            "or pass another mirror with --url")
+    log(f"{dest} is the official {original.file} ({dest.stat().st_size / 1e6:.1f} MB, SHA-256 "
+        "checked)")
+    return dest

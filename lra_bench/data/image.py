@@ -10,8 +10,10 @@ its mean pooling still averaged every position). A black pixel is a pixel; the s
 `data.black_is_padding = true` (the `lra` and `nystrom` presets) undoes the shift in the encoder,
 so black is the pad id again, as the official runs had it.
 
-Sources: `tfds` (`tfds.data_source('cifar10')`; `tfds:DIR` names a data dir) or the original
-`cifar-10-python.tar.gz`. Splits as LRA: train[:90%] / train[90%:] / test, in source order.
+Sources (`lra_bench.data.originals`): the original `cifar-10-python.tar.gz` (`lra data download
+image` puts it in the data directory, where it is the default) or tfds
+(`tfds.data_source('cifar10')`; `tfds:DIR` names a data dir). The archive's images are put in
+tfds's order, so both give the same splits. Splits as LRA: train[:90%] / train[90%:] / test.
 The archive's pickled batches are read with a restricted unpickler (`CifarUnpickler`): a crafted
 batch cannot run code (docs/security.md).
 """
@@ -25,14 +27,19 @@ from pathlib import Path
 
 import numpy as np
 
-from lra_bench.data.prepare import archive_record, files_fingerprint, fraction_boundary, subset_rows
+from lra_bench.data import originals
+from lra_bench.data.prepare import archive_record, fraction_boundary, subset_rows
 from lra_bench.data.safety import TarGuard
-from lra_bench.data.text import read_tfds, tfds_source
 from lra_bench.errors import UserError
 
-SOURCE_HINT = ("the default source is tfds 'cifar10' (tfds downloads it when it can); "
-               "or add --source PATH/cifar-10-python.tar.gz")
-TFDS_NAME = "cifar10"
+CIFAR_SHA256 = "6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce"
+CIFAR_BYTES = 170_498_071
+ORIGINAL = originals.Original(
+    task="image", file="cifar-10-python.tar.gz",
+    url="https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+    sha256=CIFAR_SHA256, bytes=CIFAR_BYTES, tfds_name="cifar10", limits="cifar10",
+    kind="cifar-10-python tar")
+SOURCE_HINT = ORIGINAL.hint()
 GRAY_WEIGHTS = np.array([0.2989, 0.5870, 0.1140], np.float32)
 
 
@@ -66,8 +73,6 @@ def pixel_ids(gray: np.ndarray) -> np.ndarray:
 # `_reconstruct`, `ndarray` and `dtype`. Nothing else may be named, so a crafted batch cannot
 # make the unpickler call anything (pickle's find_class is the only door to code).
 INT_DTYPES = frozenset({"u1", "i1", "u2", "i2", "u4", "i4", "u8", "i8"})
-CIFAR_SHA256 = "6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce"
-CIFAR_BYTES = 170_498_071
 
 
 class _NdarrayName:
@@ -154,7 +159,9 @@ def load_batch(f, where: str) -> dict:
 
 def read_cifar_tar(path: Path, log=lambda m: None) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict]:
     """({train|test: (uint8 images (n, 32, 32, 3), labels)}, archive record) from
-    cifar-10-python.tar.gz."""
+    cifar-10-python.tar.gz, in tfds's order: tfds's cifar10 keys each image by its index over
+    the batches in order (it reads the binary release, whose batches hold the same images in the
+    same order)."""
     guard = TarGuard(path, "cifar10")
     batches: dict[str, dict] = {}
     try:
@@ -182,32 +189,32 @@ def read_cifar_tar(path: Path, log=lambda m: None) -> tuple[dict[str, tuple[np.n
             raise UserError(f"{path}: CIFAR batches must hold (n, 3072) pixels and n labels")
         return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels
 
+    def in_tfds_order(split, names):
+        images, labels = stack(names)
+        order = originals.tfds_order(range(len(labels)), split)
+        return images[order], labels[order]
+
     record = archive_record(path, size, CIFAR_SHA256, CIFAR_BYTES, log)
     record["skipped_members"] = guard.report(log)
-    return {"train": stack(train_names), "test": stack(["test_batch"])}, record
+    return {"train": in_tfds_order("train", train_names),
+            "test": in_tfds_order("test", ["test_batch"])}, record
 
 
 # The loader protocol (see lra_bench.data.prepare).
 
 def default_source(data: dict, data_dir: Path) -> str:
-    return "tfds"
+    return originals.default_source(ORIGINAL, data_dir)
 
 
 def fingerprint(source: str, data: dict) -> dict:
-    is_tfds, tfds_dir = tfds_source(source)
-    if is_tfds:
-        return {"kind": "tfds", "name": TFDS_NAME, "data_dir": tfds_dir}
-    path = Path(source)
-    if not path.is_file():
-        raise UserError(f"{path} not found; {SOURCE_HINT}")
-    return {"kind": "cifar-10-python tar", **files_fingerprint([path])}
+    return originals.fingerprint(ORIGINAL, source)
 
 
 def build(source: str, data: dict, writer, log) -> dict:
-    is_tfds, tfds_dir = tfds_source(source)
+    is_tfds, tfds_dir = originals.tfds_source(source)
     archive = None
     if is_tfds:
-        raw = read_tfds(TFDS_NAME, ("train", "test"), tfds_dir, ("image", "label"), log)
+        raw = originals.read_tfds(ORIGINAL, ("train", "test"), tfds_dir, ("image", "label"), log)
         raw = {s: (np.stack(xs).astype(np.uint8), ys) for s, (xs, ys) in raw.items()}
     else:
         raw, archive = read_cifar_tar(Path(source), log)
@@ -226,7 +233,7 @@ def build(source: str, data: dict, writer, log) -> dict:
         "grayscale": "tf.image.rgb_to_grayscale: float32 weights 0.2989/0.5870/0.1140, "
                      "x 255.5, truncated",
         "splits": f"train[:{data['train_fraction']:.0%}] / train[{data['train_fraction']:.0%}:] "
-                  "/ test, in source order",
+                  "/ test, in tfds's order",
         "subset": {k: data[k] for k in ("num_train", "num_val", "num_test") if data[k]},
         **downsample_record(data),
     }}

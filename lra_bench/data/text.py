@@ -4,9 +4,10 @@ Tokens are UTF-8 bytes + 1 (tfds `ByteTextEncoder`'s ids), 0 is padding, vocab 2
 is truncated to `max_length` bytes (LRA's config: 1000; the paper: 4000) and padded with 0.
 Label 1 = positive.
 
-Sources: `tfds` (`tfds.data_source('imdb_reviews')`, array_record, no TensorFlow; `tfds:DIR`
-names a tfds data dir) or the original `aclImdb_v1.tar.gz` (train/test x pos/neg, `unsup`
-ignored). IMDB has no validation split. `data.validation` records the protocol:
+Sources (`lra_bench.data.originals`): the original `aclImdb_v1.tar.gz` (train/test x pos/neg,
+`unsup` ignored; `lra data download text` puts it in the data directory, where it is the default)
+or tfds (`tfds.data_source('imdb_reviews')`, array_record, no TensorFlow; `tfds:DIR` names a tfds
+data dir). Both give the same reviews in the same order. IMDB has no validation split. `data.validation` records the protocol:
   "test"     LRA's: the test split doubles as validation (the best-val checkpoint is then
              chosen on test; the manifest says so)
   "holdout"  a seeded `holdout_fraction` of train is held out as validation; test stays unseen
@@ -14,19 +15,26 @@ ignored). IMDB has no validation split. `data.validation` records the protocol:
 
 from __future__ import annotations
 
+import os
 import tarfile
 import zlib
 from pathlib import Path
 
 import numpy as np
 
-from lra_bench.data.prepare import archive_record, files_fingerprint, fraction_boundary, subset_rows
+from lra_bench.data import originals
+from lra_bench.data.prepare import archive_record, fraction_boundary, subset_rows
 from lra_bench.data.safety import TarGuard
 from lra_bench.errors import UserError
 
-SOURCE_HINT = ("the default source is tfds 'imdb_reviews' (tfds downloads it when it can); "
-               "or add --source PATH/aclImdb_v1.tar.gz")
-TFDS_NAME = "imdb_reviews"
+ACL_SHA256 = "c40f74a18d3b61f90feba1e17730e0d38e8b97c05fde7008942e91923d1658fe"  # tfds 4.9.10
+ACL_BYTES = 84_125_825
+ORIGINAL = originals.Original(
+    task="text", file="aclImdb_v1.tar.gz",
+    url="https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz",
+    sha256=ACL_SHA256, bytes=ACL_BYTES, tfds_name="imdb_reviews", limits="aclimdb",
+    kind="aclImdb tar")
+SOURCE_HINT = ORIGINAL.hint()
 VALIDATION = ("test", "holdout")
 
 
@@ -40,49 +48,10 @@ def byte_ids(texts, max_length: int) -> np.ndarray:
     return out
 
 
-def tfds_source(source: str) -> tuple[bool, str | None]:
-    """('tfds' -> (True, None)), ('tfds:DIR' -> (True, DIR)), a path -> (False, None)."""
-    if source == "tfds":
-        return True, None
-    if source.startswith("tfds:"):
-        return True, source[5:]
-    return False, None
-
-
-def read_tfds(name: str, splits: tuple[str, ...], data_dir: str | None, fields: tuple[str, str],
-              log=lambda m: None):
-    """{split: (features list, labels)} from tfds.data_source, downloading if tfds can."""
-    try:
-        import tensorflow_datasets as tfds
-
-        out = {}
-        for split in splits:
-            ds = tfds.data_source(name, split=split, data_dir=data_dir, download=True,
-                                  builder_kwargs={"file_format": "array_record"})
-            log(f"{name}: reading {len(ds)} {split} examples from tfds")
-            xs, ys = [], []
-            for i in range(len(ds)):
-                ex = ds[i]
-                xs.append(ex[fields[0]])
-                ys.append(int(ex[fields[1]]))
-            out[split] = (xs, np.asarray(ys, np.int32))
-        return out
-    except UserError:
-        raise
-    except Exception as e:  # tfds raises many types (network, missing files, format); all mean "no data"
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise UserError(f"tfds could not provide '{name}' ({type(e).__name__}: {first[:200]}); "
-                        "prepare it with tfds on a machine with internet, or give the original "
-                        "archive with --source") from None
-
-
-ACL_SHA256 = "c40f74a18d3b61f90feba1e17730e0d38e8b97c05fde7008942e91923d1658fe"  # tfds 4.9.10
-ACL_BYTES = 84_125_825
-
-
 def read_acl_tar(path: Path, log=lambda m: None) -> tuple[dict[str, tuple[list[bytes], np.ndarray]], dict]:
-    """({train|test: (texts, labels)}, archive record) from aclImdb_v1.tar.gz, in sorted member
-    order."""
+    """({train|test: (texts, labels)}, archive record) from aclImdb_v1.tar.gz, as tfds's
+    imdb_reviews builder reads it: reviews stripped of surrounding whitespace, in tfds's order
+    (keyed by the member's path)."""
     guard = TarGuard(path, "aclimdb")
     found: dict[str, list[tuple[str, bytes, int]]] = {"train": [], "test": []}
     try:
@@ -95,8 +64,8 @@ def read_acl_tar(path: Path, log=lambda m: None) -> tuple[dict[str, tuple[list[b
                         or parts[-2] not in ("pos", "neg") or not parts[-1].endswith(".txt")):
                     continue
                 guard.take(m)
-                text = tar.extractfile(m).read()
-                found[parts[-3]].append((m.name, text, int(parts[-2] == "pos")))
+                text = tar.extractfile(m).read().strip()
+                found[parts[-3]].append((os.path.normpath(m.name), text, int(parts[-2] == "pos")))
     except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
         raise UserError(f"{path}: not a readable aclImdb tar archive ({e})") from None
     for split, rows in found.items():
@@ -105,7 +74,7 @@ def read_acl_tar(path: Path, log=lambda m: None) -> tuple[dict[str, tuple[list[b
                             "expected the original aclImdb_v1.tar.gz")
     out = {}
     for split, rows in found.items():
-        rows.sort()
+        rows = [rows[i] for i in originals.tfds_order([r[0] for r in rows], split)]
         out[split] = ([r[1] for r in rows], np.asarray([r[2] for r in rows], np.int32))
     record = archive_record(path, size, ACL_SHA256, ACL_BYTES, log)
     record["skipped_members"] = guard.report(log)
@@ -115,27 +84,21 @@ def read_acl_tar(path: Path, log=lambda m: None) -> tuple[dict[str, tuple[list[b
 # The loader protocol (see lra_bench.data.prepare).
 
 def default_source(data: dict, data_dir: Path) -> str:
-    return "tfds"
+    return originals.default_source(ORIGINAL, data_dir)
 
 
 def fingerprint(source: str, data: dict) -> dict:
-    is_tfds, tfds_dir = tfds_source(source)
-    if is_tfds:
-        return {"kind": "tfds", "name": TFDS_NAME, "data_dir": tfds_dir}
-    path = Path(source)
-    if not path.is_file():
-        raise UserError(f"{path} not found; {SOURCE_HINT}")
-    return {"kind": "aclImdb tar", **files_fingerprint([path])}
+    return originals.fingerprint(ORIGINAL, source)
 
 
 def build(source: str, data: dict, writer, log) -> dict:
     if data["validation"] not in VALIDATION:
         raise UserError(f"data.validation must be one of {', '.join(VALIDATION)}, "
                         f"got '{data['validation']}'")
-    is_tfds, tfds_dir = tfds_source(source)
+    is_tfds, tfds_dir = originals.tfds_source(source)
     archive = None
     if is_tfds:
-        raw = read_tfds(TFDS_NAME, ("train", "test"), tfds_dir, ("text", "label"), log)
+        raw = originals.read_tfds(ORIGINAL, ("train", "test"), tfds_dir, ("text", "label"), log)
     else:
         raw, archive = read_acl_tar(Path(source), log)
     seed, L = data["split_seed"], data["max_length"]
