@@ -176,7 +176,11 @@ def run(
     from lra_bench import data, distributed, results
     from lra_bench import run as runner
 
+    # The shortcuts are settings like any --set: recorded with the run, so the report keeps a
+    # changed run apart from its preset's own (a 20-step check is not the preset's result).
     set_ = list(set_)
+    if steps is not None:
+        set_.append(f"train.steps={steps}")
     if dtype is not None:
         set_.append(f'model.dtype="{dtype}"')
     if grad_accum is not None:
@@ -210,7 +214,7 @@ def run(
         if seed is not None and seeds is not None:
             raise UserError("give --seed or --seeds, not both")
         # Every seed's config and the data are checked before the first run writes anything.
-        rcs = [config.resolve(model, task, preset or "smoke", seed=s, overrides=set_, steps=steps)
+        rcs = [config.resolve(model, task, preset or "smoke", seed=s, overrides=set_)
                for s in (parse_seeds(seeds) if seeds is not None else [seed or 0])]
         from lra_bench.model import check as check_model
 

@@ -211,12 +211,12 @@ def resolve(
     if "kind" not in cfg["mixer"]:
         raise UserError(f"models/{model}.toml: [mixer] needs a 'kind' (the mixer module's name)")
 
+    if steps is not None:  # recorded like any --set
+        overrides = [*overrides, f"train.steps={steps}"]
     sets: dict[str, dict[str, Any]] = {}
     for text in overrides:
         section, name, value = parse_override(text)
         sets.setdefault(section, {})[name] = value
-    if steps is not None:
-        sets.setdefault("train", {})["steps"] = steps
     _apply(cfg, sets, "--set")
     if seed < 0:
         raise UserError(f"--seed must be >= 0, got {seed}")

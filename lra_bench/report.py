@@ -15,11 +15,24 @@ TASK_ORDER = ["listops", "text", "retrieval", "image", "pathfinder", "pathx"]
 FORMATS = ("table", "markdown", "csv", "json", "latex")
 
 
+def experiment(preset: str, overrides) -> str:
+    """What a run is an instance of: its preset, with the settings it changed (`--set`, `--steps`,
+    `--dtype`, ...). Runs are averaged and compared only within one experiment, so a 20-step
+    check never stands in for the preset's own result."""
+    if not overrides:
+        return preset
+    return f"{preset} [{', '.join(sorted(overrides))}]"
+
+
 def load_runs(results_dir: Path) -> tuple[pd.DataFrame, list[str]]:
     summaries, warnings = results.read_summaries(results_dir)
     for s in summaries:  # runs from before train.selection tested the best-val parameters
         if "test_accuracy" in s and "test_accuracy_best_val" not in s:
             s["test_accuracy_best_val"] = s["test_accuracy"]
+        if isinstance(s.get("preset"), str):
+            # `--preset` filters on the preset itself; every table shows the experiment
+            s["base_preset"] = s["preset"]
+            s["preset"] = experiment(s["preset"], s.get("overrides"))
     return pd.DataFrame(summaries), warnings
 
 
@@ -58,7 +71,8 @@ def normalise(runs: pd.DataFrame) -> pd.DataFrame:
 
 def filter_runs(runs: pd.DataFrame, models=(), tasks=(), presets=()) -> pd.DataFrame:
     """The report's filters (empty = all)."""
-    for column, wanted in (("model", models), ("task", tasks), ("preset", presets)):
+    preset = "base_preset" if "base_preset" in runs else "preset"
+    for column, wanted in (("model", models), ("task", tasks), (preset, presets)):
         if wanted and not runs.empty and column in runs:
             runs = runs[runs[column].isin(list(wanted))]
     return runs

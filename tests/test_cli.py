@@ -47,13 +47,16 @@ def test_run_then_report(data_dir, results_dir):
     assert list(acc["model"]) == ["transformer", "majority class"]
     assert round(acc.iloc[0]["listops"], 4) == round(100 * summary["test_accuracy"], 4)
     r = invoke("report", "--results-dir", results_dir, "--format", "markdown", "--published")
-    assert "| smoke | transformer |" in r.stdout and "LRA paper Table 1" in r.stdout
+    # --steps and --set are part of the experiment: never shown as the plain smoke preset
+    assert "| smoke [train.eval_every=2, train.steps=4] | transformer |" in r.stdout
+    assert "| smoke | transformer |" not in r.stdout and "LRA paper Table 1" in r.stdout
+    assert summary["overrides"] == ["train.eval_every=2", "train.steps=4"]
     r = invoke("report", "--results-dir", results_dir, "--format", "json")
     assert json.loads(r.stdout)["efficiency"][0]["model"] == "transformer"
     r = invoke("report", "--results-dir", results_dir)
     assert r.exit_code == 0 and "transformer" in r.stdout
     saved = (results_dir / "tables" / "accuracy.csv").read_text()
-    assert saved.splitlines()[1].startswith("smoke,transformer,")
+    assert saved.splitlines()[1].startswith('"smoke [train.eval_every=2, train.steps=4]",transformer,')
     assert (results_dir / "tables" / "efficiency.csv").exists()
 
 

@@ -229,9 +229,13 @@ def test_nan_loss_marks_the_run_diverged_and_keeps_the_last_good_checkpoint(data
 
     r = invoke("report", "--results-dir", results_dir, "--format", "markdown")
     assert r.exit_code == 0, r.output
-    assert "| smoke | transformer | diverged | - |" in r.stdout
+    from lra_bench.report import experiment
+
+    label = experiment("smoke", [*sets, "train.steps=10"])  # the changed settings, sorted
+    assert label.startswith("smoke [model.num_layers=1, train.batch_size=8, ")
+    assert f"| {label} | transformer | diverged | - |" in r.stdout
     r = invoke("report", "--results-dir", results_dir, "--runs", "--format", "markdown")
-    assert f"| {run.name} | smoke | transformer | listops | 0 | diverged at step 2 | diverged | diverged |" in r.stdout
+    assert f"| {run.name} | {label} | transformer | listops | 0 | diverged at step 2 | diverged | diverged |" in r.stdout
     r = invoke("run", "--resume", run.name, "--results-dir", results_dir)
     assert r.exit_code == 2 and "diverged at step 2" in r.stderr
 
