@@ -3,6 +3,7 @@ to stdout, progress and logs to stderr, and user errors end with one line and ex
 
 from __future__ import annotations
 
+import errno
 import functools
 import importlib
 import sys
@@ -35,8 +36,20 @@ def user_errors(fn):
             # One line, whatever the message quotes (a library's multi-line exception text).
             typer.echo("error: " + " ".join(line.strip() for line in str(e).splitlines()), err=True)
             raise typer.Exit(2) from None
+        except OSError as e:
+            # A folder that cannot be made or written (permissions, a read-only or full disk, a
+            # path under /proc): the user's environment, not a bug; name the path.
+            if e.filename is None or e.errno not in _ENVIRONMENT_ERRNOS:
+                raise
+            typer.echo(f"error: cannot write {e.filename}: {e.strerror}; give a folder you can "
+                       "write (--data-dir, --results-dir, --to) or free some space", err=True)
+            raise typer.Exit(2) from None
 
     return wrapper
+
+
+_ENVIRONMENT_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT,
+                       errno.ENOENT, errno.ENOTDIR}
 
 
 def _version(value: bool) -> None:
@@ -287,9 +300,15 @@ def report(
 
     if format not in rep.FORMATS:
         raise UserError(f"unknown format '{format}'; choose one of: {', '.join(rep.FORMATS)}")
-    if plot is not None and not plot.expanduser().absolute().parent.is_dir():
-        raise UserError(f"--plot {plot}: the folder {plot.parent} does not exist; create it or "
-                        "write the plot elsewhere")
+    # An image path that cannot be written is refused before any table is printed.
+    for option, image in (("--plot", plot), ("--curves", curves)):
+        if image is None:
+            continue
+        if image.suffix.lower() != ".png":
+            raise UserError(f"{option} {image}: give a .png path, e.g. {option} curves.png")
+        if not image.expanduser().absolute().parent.is_dir():
+            raise UserError(f"{option} {image}: the folder {image.parent} does not exist; create "
+                            "it or write the image elsewhere")
     if sweep or sweep_id is not None or plot is not None:
         return _sweep_report(paths.results_dir(results_dir), sweep_id, format, published, plot)
     if selection not in rep.SELECTIONS:
@@ -606,7 +625,7 @@ def preflight_cmd(
         f"verdict                {verdict}",
     ]
     if fits is False:
-        lines.append(f"to fit: {pf.what_to_change(rc)}")
+        lines.append(f"to fit: {pf.what_to_change(rc, step, capacity)}")
     out.print("\n".join(lines), highlight=False, markup=False)
     if fits is False:
         raise typer.Exit(1)

@@ -137,6 +137,11 @@ def _folder(explicit, option: str, env: str, default: str) -> Path:
                 raise UserError(f"{named} {path} {where}, not a folder; give a folder path "
                                 "(it is created when missing)")
             break
+    try:  # can it be made? (permissions, a read-only disk, /proc): made and removed again
+        remove_empty(mkdirs(path))
+    except OSError as e:
+        raise UserError(f"{named} {path} cannot be created ({e.strerror}); give a folder you "
+                        "can write") from None
     return path
 
 

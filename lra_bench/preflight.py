@@ -10,6 +10,8 @@ can even be called on concrete arrays afterwards (the sweep does).
 
 from __future__ import annotations
 
+import dataclasses
+
 import os
 import re
 import time
@@ -140,14 +142,50 @@ def fits(step: AbstractStep, capacity: Capacity) -> bool | None:
     return step.peak_bytes <= capacity.bytes
 
 
-def what_to_change(rc: RunConfig) -> str:
+def fitting_batch(rc: RunConfig, step: AbstractStep, capacity: Capacity,
+                  tries: int = 3) -> tuple[int, AbstractStep] | None:
+    """The largest batch that fits by a linear estimate from `step`, checked by compiling it
+    (a few compiles at most): (batch, its step), or None when not even the smallest batch the
+    devices can split fits."""
+    t = rc.train
+    unit = jax.device_count() * t.get("grad_accum", 1)
+    batch, needed = t["batch_size"], step.peak_bytes
+    for _ in range(tries):
+        if not needed or capacity.bytes is None:
+            return None
+        guess = min(int(0.9 * batch * capacity.bytes / needed), batch - 1) // unit * unit
+        if guess < unit:
+            guess = unit  # the smallest batch: one row per device (and micro-batch)
+        trial = dataclasses.replace(rc, train={**t, "batch_size": guess})
+        trial_step = compile_abstract(trial, step.mode)
+        if fits(trial_step, capacity) is not False:
+            return guess, trial_step
+        if guess == unit:
+            return None
+        batch, needed = guess, trial_step.peak_bytes
+    return None
+
+
+def what_to_change(rc: RunConfig, step: AbstractStep | None = None,
+                   capacity: Capacity | None = None) -> str:
+    """How to make the step fit; with its compiled step, a batch size checked to fit (or the
+    news that none does at this length)."""
     t, d = rc.train, rc.data
     options = [f"lower train.batch_size (now {t['batch_size']})"]
     if "grad_accum" in t:
         options.append(f"raise train.grad_accum (now {t['grad_accum']}) with a smaller batch")
     options.append(f"shorten data.max_length (now {d['max_length']})")
-    return ", ".join(options[:-1]) + " or " + options[-1] + ", e.g. --set train.batch_size=" \
-        f"{max(1, t['batch_size'] // 2)}"
+    advice = ", ".join(options[:-1]) + " or " + options[-1]
+    if step is None or capacity is None:
+        return f"{advice}, e.g. --set train.batch_size={max(1, t['batch_size'] // 2)}"
+    found = fitting_batch(rc, step, capacity)
+    if found is None:
+        return (f"no batch size fits at data.max_length={d['max_length']}: shorten "
+                "data.max_length, compute in bfloat16 (--dtype bfloat16) or use a device with "
+                "more memory")
+    batch, fitted = found
+    return (f"{advice}: --set train.batch_size={batch} fits "
+            f"({format_bytes(fitted.peak_bytes)}, checked)")
 
 
 def ensure_fits(rc: RunConfig, limit: str | int | None = None) -> AbstractStep:
@@ -159,5 +197,5 @@ def ensure_fits(rc: RunConfig, limit: str | int | None = None) -> AbstractStep:
             f"{rc.model_name}/{rc.task_name} needs {format_bytes(step.peak_bytes)} per train step "
             f"(XLA estimate) but only {format_bytes(capacity.bytes)} is available "
             f"({capacity.source}); "
-            f"{what_to_change(rc)} (or skip this check with --no-preflight)")
+            f"{what_to_change(rc, step, capacity)} (or skip this check with --no-preflight)")
     return step

@@ -62,7 +62,8 @@ def test_preflight_command_and_run_refuse_what_does_not_fit(data_dir, results_di
                             "--memory-limit", "10KB"])
     assert r.exit_code == 1, r.output
     for text in ("estimated peak memory", " (XLA compiled estimate", "FLOPs per step",
-                 "9.77 KiB (memory limit)", "DOES NOT FIT", "lower train.batch_size (now 2)"):
+                 "9.77 KiB (memory limit)", "DOES NOT FIT",
+                 "no batch size fits at data.max_length=128: shorten data.max_length"):
         assert text in r.stdout, text
 
     monkeypatch.setenv("LRA_MEMORY_LIMIT", "10KB")
@@ -71,5 +72,24 @@ def test_preflight_command_and_run_refuse_what_does_not_fit(data_dir, results_di
     assert r.exit_code == 2
     (line,) = r.stderr.strip().splitlines()
     assert line.startswith("error: transformer/listops needs ") and "9.77 KiB is available" in line
-    assert "train.batch_size (now 2)" in line and "data.max_length (now 128)" in line
+    assert "no batch size fits at data.max_length=128" in line
     assert not results_dir.exists()
+
+
+def test_the_suggested_batch_is_one_that_fits(monkeypatch):
+    import re
+
+    sets = [x for s in [*TINY[:-1], "train.batch_size=64"] for x in ("--set", s)]
+    args = ["preflight", "-m", "transformer", "-t", "listops", *sets]
+    full = preflight.compile_abstract(config.resolve(
+        "transformer", "listops", "smoke", overrides=[*TINY[:-1], "train.batch_size=64"]))
+    limit = str(full.peak_bytes // 3)  # about a third of what batch 64 needs
+    r = runner.invoke(app, [*args, "--memory-limit", limit])
+    assert r.exit_code == 1, r.output
+    batch = int(re.search(r"--set train\.batch_size=(\d+) fits \(.*, checked\)", r.stdout)[1])
+    assert 1 <= batch < 64
+    r = runner.invoke(app, [*args, "--set", f"train.batch_size={batch}", "--memory-limit", limit])
+    assert r.exit_code == 0 and "verdict                fits" in r.stdout, r.output
+    # when not even one row fits, it says so instead of naming a batch
+    r = runner.invoke(app, [*args, "--memory-limit", "10KB"])
+    assert r.exit_code == 1 and "no batch size fits at data.max_length=128" in r.stdout
