@@ -71,6 +71,15 @@ def check_progress(p, directory: Path, step: int) -> dict:
     return p
 
 
+def newest_saved_step(run_path: Path) -> int | None:
+    """The newest complete checkpoint's step, read from the folder names alone (orbax renames a
+    step's folder to its bare number once written): for a run killed before it could say so."""
+    folder = Path(run_path) / "checkpoints"
+    steps = [int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit()] \
+        if folder.is_dir() else []
+    return max(steps, default=None)
+
+
 class Checkpoints:
     """The checkpoints of one run folder."""
 

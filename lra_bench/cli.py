@@ -467,7 +467,8 @@ def data_info(
     from lra_bench.data import cache, download
 
     ddir = paths.data_dir(data_dir)
-    found = cache.find_all(ddir)
+    damaged: list = []
+    found = cache.find_all(ddir, damaged)
     t = Table(title=f"prepared data in {ddir}", title_justify="left")
     for c in ("task", "variant", "train", "val", "test", "size", "source", "created"):
         t.add_column(c)
@@ -488,6 +489,10 @@ def data_info(
         t.add_row(m["task"], path.name, *counts, size, f"{what} {where or ''}".strip(),
                   m["created"])
     out.print(t if found else f"nothing prepared in {ddir}; see `lra data prepare --help`")
+    for path, problem in damaged:  # unusable caches: said, and the exit status says it too
+        err.print(f"damaged: {problem}; rebuild it: lra data prepare {path.parent.name} "
+                  f"--data-dir {ddir} --force", highlight=False, markup=False)
+        bad_any = True
     marker = ddir / download.RELEASE / download.MARKER
     done = download.read_marker(marker.parent)
     if done is not None:

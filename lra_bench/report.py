@@ -215,6 +215,12 @@ def runs_table(runs: pd.DataFrame, selection: str = "run", results_dir: Path | N
         live = [results.is_active(Path(results_dir) / "runs" / str(r)) for r in out["run_id"]]
         stopped = (out["status"] == "running") & ~pd.Series(live, index=out.index, dtype=bool)
         out.loc[stopped, "status"] = "stopped"
+        # A killed run never wrote its last checkpoint step into its summary: read the folder.
+        from lra_bench.checkpoint import newest_saved_step
+
+        for i in out.index[stopped]:
+            out.at[i, "checkpoint_step"] = newest_saved_step(
+                Path(results_dir) / "runs" / str(out.at[i, "run_id"]))
     if selection != "run":
         out["selection"] = label
     out["test_majority"] = out["test_majority"] * 100.0

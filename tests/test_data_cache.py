@@ -129,3 +129,30 @@ def test_concurrent_preparers_wait_for_each_other_and_prepare_once(tmp_path):
     assert [p.returncode for p in procs] == [0, 0], errs
     assert sum("preparing from" in e for e in errs) == 1, errs
     assert not messages
+
+
+def test_a_damaged_cache_is_named_with_the_command_that_rebuilds_it(tmp_path):
+    from typer.testing import CliRunner
+
+    from lra_bench.cli import app
+
+    def lra(*args):
+        return CliRunner().invoke(app, [*map(str, args), "--data-dir", tmp_path])
+
+    assert lra("data", "prepare", "listops", "--preset", "smoke").exit_code == 0
+    dest = tmp_path / "prepared" / "listops" / "smoke"
+    for damage in ("manifest", "array"):
+        if damage == "manifest":
+            (dest / "manifest.json").write_text("{not json")
+        else:
+            with open(dest / "train.inputs.npy", "r+b") as f:
+                f.truncate(100)
+        r = lra("run", "-m", "transformer", "-t", "listops", "--steps", 1)
+        assert r.exit_code == 2 and "Traceback" not in r.output
+        fix = f"run: lra data prepare listops --preset smoke --data-dir {tmp_path} --force"
+        assert r.stderr.strip().endswith(fix), r.stderr
+        if damage == "manifest":  # data info lists it as damaged, and fails
+            r = lra("data", "info")
+            assert r.exit_code == 1 and "damaged: " in r.stderr and "--force" in r.stderr
+        assert lra("data", "prepare", "listops", "--preset", "smoke", "--force").exit_code == 0
+        assert lra("data", "info").exit_code == 0

@@ -371,3 +371,9 @@ def test_a_run_held_by_a_live_process_cannot_be_resumed_twice(tmp_path):
     assert not results.is_active(rd.path)
     r = invoke("report", "--runs", "--results-dir", tmp_path, "--format", "markdown")
     assert "| stopped (checkpoint step -) |" in r.stdout
+    # killed before its summary said so: the checkpoint folders tell (orbax's unfinished ones
+    # carry a suffix)
+    for name in ("100", "200", "300.orbax-checkpoint-tmp-1"):
+        (rd.path / "checkpoints" / name).mkdir(parents=True)
+    r = invoke("report", "--runs", "--results-dir", tmp_path, "--format", "markdown")
+    assert "| stopped (checkpoint step 200) |" in r.stdout

@@ -154,6 +154,14 @@ class CacheWriter:
         return manifest
 
 
+class DamagedCache(UserError):
+    """A cache that cannot be used as it is: rebuilt with `lra data prepare ... --force`."""
+
+    def __init__(self, problem: str):
+        super().__init__(f"{problem}; re-prepare it with --force")
+        self.problem = problem
+
+
 def read_manifest(path: Path) -> dict[str, Any] | None:
     """The manifest of the cache at `path`, or None when there is no complete cache there."""
     try:
@@ -162,14 +170,14 @@ def read_manifest(path: Path) -> dict[str, Any] | None:
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as e:
-        raise UserError(f"{path}/{MANIFEST} is unreadable ({e}); re-prepare with --force") from None
+        raise DamagedCache(f"{path}/{MANIFEST} is unreadable ({e})") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         found = manifest.get("format") if isinstance(manifest, dict) else None
-        raise UserError(f"{path} was prepared by another version of lra-bench (format "
-                        f"{found}, expected {FORMAT}); re-prepare with --force")
+        raise DamagedCache(f"{path} was prepared by another version of lra-bench (format "
+                           f"{found}, expected {FORMAT})")
     problem = manifest_problem(manifest)
     if problem:
-        raise UserError(f"{path}/{MANIFEST} is malformed ({problem}); re-prepare with --force")
+        raise DamagedCache(f"{path}/{MANIFEST} is malformed ({problem})")
     return manifest
 
 
@@ -235,9 +243,9 @@ def read(path: Path, manifest: dict) -> dict[str, dict[str, np.ndarray]]:
                 size = file.stat().st_size
                 arr = np.load(file, mmap_mode="r", allow_pickle=False)
             except (OSError, ValueError) as e:
-                raise UserError(f"{file}: cannot read ({e}); re-prepare with --force") from None
+                raise DamagedCache(f"{file}: cannot read ({e})") from None
             if size != meta["bytes"] or list(arr.shape) != meta["shape"] or str(arr.dtype) != meta["dtype"]:
-                raise UserError(f"{file} does not match its manifest; re-prepare with --force")
+                raise DamagedCache(f"{file} does not match its manifest")
             arrays[part] = arr
         out[split] = arrays
     return out
@@ -258,15 +266,18 @@ def disk_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
 
 
-def find_all(data_dir: Path) -> list[tuple[Path, dict]]:
-    """Every complete cache under data_dir, as (path, manifest)."""
+def find_all(data_dir: Path, damaged: list | None = None) -> list[tuple[Path, dict]]:
+    """Every complete cache under data_dir, as (path, manifest); the unusable ones go to
+    `damaged` as (path, problem) when it is given."""
     out = []
     for m in sorted((Path(data_dir) / "prepared").glob(f"*/*/{MANIFEST}")):
         if m.parent.name.startswith("."):
             continue
         try:
             manifest = read_manifest(m.parent)
-        except UserError:
+        except DamagedCache as e:
+            if damaged is not None:
+                damaged.append((m.parent, e.problem))
             continue
         if manifest is not None and all(k in manifest for k in ("task", "variant", "created")):
             out.append((m.parent, manifest))

@@ -33,7 +33,8 @@ from typing import Any, Callable
 import numpy as np
 
 from lra_bench.config import check_generated_length, resolve_data
-from lra_bench.data.cache import CacheWriter, prep_config, read, read_manifest, sha256_file
+from lra_bench.data.cache import (CacheWriter, DamagedCache, prep_config, read, read_manifest,
+                                  sha256_file)
 from lra_bench.errors import UserError
 from lra_bench.paths import made_dirs
 
@@ -124,12 +125,13 @@ def _prepare(module, task: str, preset: str, data: dict[str, Any], data_dir: Pat
              source: str | None, generate: bool, force: bool, log: Log) -> tuple[Path, dict, bool]:
     dest = cache_path(data_dir, task, cache_name(task, preset, data))
     want = prep_config(data)
+    damaged = False
     try:
         current = read_manifest(dest)
-    except UserError:
+    except DamagedCache:
         if not force:
             raise
-        current = None
+        current, damaged = None, True  # a cache of ours, damaged: --force replaces it
     if generate and source is not None:
         raise UserError("--source and --generate exclude each other; give one")
     if generate or (source is None and data.get("generate", False)):
@@ -148,7 +150,7 @@ def _prepare(module, task: str, preset: str, data: dict[str, Any], data_dir: Pat
         if (not force and current is not None and current["config"] == want
                 and current["source"] == fingerprint):
             return dest, current, False
-    if dest.exists() and current is None and any(dest.iterdir()):
+    if dest.exists() and current is None and not damaged and any(dest.iterdir()):
         raise UserError(f"{dest} exists but is not a prepared cache; move it away first "
                         "(preparing replaces the whole folder)")
     log(f"{task}/{data['variant']}: preparing from {source}")
@@ -223,7 +225,12 @@ def prepare_command(task: str, preset: str, data_dir: Path, overrides=()) -> str
 def load(rc, data_dir: Path, log: Log = stderr_log):
     """The prepared splits (memory-mapped) and manifest of a run's task preset."""
     dest = cache_path(data_dir, rc.task_name, cache_name(rc.task_name, rc.preset, rc.data))
-    manifest = read_manifest(dest)
+    try:
+        manifest = read_manifest(dest)
+    except DamagedCache as e:
+        raise UserError(f"{e.problem}; run: "
+                        f"{prepare_command(rc.task_name, rc.preset, data_dir, rc.overrides)} "
+                        "--force") from None
     want = prep_config(rc.data)
     if manifest is None or manifest["config"] != want:
         module = loader_module(rc.data["loader"])
@@ -239,7 +246,12 @@ def load(rc, data_dir: Path, log: Log = stderr_log):
                                 if want.get(k) != manifest["config"].get(k))
             raise UserError(f"{dest} was prepared with other data settings ({changed}); "
                             f"run: {cmd}  (or set data.variant to keep both)")
-    return read(dest, manifest), manifest
+    try:
+        return read(dest, manifest), manifest
+    except DamagedCache as e:
+        raise UserError(f"{e.problem}; run: "
+                        f"{prepare_command(rc.task_name, rc.preset, data_dir, rc.overrides)} "
+                        "--force") from None
 
 
 # Helpers shared by the loader modules.
