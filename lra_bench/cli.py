@@ -156,8 +156,9 @@ def _print_outcome(summary: dict, folders: list[str] = ()) -> None:
 def run(
     model: Optional[str] = typer.Option(None, "--model", "-m", help="a name from `lra list models`"),
     task: Optional[str] = typer.Option(None, "--task", "-t", help="a name from `lra list tasks`"),
-    preset: Optional[str] = typer.Option(None, help="the task's hyperparameter preset: smoke "
-                                         "(default) or lra"),
+    preset: Optional[str] = typer.Option(None, help="the task's preset (a whole protocol): smoke "
+                                         "(default), quick, lra or nystrom; `lra list tasks` "
+                                         "shows each task's"),
     steps: Optional[int] = typer.Option(None, help="override train.steps"),
     seed: Optional[int] = typer.Option(None, help="seed for parameters, dropout and data order "
                                        "(default 0)"),
@@ -253,7 +254,9 @@ def run(
             done = sum(s["status"] == "completed" for s in summaries)
             err.print(f"{done}/{len(rcs)} seeds completed; `lra report` aggregates them, "
                       "`lra report --runs` lists each", highlight=False)
-    if summaries and summaries[0].get("preset") == "smoke" and distributed.is_primary():
+    # (said of the preset as it is: a smoke run with changed settings may well learn)
+    if (summaries and summaries[0].get("preset") == "smoke" and not summaries[0].get("overrides")
+            and distributed.is_primary()):
         err.print("note: smoke is a seconds-long plumbing check (tiny model, few steps): its "
                   "accuracy sits near the majority class by design and says nothing about the "
                   "model. For a run that learns on a laptop use --preset quick (docs/quick.md).",
@@ -601,7 +604,8 @@ def sweep(
 def preflight_cmd(
     model: str = typer.Option(..., "--model", "-m", help="a name from `lra list models`"),
     task: str = typer.Option(..., "--task", "-t", help="a name from `lra list tasks`"),
-    preset: str = typer.Option("smoke", help="the task's hyperparameter preset: smoke or lra"),
+    preset: str = typer.Option("smoke", help="the task's preset: smoke, quick, lra or nystrom "
+                                "(`lra list tasks`)"),
     set_: List[str] = typer.Option([], "--set", metavar="SECTION.KEY=VALUE",
                                    help="override a config value (repeatable)"),
     mode: str = typer.Option("train", help="train or forward"),
@@ -652,7 +656,8 @@ def grid_cmd(
     models: Optional[str] = typer.Option(None, "--models", "-m", help="comma-separated, or all"),
     tasks: Optional[str] = typer.Option(None, "--tasks", "-t", help="comma-separated, or all"),
     seeds: str = typer.Option("0", help="comma-separated seeds, e.g. 0,1,2"),
-    preset: str = typer.Option("smoke", help="the tasks' hyperparameter preset: smoke or lra"),
+    preset: str = typer.Option("smoke", help="the tasks' preset: smoke, quick, lra or nystrom "
+                                "(`lra list tasks`)"),
     set_: List[str] = typer.Option([], "--set", help="override a config value in every job: "
                                    "section.key=value"),
     executor: str = typer.Option("local", help="local (this machine) or slurm"),
