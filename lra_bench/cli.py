@@ -720,11 +720,13 @@ def _grid_submit(g, keys: list) -> None:
                   f"follow with: lra grid status {g.grid_id}", highlight=False)
         return
     try:
-        grid.run_local(g, keys, g.plan["resources"]["parallel"] or 1, _log)
+        stopped_by = grid.run_local(g, keys, g.plan["resources"]["parallel"] or 1, _log)
     except KeyboardInterrupt:
-        err.print(f"grid {g.grid_id} interrupted; continue it with: lra grid resume {g.grid_id}",
-                  highlight=False)
-        raise typer.Exit(130) from None
+        stopped_by = "SIGINT"
+    if stopped_by is not None:
+        err.print(f"grid {g.grid_id} interrupted ({stopped_by}); continue it with: "
+                  f"lra grid resume {g.grid_id}", highlight=False)
+        raise typer.Exit(143 if stopped_by == "SIGTERM" else 130)
     _grid_status_table(g)
     rows = grid.status(g)
     if any(r["state"] not in grid.DONE for r in rows):

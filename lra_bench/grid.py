@@ -43,6 +43,7 @@ import submitit
 
 from lra_bench import config, results
 from lra_bench.errors import UserError
+from lra_bench.interruption import StopOnSignal
 
 STATES = ("pending", "running", "completed", "diverged", "failed", "interrupted", "cancelled")
 DONE = ("completed", "diverged")  # outcomes: resume and retries leave them alone
@@ -387,6 +388,10 @@ class GridJob(submitit.helpers.Checkpointable):
         retries = plan_["retries"] if ntasks == 1 else 0
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGINT, self._on_sigint)
+            if os.environ.get("SUBMITIT_EXECUTOR") == "local":
+                # locally a SIGTERM (`timeout`, `kill` of the group, the controller forwarding
+                # one) stops the run the same way; on SLURM submitit's own handlers keep it
+                signal.signal(signal.SIGTERM, self._on_sigint)
         previous = (read_json(job_file(self.grid_dir, self.key), {}) or {}) if primary else {}
         errors = list(previous.get("errors", []))
         for attempt in range(retries + 1):
@@ -630,9 +635,12 @@ def submit_slurm(grid: Grid, keys: list[str]) -> list[str]:
     return [str(j.job_id) for j in jobs]
 
 
-def run_local(grid: Grid, keys: list[str], parallel: int, say) -> None:
-    """Run the jobs on this machine, `parallel` at a time, until all have ended. Ctrl-C (or
-    `lra grid cancel`) stops the running ones with a checkpoint; `lra grid resume` continues."""
+def run_local(grid: Grid, keys: list[str], parallel: int, say) -> str | None:
+    """Run the jobs on this machine, `parallel` at a time, until all have ended; returns None,
+    or the name of the signal (SIGINT, SIGTERM) that stopped the grid. A signal, to this process
+    or its whole group (Ctrl-C, `timeout`, `kill`), or `lra grid cancel`, stops the running jobs
+    with a checkpoint and starts no other; `lra grid resume` continues. A second signal stops at
+    once (KeyboardInterrupt)."""
     lock = grid.driver_lock()
     if lock is None:
         raise UserError(f"grid {grid.grid_id} is being run by another `lra grid` process; wait "
@@ -642,33 +650,54 @@ def run_local(grid: Grid, keys: list[str], parallel: int, say) -> None:
     ex = local_executor(grid.plan, grid.logs)
     queue, running, done = list(keys), {}, 0
     free_slots = list(range(parallel))
+    stop = StopOnSignal("stopping the running jobs with a checkpoint")
     try:
-        while queue or running:
-            if grid.cancelled():
-                queue.clear()
-            while queue and free_slots:
-                key, slot = queue.pop(0), free_slots.pop(0)
-                if gpus:  # slot i gets GPUs [i*g, (i+1)*g): parallel jobs never share one
-                    ex.update_parameters(gpus_per_node=gpus,
-                                         visible_gpus=tuple(range(slot * gpus, (slot + 1) * gpus)))
-                job = ex.submit(GridJob(grid.path, grid.plan, key, env))
-                grid.add_submissions({key: _log_paths(job)})
-                running[key] = (job, slot)
-            for key, (job, slot) in list(running.items()):
-                if job.done():
-                    running.pop(key)
-                    free_slots.append(slot)
-                    done += 1
-                    row = next(r for r in status(grid) if r["key"] == key)
-                    say(f"[{done}/{len(keys)}] {key}: {describe(row)}")
-            time.sleep(0.5)
-    except KeyboardInterrupt:
-        say(f"interrupted: stopping {len(running)} running job(s) with a checkpoint")
+        with stop:
+            while queue or running:
+                if stop.requested():
+                    break
+                if grid.cancelled():
+                    queue.clear()
+                while queue and free_slots:
+                    key, slot = queue.pop(0), free_slots.pop(0)
+                    if gpus:  # slot i gets GPUs [i*g, (i+1)*g): parallel jobs never share one
+                        ex.update_parameters(gpus_per_node=gpus, visible_gpus=tuple(
+                            range(slot * gpus, (slot + 1) * gpus)))
+                    job = _submit_shielded(ex, GridJob(grid.path, grid.plan, key, env))
+                    grid.add_submissions({key: _log_paths(job)})
+                    running[key] = (job, slot)
+                for key, (job, slot) in list(running.items()):
+                    if job.done():
+                        running.pop(key)
+                        free_slots.append(slot)
+                        done += 1
+                        row = next(r for r in status(grid) if r["key"] == key)
+                        say(f"[{done}/{len(keys)}] {key}: {describe(row)}")
+                time.sleep(0.5)
+            if stop.requested():
+                say(f"stopping {len(running)} running job(s) with a checkpoint")
+                stop_local(grid, list(running))
+                wait_stopped(grid, list(running))
+                return stop.name
+    except KeyboardInterrupt:  # the second signal: the jobs were told once; do not wait
         stop_local(grid, list(running))
-        wait_stopped(grid, list(running))
         raise
     finally:
         os.close(lock)
+    return None
+
+
+def _submit_shielded(ex, job):
+    """Submit with SIGINT ignored while submitit starts its controller process, which inherits
+    that: a Ctrl-C to the terminal's process group then reaches the job's supervisor (which stops
+    its run with a checkpoint), not the controller (which would kill the supervisor at once)."""
+    if threading.current_thread() is not threading.main_thread():
+        return ex.submit(job)
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        return ex.submit(job)
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def wait_stopped(grid: Grid, keys: list[str], timeout: float = STOP_WAIT_S + 30) -> None:

@@ -15,9 +15,10 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class StopOnSignal:
-    def __init__(self):
+    def __init__(self, announce: str = "stopping after this step with a checkpoint"):
         self.signum: int | None = None
         self._previous: dict = {}
+        self._announce = announce
 
     def requested(self) -> bool:
         return self.signum is not None
@@ -30,8 +31,8 @@ class StopOnSignal:
         if self.signum is not None:
             raise KeyboardInterrupt
         self.signum = signum
-        sys.stderr.write(f"\n{signal.Signals(signum).name}: stopping after this step with a "
-                         "checkpoint (send it again to stop at once)\n")
+        sys.stderr.write(f"\n{signal.Signals(signum).name}: {self._announce} (send it again to "
+                         "stop at once)\n")
 
     def __enter__(self) -> "StopOnSignal":
         # Python delivers signals to the main thread only; elsewhere keep the defaults.

@@ -235,3 +235,40 @@ def test_run_id_errors(args, message, tmp_path):
                "--results-dir", tmp_path / "results", "--data-dir", tmp_path / "data")
     assert r.exit_code == 2 and message in r.stderr, r.output
     assert [p.name for p in (tmp_path / "results" / "runs").iterdir()] == ["taken"]
+
+
+@pytest.mark.parametrize("signum, code", [(15, 143), (2, 130)])
+def test_a_signal_to_the_whole_group_stops_a_local_grid_cleanly(tmp_path, compile_cache, signum,
+                                                                  code):
+    """`timeout`, `kill` of the group or Ctrl-C on the terminal: every process of the grid gets
+    the signal. The grid stops its jobs with a checkpoint, says how to resume, and nothing is
+    left running (submitit's controller ignores the Ctrl-C; the job's supervisor stops its run)."""
+    import signal
+    import subprocess
+    import sys
+
+    rdir = tmp_path / "results"
+    many = [a if a != "train.steps=2" else "train.steps=100000" for a in TINY]
+    p = subprocess.Popen(
+        [sys.executable, "-m", "lra_bench", "grid", "--models", "linear", "--tasks", "listops",
+         *many, "--results-dir", str(rdir), "--data-dir", str(tmp_path / "data")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 120
+    metrics = None
+    while time.time() < deadline and p.poll() is None:
+        found = list(rdir.glob("runs/*/metrics.jsonl"))
+        if found and found[0].stat().st_size:  # the run is training
+            metrics = found[0]
+            break
+        time.sleep(0.5)
+    assert metrics is not None, p.communicate(timeout=30)
+    os.killpg(p.pid, signum)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == code, err
+    assert "Traceback" not in err and "lra grid resume" in err.splitlines()[-1]
+    run = metrics.parent
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["checkpoint_step"] > 0
+    assert not results.is_active(run)  # the run process has ended
+    (g,) = (rdir / "grids").iterdir()
+    assert [x["state"] for x in grid.status(grid.Grid.open(rdir, g.name))] == ["interrupted"]
