@@ -113,10 +113,13 @@ def resume_conflicts(given: dict):
 
     def check(run_id: str, rc: config.RunConfig) -> None:
         saved = {"--model": rc.model_name, "--task": rc.task_name, "--preset": rc.preset,
-                 "--seed": rc.seed, "--steps": rc.train["steps"], "--set": list(rc.overrides)}
+                 "--seed": rc.seed, "--steps": rc.train["steps"], "--dtype": rc.model["dtype"],
+                 "--grad-accum": rc.train["grad_accum"], "--set": list(rc.overrides)}
         if given.get("--seeds") is not None:
             raise UserError("--seeds starts new runs; it cannot be combined with --resume")
         for option, value in given.items():
+            if option == "--set":  # each setting given must be one the run has
+                value = [o for o in value if o not in saved["--set"]] or None
             if option in saved and value not in (None, []) and value != saved[option]:
                 raise UserError(
                     f"--resume {run_id} continues the run with its saved config: {option} {value} "
@@ -192,6 +195,9 @@ def run(
 
     # The shortcuts are settings like any --set: recorded with the run, so the report keeps a
     # changed run apart from its preset's own (a 20-step check is not the preset's result).
+    given = {"--model": model, "--task": task, "--preset": preset, "--seed": seed,
+             "--steps": steps, "--dtype": dtype, "--grad-accum": grad_accum, "--set": list(set_),
+             "--seeds": seeds}  # what --resume checks against the run's saved config
     set_ = list(set_)
     if steps is not None:
         set_.append(f"train.steps={steps}")
@@ -215,45 +221,18 @@ def run(
                             "--seeds")
         if distributed.is_primary():  # the others never create the folder
             results.check_new_run_id(rdir, run_id)
-    if resume is not None:
-        check = resume_conflicts({"--model": model, "--task": task, "--preset": preset,
-                                  "--seed": seed, "--steps": steps, "--set": list(set_),
-                                  "--seeds": seeds})
-        summaries = [runner.resume(resume, ddir, rdir, check_config=check)]
-        show(summaries[0])
-    else:
-        if model is None or task is None:
-            raise UserError("--model and --task are required (or --resume RUN_ID to continue a "
-                            "run); see `lra list`")
-        if seed is not None and seeds is not None:
-            raise UserError("give --seed or --seeds, not both")
-        # Every seed's config and the data are checked before the first run writes anything.
-        rcs = [config.resolve(model, task, preset or "smoke", seed=s, overrides=set_)
-               for s in (parse_seeds(seeds) if seeds is not None else [seed or 0])]
-        from lra_bench.model import check as check_model
-
-        check_model(rcs[0])  # a bad model config fails before any data is made or read
-        # Reading a prepared cache costs nothing, so missing data is reported first; generating
-        # a preset's data costs minutes, so that waits until the step is known to fit.
-        generated = rcs[0].data.get("generate", False)
-        splits = None if generated else data.load(rcs[0], ddir)
-        if preflight:  # the seeds share the step's shapes: one check covers them all
-            from lra_bench.preflight import ensure_fits
-
-            ensure_fits(rcs[0], memory_limit)
-        if splits is None:
-            splits = data.load(rcs[0], ddir)
-        summaries = []
-        for rc in rcs:
-            summaries.append(runner.execute(rc, ddir, rdir, splits=splits, preflight=False,
-                                            run_id=run_id))
-            show(summaries[-1])
-            if summaries[-1]["status"] == "interrupted":
-                break  # the user asked to stop: the remaining seeds do not start
-        if len(rcs) > 1:
-            done = sum(s["status"] == "completed" for s in summaries)
-            err.print(f"{done}/{len(rcs)} seeds completed; `lra report` aggregates them, "
-                      "`lra report --runs` lists each", highlight=False)
+    try:
+        summaries = _run_or_resume(runner, resume, given, model, task, preset, seed, seeds,
+                                   set_, ddir, rdir, memory_limit, preflight, run_id, show)
+    except runner.StoppedAtOnce as e:
+        s = e.summary
+        if distributed.is_primary():
+            step = s.get("checkpoint_step")
+            err.print(f"run {s.get('run_id')} stopped at once by a second signal; continue it "
+                      f"from {f'its checkpoint at step {step}' if step else 'the start'} with: "
+                      f"lra run --resume {' '.join([str(s.get('run_id')), *folders])}",
+                      highlight=False)
+        raise typer.Exit(130) from None
     # (said of the preset as it is: a smoke run with changed settings may well learn)
     if (summaries and summaries[0].get("preset") == "smoke" and not summaries[0].get("overrides")
             and distributed.is_primary()):
@@ -267,6 +246,51 @@ def run(
         raise typer.Exit(128 + int(getattr(signal, name, signal.SIGINT)))
     if any(s["status"] != "completed" for s in summaries):
         raise typer.Exit(1)
+
+
+def _run_or_resume(runner, resume, given, model, task, preset, seed, seeds, set_, ddir, rdir,
+                   memory_limit, preflight, run_id, show) -> list[dict]:
+    """`lra run`'s work: resume one run, or check every seed's config and the data, then train
+    the seeds one after another. The summaries, in order."""
+    from lra_bench import data
+
+    if resume is not None:
+        summary = runner.resume(resume, ddir, rdir, check_config=resume_conflicts(given))
+        show(summary)
+        return [summary]
+    if model is None or task is None:
+        raise UserError("--model and --task are required (or --resume RUN_ID to continue a "
+                        "run); see `lra list`")
+    if seed is not None and seeds is not None:
+        raise UserError("give --seed or --seeds, not both")
+    # Every seed's config and the data are checked before the first run writes anything.
+    rcs = [config.resolve(model, task, preset or "smoke", seed=s, overrides=set_)
+           for s in (parse_seeds(seeds) if seeds is not None else [seed or 0])]
+    from lra_bench.model import check as check_model
+
+    check_model(rcs[0])  # a bad model config fails before any data is made or read
+    # Reading a prepared cache costs nothing, so missing data is reported first; generating
+    # a preset's data costs minutes, so that waits until the step is known to fit.
+    generated = rcs[0].data.get("generate", False)
+    splits = None if generated else data.load(rcs[0], ddir)
+    if preflight:  # the seeds share the step's shapes: one check covers them all
+        from lra_bench.preflight import ensure_fits
+
+        ensure_fits(rcs[0], memory_limit)
+    if splits is None:
+        splits = data.load(rcs[0], ddir)
+    summaries = []
+    for rc in rcs:
+        summaries.append(runner.execute(rc, ddir, rdir, splits=splits, preflight=False,
+                                        run_id=run_id))
+        show(summaries[-1])
+        if summaries[-1]["status"] == "interrupted":
+            break  # the user asked to stop: the remaining seeds do not start
+    if len(rcs) > 1:
+        done = sum(s["status"] == "completed" for s in summaries)
+        err.print(f"{done}/{len(rcs)} seeds completed; `lra report` aggregates them, "
+                  "`lra report --runs` lists each", highlight=False)
+    return summaries
 
 
 @app.command()

@@ -23,6 +23,14 @@ from lra_bench.model import check as check_model
 from lra_bench.progress import ProgressReporter
 from lra_bench.trainer import Diverged, Interrupted, train_and_evaluate
 
+class StoppedAtOnce(KeyboardInterrupt):
+    """A second signal ended the run between checkpoints; `summary` says where it can resume."""
+
+    def __init__(self, summary: dict):
+        super().__init__(summary.get("run_id"))
+        self.summary = summary
+
+
 # Fields of a previous segment's outcome that a resumed segment replaces.
 _OUTCOME = ("error", "diverged_step", "interrupted_step", "signal", "ended_at")
 
@@ -142,9 +150,9 @@ def _train(rc: RunConfig, splits: dict, rd: results.RunDir, summary: dict,
                 rd.discard()
                 rd = results.NullRunDir(rd.run_id)
             raise
-        except KeyboardInterrupt:
+        except KeyboardInterrupt:  # a second signal: stopped at once, without a checkpoint
             summary.update(status="interrupted", signal="SIGINT")
-            raise
+            raise StoppedAtOnce(summary) from None
         except BaseException as e:
             summary.update(status="failed", error=f"{type(e).__name__}: {e}")
             raise

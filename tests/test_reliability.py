@@ -377,3 +377,28 @@ def test_a_run_held_by_a_live_process_cannot_be_resumed_twice(tmp_path):
         (rd.path / "checkpoints" / name).mkdir(parents=True)
     r = invoke("report", "--runs", "--results-dir", tmp_path, "--format", "markdown")
     assert "| stopped (checkpoint step 200) |" in r.stdout
+
+
+def test_a_second_signal_stops_at_once_and_says_how_to_resume(data_dir, results_dir,
+                                                              monkeypatch):
+    from lra_bench import run as runner
+
+    def second_signal(*args, **kwargs):  # as StopOnSignal raises it on the second Ctrl-C
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "train_and_evaluate", second_signal)
+    r = invoke("run", *RUN, "--data-dir", data_dir, "--results-dir", results_dir)
+    assert r.exit_code == 130 and "Traceback" not in r.output
+    (run,) = run_dirs(results_dir)
+    assert summary(run)["status"] == "interrupted"
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"run {run.name} stopped at once by a second signal; continue it "
+                           "from the start with: lra run --resume ")
+    monkeypatch.undo()
+    # options given with --resume must agree with the saved ones: --steps 120 does (it is the
+    # run's), --steps 7 does not
+    r = invoke("run", "--resume", run.name, "--steps", 120, "--data-dir", data_dir,
+               "--results-dir", results_dir)
+    assert r.exit_code == 0, r.output
+    r = invoke("run", "--resume", run.name, "--steps", 7, "--results-dir", results_dir)
+    assert r.exit_code == 2 and "--steps 7 conflicts with its --steps 120" in r.stderr
