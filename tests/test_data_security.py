@@ -394,8 +394,9 @@ def test_a_crafted_manifest_is_refused_in_one_line(tmp_path, edit, words):
     manifest = json.loads((dest / "manifest.json").read_text())
     edit(manifest)
     (dest / "manifest.json").write_text(json.dumps(manifest))
-    r = lra("data", "info", "--data-dir", tmp_path / "data")  # skips it, no traceback
-    assert r.exit_code == 0 and "nothing prepared" in r.stdout, r.output
+    r = lra("data", "info", "--data-dir", tmp_path / "data")  # names it damaged, no traceback
+    assert r.exit_code == 1 and "nothing prepared" in r.stdout, r.output
+    assert words in r.stderr and "Traceback" not in r.output
     with pytest.raises(UserError, match=words):
         cache.read_manifest(dest)
 

@@ -115,7 +115,7 @@ def test_the_docs_plugin_runs_and_sweeps_like_a_built_in(installed, data_dir, tm
     saved = json.loads((run / "config.json").read_text())["mixer"]
     assert saved == {"kind": "mean", "gate": False}
     report = lra(installed, "report", "--results-dir", tmp_path, "--format", "csv").stdout
-    assert "smoke,mean-nogate," in report
+    assert '"smoke [train.eval_every=2, train.steps=2]",mean-nogate,' in report
 
     # Two lengths, each point in its own worker process, the user's model from --config-dir.
     lra(installed, "--config-dir", "my-configs", "sweep", "--task", "listops", "--preset",

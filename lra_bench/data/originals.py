@@ -73,7 +73,7 @@ def default_source(original: Original, data_dir: Path) -> str:
 
 # What the archive readers do differently from a plain read: part of an archive's fingerprint,
 # so caches made by an older reader are rebuilt.
-ARCHIVE_READER = "tfds order (md5 of split + key)"
+ARCHIVE_READER = "as tfds's builders: md5 order of split + key, IMDB reviews stripped"
 
 
 def fingerprint(original: Original, source: str) -> dict:
