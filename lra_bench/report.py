@@ -110,7 +110,8 @@ def accuracy_table(runs: pd.DataFrame, selection: str = "run", baseline: bool = 
     agg = agg.join(diverged, how="outer").reset_index()
     agg[["count", "diverged"]] = agg[["count", "diverged"]].fillna(0).astype(int)
     agg["mean"] = agg["mean"].astype(float) * 100.0
-    agg["std"] = agg["std"].astype(float).fillna(0.0) * 100.0
+    # one seed has no spread: its std stays empty (NaN) in the exports, not 0
+    agg["std"] = agg["std"].astype(float) * 100.0
     tasks = _task_columns(agg["task"].unique())
     wide = {v: agg.pivot(index=["preset", "model"], columns="task", values=v)[tasks]
             for v in ("mean", "std", "count", "diverged")}
