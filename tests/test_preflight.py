@@ -90,6 +90,4 @@ def test_the_suggested_batch_is_one_that_fits(monkeypatch):
     assert 1 <= batch < 64
     r = runner.invoke(app, [*args, "--set", f"train.batch_size={batch}", "--memory-limit", limit])
     assert r.exit_code == 0 and "verdict                fits" in r.stdout, r.output
-    # when not even one row fits, it says so instead of naming a batch
-    r = runner.invoke(app, [*args, "--memory-limit", "10KB"])
-    assert r.exit_code == 1 and "no batch size fits at data.max_length=128" in r.stdout
+    # (when not even one row fits, it says so instead: the 10KB case above)
