@@ -654,6 +654,7 @@ def preflight_cmd(
         f"estimated peak memory  {pf.format_bytes(step.peak_bytes)} (XLA compiled estimate: "
         "temp + arguments + outputs - donated)",
         f"FLOPs per step         {flops} (XLA cost analysis)",
+        f"softmax attention      {pf.describe_attention(step.attention)}",
         f"available              {pf.format_bytes(capacity.bytes)} ({capacity.source})",
         f"verdict                {verdict}",
     ]

@@ -42,6 +42,7 @@ class AbstractStep:
     peak_bytes: int | None  # XLA's estimate: temp + argument + output - alias
     flops: float | None
     params: int
+    attention: tuple = ()  # (form, why) of every softmax attention traced (mixers._attention)
 
 
 @dataclass
@@ -61,6 +62,7 @@ def abstract_batch(rc: RunConfig, mode: str = "train") -> dict:
 
 
 def compile_abstract(rc: RunConfig, mode: str = "train") -> AbstractStep:
+    from lra_bench.mixers._attention import recording
     from lra_bench.trainer import build  # jax-heavy; keep `import lra_bench.preflight` light
 
     if mode not in MODES:
@@ -75,16 +77,30 @@ def compile_abstract(rc: RunConfig, mode: str = "train") -> AbstractStep:
     steps = built.pop("steps")  # only its jitted functions: its own init_state holds dead tracers
     batch = abstract_batch(rc, mode)
     t0 = time.perf_counter()
-    if mode == "train":
-        compiled = steps.train_step.lower(state, batch).compile()
-    else:
-        state = {"params": state["params"], "rest": state["rest"]}
-        compiled = steps.eval_step.lower(state["params"], state["rest"], batch).compile()
+    with recording() as forms:  # tracing happens in lower()
+        if mode == "train":
+            lowered = steps.train_step.lower(state, batch)
+        else:
+            state = {"params": state["params"], "rest": state["rest"]}
+            lowered = steps.eval_step.lower(state["params"], state["rest"], batch)
+    compiled = lowered.compile()
     compile_time = time.perf_counter() - t0
     params = int(sum(np.prod(x.shape) for x in jax.tree.leaves(state["params"])))
     return AbstractStep(mode, compiled, state, batch, compile_time,
                         measure.compiled_memory_estimate(compiled), measure.cost_flops(compiled),
-                        params)
+                        params, tuple(forms))
+
+
+def describe_attention(forms) -> str:
+    """'fused cuDNN x 4', 'explicit x 4 (attention dropout: ...)', or 'none' for mixers that
+    attend otherwise."""
+    if not forms:
+        return "none (this mixer does not use softmax attention)"
+    counts: dict[tuple[str, str], int] = {}
+    for form in forms:
+        counts[form] = counts.get(form, 0) + 1
+    return "; ".join(f"{form} x {n}" + (f" ({why})" if why else "")
+                     for (form, why), n in counts.items())
 
 
 _UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "m": 1e6, "mb": 1e6, "g": 1e9, "gb": 1e9,

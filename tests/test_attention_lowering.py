@@ -86,3 +86,20 @@ def test_the_explicit_form_shows_up_in_the_same_check(as_if_on_a_gpu, monkeypatc
     text = cuda_program("transformer")
     assert calls(text, "__cudnn$fmhaSoftmax") == 0
     assert "2x2x257x257" in square_arrays(text, LENGTH // 2)
+
+
+def test_preflight_says_which_form_each_attention_takes(as_if_on_a_gpu):
+    from lra_bench.preflight import describe_attention
+
+    with _attention.recording() as forms:
+        cuda_program("transformer")
+    assert describe_attention(forms) == "fused cuDNN x 2"
+    with _attention.recording() as forms:
+        cuda_program("transformer", "model.attention_dropout=0.1")
+    assert describe_attention(forms).startswith("explicit x 2 (attention dropout: ")
+    with _attention.recording() as forms:
+        cuda_program("transformer", 'model.dtype="float32"')
+    assert describe_attention(forms).startswith("explicit x 2 (float32: the fused kernel takes ")
+    with _attention.recording() as forms:
+        cuda_program("linear")
+    assert describe_attention(forms).startswith("none")

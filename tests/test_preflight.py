@@ -62,6 +62,7 @@ def test_preflight_command_and_run_refuse_what_does_not_fit(data_dir, results_di
                             "--memory-limit", "10KB"])
     assert r.exit_code == 1, r.output
     for text in ("estimated peak memory", " (XLA compiled estimate", "FLOPs per step",
+                 "softmax attention      query blocks x 1",
                  "9.77 KiB (memory limit)", "DOES NOT FIT",
                  "no batch size fits at data.max_length=128: shorten data.max_length"):
         assert text in r.stdout, text

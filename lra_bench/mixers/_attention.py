@@ -32,13 +32,14 @@ forces the explicit form everywhere (A/B checks of the fused kernel and the CPU 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 
 import jax
 import jax.numpy as jnp
 
-from lra_bench.mixers._blocks import mean_values, pays, query_blocks
+from lra_bench.mixers._blocks import SMALL_BYTES, mean_values, pays, query_blocks
 from lra_bench.mixers._precision import island
 
 FUSED_DTYPES = (jnp.bfloat16, jnp.float16)
@@ -47,6 +48,39 @@ FUSED_TILE = 64  # sequence lengths given to the fused kernel are padded to a mu
 FUSED_HEAD_MULTIPLE = 8  # and head sizes to a multiple of this
 FUSED_MAX_HEAD = 128
 _warned: set[str] = set()
+
+
+_recorders: list[list] = []
+
+
+@contextlib.contextmanager
+def recording():
+    """Collects the form every softmax attention traced inside the block takes, as (form, why):
+    what `lra preflight` reports, so a GPU user sees whether the baseline is the fused kernel."""
+    forms: list[tuple[str, str]] = []
+    _recorders.append(forms)
+    try:
+        yield forms
+    finally:
+        _recorders.remove(forms)
+
+
+def _note(form: str, why: str = "") -> None:
+    for forms in _recorders:
+        forms.append((form, why))
+
+
+def _not_fused_because(q, dropout: bool) -> str:
+    """Why an attention does not take its backend's fastest form (on CPU: why not blocks)."""
+    if _explicit_only():
+        return "LRA_ATTENTION=explicit"
+    if backend() != "gpu":
+        return f"small: under {SMALL_BYTES // 1024} KiB of logits the explicit form is faster"
+    if dropout:
+        return "attention dropout: cuDNN's kernel has none here; model.attention_dropout=0 fuses it"
+    if q.dtype not in FUSED_DTYPES:
+        return f"{q.dtype}: the fused kernel takes bfloat16/float16 (--dtype bfloat16)"
+    return f"heads of {q.shape[-1]} features: the fused kernel takes at most {FUSED_MAX_HEAD}"
 
 
 def _explicit_only() -> bool:
@@ -86,13 +120,17 @@ def _attention(q, k, v, mask, dropout_rate, dropout_rng, scale):
     dropout = dropout_rate > 0.0 and dropout_rng is not None
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     key_mask = mask[:, None, None, :]  # (B, 1, 1, S): broadcasts over heads and queries
+    why = _not_fused_because(q, dropout)
     if _fused_applies(q, dropout):
         try:
-            return _fused(q, k, v, mask, scale)
+            y = _fused(q, k, v, mask, scale)
+            _note("fused cuDNN")
+            return y
         except (ValueError, NotImplementedError, RuntimeError, TypeError) as error:
             # this cuDNN/JAX build rejects the shape or dtype: the explicit form below, said once
             # per reason (a silent fallback would pass an N x N baseline off as the fused one)
             reason = f"{type(error).__name__}: {error}".splitlines()[0][:300]
+            why = f"cuDNN rejected it ({reason})"
             if reason not in _warned:
                 _warned.add(reason)
                 logging.getLogger("lra_bench").warning(
@@ -100,7 +138,9 @@ def _attention(q, k, v, mask, dropout_rate, dropout_rng, scale):
                     q.shape, q.dtype, reason)
     if backend() == "cpu" and not _explicit_only() and pays(q, k):
         keep = _keep_mask(q, k, dropout_rate, dropout_rng) if dropout else None
+        _note("query blocks")
         return query_blocks(q, k, v, key_mask, scale, keep, dropout_rate)
+    _note("explicit", why)
     return _explicit(q, k, v, key_mask, scale, dropout_rate, dropout_rng if dropout else None)
 
 
