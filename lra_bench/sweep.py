@@ -47,7 +47,7 @@ COLUMNS = [
     "tokens_per_second", "compile_time_s", "peak_memory_bytes", "memory_source",
     "xla_estimate_bytes", "device_memory_bytes", "flops_per_step", "params", "device_kind",
     "platform", "device_count", "host", "jax_version", "git_commit", "message", "started_at",
-    "finished_at", "wall_time_s",
+    "finished_at", "wall_time_s", "attention",
 ]
 OOM_MARKERS = ("resource_exhausted", "out of memory", "memoryerror")
 
@@ -242,7 +242,7 @@ def load(results_dir: Path, sweep_id: str) -> tuple[Settings, list[dict]]:
 
 TEXT_COLUMNS = ("sweep_id", "model", "task", "preset", "mode", "dtype", "status", "memory_source",
                 "device_kind", "platform", "host", "jax_version", "git_commit", "message",
-                "started_at", "finished_at")
+                "started_at", "finished_at", "attention")
 
 
 def row_problem(r) -> str | None:

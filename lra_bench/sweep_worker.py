@@ -52,8 +52,11 @@ def measure_point(spec: dict, row: dict) -> None:
     capacity = preflight.device_capacity(spec.get("memory_limit"))
     row["device_memory_bytes"] = capacity.bytes
     step = preflight.compile_abstract(rc, spec["mode"])
+    # which softmax attention the timed step runs: a GPU baseline row says if it is the fused
+    # kernel or, with the reason, the explicit N x N form
     row.update(compile_time_s=step.compile_time_s, xla_estimate_bytes=step.peak_bytes,
-               flops_per_step=step.flops, params=step.params)
+               flops_per_step=step.flops, params=step.params,
+               attention=preflight.describe_attention(step.attention))
     if preflight.fits(step, capacity) is False:
         row.update(status="OOM", message=(
             f"not run: needs {preflight.format_bytes(step.peak_bytes)} (XLA estimate), has "

@@ -67,6 +67,7 @@ def test_each_point_is_isolated_and_failures_become_rows(swept):
     assert float(ok["flops_per_step"]) > 0 and float(ok["compile_time_s"]) > 0
     assert int(ok["peak_memory_bytes"]) == int(ok["xla_estimate_bytes"]) <= 160_000
     assert ok["device_kind"] and ok["jax_version"] and ok["dtype"] == "float32"
+    assert ok["attention"].startswith("explicit x ")  # 8 tokens: the small form on CPU
     # Every point of the broken model raised in its own process; the sweep went on past them.
     for n in (8, 64, 256):
         assert rows[("broken", n)]["status"] == "error" and rows[("broken", n)]["message"]
