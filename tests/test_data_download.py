@@ -201,3 +201,8 @@ def test_an_original_archive_is_fetched_resumably_and_must_be_the_official_one(
     assert not (tmp_path / "new").exists()  # the refused archive and its folder are gone
     r = lra("text", "--to", tmp_path, "--url", server.url, "--sha256", "0" * 64)
     assert r.exit_code == 2 and "pinned SHA-256" in r.stderr
+    # a task of the release (ListOps) fetches the release, as the bare command does
+    r = lra("listops", "--to", tmp_path / "rel", "--url", server.url)
+    assert r.exit_code == 0 and (tmp_path / "rel" / "lra_release" / "listops-1000").is_dir()
+    r = lra("nosuch", "--to", tmp_path / "x")
+    assert r.exit_code == 2 and "unknown task 'nosuch'" in r.stderr
