@@ -15,13 +15,21 @@ TASK_ORDER = ["listops", "text", "retrieval", "image", "pathfinder", "pathx"]
 FORMATS = ("table", "markdown", "csv", "json", "latex")
 
 
+# Settings that do not change what a run computes: how often it checkpoints or logs, where its
+# cache lives, and gradient accumulation (the same mean gradient over the same batch).
+NEUTRAL_SETTINGS = {"train.grad_accum", "train.checkpoint_every", "train.log_every",
+                    "data.variant"}
+
+
 def experiment(preset: str, overrides) -> str:
     """What a run is an instance of: its preset, with the settings it changed (`--set`, `--steps`,
-    `--dtype`, ...). Runs are averaged and compared only within one experiment, so a 20-step
-    check never stands in for the preset's own result."""
-    if not overrides:
+    `--dtype`, ...; not the NEUTRAL_SETTINGS). Runs are averaged and compared only within one
+    experiment, so a 20-step check never stands in for the preset's own result."""
+    changed = sorted(o for o in overrides or ()
+                     if o.split("=", 1)[0].strip() not in NEUTRAL_SETTINGS)
+    if not changed:
         return preset
-    return f"{preset} [{', '.join(sorted(overrides))}]"
+    return f"{preset} [{', '.join(changed)}]"
 
 
 def load_runs(results_dir: Path) -> tuple[pd.DataFrame, list[str]]:

@@ -93,3 +93,14 @@ def test_the_recorded_commit_says_when_the_files_differ_from_it(tmp_path, monkey
     assert measure.git_commit() == head + "-dirty"
     monkeypatch.setattr(measure, "__file__", "/measure.py")
     assert measure.git_commit() == "unknown"
+
+
+def test_a_runs_experiment_is_its_preset_plus_the_settings_that_change_its_result():
+    from lra_bench.report import experiment
+
+    assert experiment("quick", []) == "quick"
+    assert experiment("quick", ["train.steps=20"]) == "quick [train.steps=20]"
+    assert experiment("lra", ['model.dtype="bfloat16"', "train.grad_accum=4"]) == \
+        'lra [model.dtype="bfloat16"]'  # accumulation computes the same step
+    assert experiment("lra", ["train.checkpoint_every=100", "train.log_every=5"]) == "lra"
+    assert experiment("s", ["b.y=1", "a.x=2"]) == "s [a.x=2, b.y=1]"  # order-free
