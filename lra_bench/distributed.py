@@ -63,8 +63,32 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
 
 
 def is_primary() -> bool:
-    """The one process that writes results and checkpoints."""
+    """The one process that writes the run folder (checkpoints are written by every process)."""
     return jax.process_index() == 0
+
+
+def from_primary(text: str, size: int = 512) -> str:
+    """Process 0's `text` on every process (a run id the others did not make)."""
+    if jax.process_count() == 1:
+        return text
+    from jax.experimental import multihost_utils
+
+    raw = np.zeros(size, np.uint8)
+    data = text.encode()[:size]
+    raw[:len(data)] = np.frombuffer(data, np.uint8)
+    out = np.asarray(multihost_utils.broadcast_one_to_all(raw))
+    return bytes(out).rstrip(b"\0").decode()
+
+
+def any_process(flag: bool) -> bool:
+    """True on every process when it is True on any: a stop asked of one process (each gets its
+    own signal, maybe a step apart) is carried out by all at the same step."""
+    if jax.process_count() == 1:
+        return flag
+    from jax.experimental import multihost_utils
+
+    votes = multihost_utils.process_allgather(np.array([flag], np.int32))
+    return bool(np.asarray(votes).any())
 
 
 @dataclass(frozen=True)
@@ -116,6 +140,8 @@ class DataParallel:
         def one(x):
             if isinstance(x, jax.core.Tracer):  # traced abstractly (preflight): nothing to place
                 return x
+            if isinstance(x, jax.Array) and not x.is_fully_addressable:
+                return x  # a global array already (restored from a checkpoint onto the mesh)
             if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
                 return jax.random.wrap_key_data(one(jax.random.key_data(x)),
                                                 impl=jax.random.key_impl(x))

@@ -316,10 +316,12 @@ def _same_kind(want: Any, value: Any) -> bool:
 
 
 class NullRunDir:
-    """A run folder that writes nothing: what every process but 0 of a multi-host run gets."""
+    """A run folder that writes nothing: what every process but 0 of a multi-host run gets.
+    `checkpoints` is the run folder process 0 writes (on a shared filesystem): every process
+    takes part in writing and reading the checkpoints there."""
 
-    def __init__(self, run_id: str):
-        self.run_id, self.path = run_id, None
+    def __init__(self, run_id: str, checkpoints: Path | None = None):
+        self.run_id, self.path, self.checkpoints = run_id, None, checkpoints
 
     def write(self, name: str, obj: Any) -> None:
         pass

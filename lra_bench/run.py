@@ -50,12 +50,14 @@ def execute(rc: RunConfig, data_dir: Path, results_dir: Path, interactive: bool 
         from lra_bench.preflight import ensure_fits
 
         ensure_fits(rc)
-    # Multi-host: process 0 alone writes results.
+    # Multi-host: process 0 alone writes the run folder; the others learn its id from it.
     if distributed.is_primary():
         rd = results.RunDir.create(results_dir, rc.model_name, rc.task_name, run_id)
         rd.lock()
+        distributed.from_primary(rd.run_id)
     else:
-        rd = results.NullRunDir(run_id or results.new_run_id(rc.model_name, rc.task_name))
+        run_id = distributed.from_primary("")
+        rd = results.NullRunDir(run_id, Path(results_dir) / "runs" / run_id)
     rd.write("config.json", rc.to_dict())
     summary = {
         "run_id": rd.run_id, "model": rc.model_name, "task": rc.task_name, "preset": rc.preset,
@@ -81,6 +83,9 @@ def resume(ref: str, data_dir: Path, results_dir: Path, interactive: bool | None
            check_config: Callable[[str, RunConfig], None] | None = None) -> dict:
     """Continue run `ref` (a run id or `latest`). Every check comes before the first write."""
     rd = results.RunDir.open(results_dir, ref)
+    if not distributed.is_primary():
+        # the same run as process 0 (`latest` read from the same folder): read, never written
+        return _resume_other(rd, data_dir, interactive)
     try:
         saved, summary = rd.read("config.json"), rd.read("summary.json")
     except (OSError, ValueError) as e:
@@ -112,6 +117,18 @@ def resume(ref: str, data_dir: Path, results_dir: Path, interactive: bool | None
     return _train(rc, splits, rd, summary, interactive, resuming=True)
 
 
+def _resume_other(rd: results.RunDir, data_dir: Path, interactive: bool | None) -> dict:
+    """`resume` on a process other than 0 of a multi-host run: process 0 checks and writes."""
+    try:
+        saved, summary = rd.read("config.json"), rd.read("summary.json")
+        rc = results.saved_config(saved, rd.run_id)
+    except (OSError, ValueError, UserError) as e:
+        raise UserError(f"run {rd.run_id} cannot be resumed here ({e})") from None
+    splits = data.load(rc, data_dir)
+    return _train(rc, splits, results.NullRunDir(rd.run_id, rd.path), dict(summary),
+                  interactive, resuming=True)
+
+
 def _train(rc: RunConfig, splits: dict, rd: results.RunDir, summary: dict,
            interactive: bool | None, resuming: bool) -> dict:
     t0 = time.time()
@@ -121,10 +138,10 @@ def _train(rc: RunConfig, splits: dict, rd: results.RunDir, summary: dict,
         try:
             from lra_bench.checkpoint import Checkpoints
 
-            # Orbax synchronises every process of a multi-host run on save; until checkpoints are
-            # written collectively (a known gap), multi-host runs do not checkpoint.
-            single = jax.process_count() == 1
-            ckpt = Checkpoints(rd.path) if rd.path is not None and single else None
+            # Every process of a multi-host run saves and restores together (orbax synchronises
+            # them; the run folder must be on a filesystem they share).
+            where = rd.path if rd.path is not None else getattr(rd, "checkpoints", None)
+            ckpt = Checkpoints(where) if where is not None else None
             if resuming:
                 step = ckpt.latest_step() if ckpt is not None else None
                 # The evaluations after the newest checkpoint are redone: keep those before it.
@@ -144,7 +161,9 @@ def _train(rc: RunConfig, splits: dict, rd: results.RunDir, summary: dict,
         except Diverged as e:
             summary.update(status="diverged", diverged_step=e.step, error=str(e))
         except Interrupted as e:
-            summary.update(status="interrupted", interrupted_step=e.step, signal=stop.name)
+            # (no signal here: another process of a multi-host run got one, and all stopped)
+            summary.update(status="interrupted", interrupted_step=e.step,
+                           signal=stop.name or "another process's signal")
         except UserError:  # found once training starts (batch vs devices, out of memory)
             if not resuming:  # a new run's user error leaves nothing behind
                 rd.discard()

@@ -31,7 +31,7 @@ from flax import nnx
 from lra_bench import measure
 from lra_bench.checkpoint import Checkpoints, all_finite
 from lra_bench.config import RunConfig
-from lra_bench.distributed import DataParallel, grad_accum_suggestion
+from lra_bench.distributed import DataParallel, any_process, grad_accum_suggestion
 from lra_bench.errors import UserError
 from lra_bench.data.pipeline import TrainStream, eval_batches
 from lra_bench.model import Classifier
@@ -291,6 +291,8 @@ def train_and_evaluate(rc: RunConfig, splits: dict, on_eval: Callable[[dict], No
                     on_eval(record)
             every = t["checkpoint_every"]
             stop = should_stop is not None and should_stop()
+            if jax.process_count() > 1:  # every process stops at the same step
+                stop = any_process(stop)
             if checkpoints is not None and ((every and step % every == 0) or step == total or stop):
                 save_checkpoint(step)
             if stop:

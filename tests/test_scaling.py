@@ -81,19 +81,27 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_hosts_give_the_one_device_curve_and_only_process_0_writes(four_devices, tmp_path):
-    port, results = _free_port(), tmp_path / "results"
-    sets = [a for s in CURVE for a in ("--set", s)]
+def _two_processes(*args, results: Path, data_dir: Path) -> list[tuple[str, str]]:
+    port = _free_port()
     procs = [subprocess.Popen(
-        [sys.executable, "-m", "lra_bench", "run", "-m", "transformer", "-t", "listops", *sets,
-         "--data-dir", tmp_path, "--results-dir", results, "--coordinator", f"127.0.0.1:{port}",
+        [sys.executable, "-m", "lra_bench", "run", *map(str, args), "--data-dir", str(data_dir),
+         "--results-dir", str(results), "--coordinator", f"127.0.0.1:{port}",
          "--num-processes", "2", "--process-id", str(i)],
         env=_env(2), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in (0, 1)]
     outs = [p.communicate(timeout=600) for p in procs]
     for p, (out, err) in zip(procs, outs):
         assert p.returncode == 0, err[-3000:]
+    return outs
+
+
+def test_two_hosts_give_the_one_device_curve_checkpoint_together_and_resume(four_devices,
+                                                                           tmp_path):
+    results = tmp_path / "results"
+    sets = [a for s in [*CURVE, "train.checkpoint_every=3"] for a in ("--set", s)]
+    outs = _two_processes("-m", "transformer", "-t", "listops", *sets, results=results,
+                          data_dir=tmp_path)
     assert "test acc" in outs[0][0] and "test acc" not in outs[1][0]
-    (run,) = (results / "runs").iterdir()  # one run folder: process 1 wrote nothing
+    (run,) = (results / "runs").iterdir()  # one run folder, which process 0 writes
     summary = json.loads((run / "summary.json").read_text())
     assert (summary["process_count"], summary["device_count"], summary["mesh_shape"]) == \
         (2, 4, {"data": 4})
@@ -101,6 +109,50 @@ def test_two_hosts_give_the_one_device_curve_and_only_process_0_writes(four_devi
     one = four_devices["one"]
     np.testing.assert_allclose([e["train_loss"] for e in evals], one["train_loss"], **TOL)
     np.testing.assert_allclose([e["val_loss"] for e in evals], one["val_loss"], **TOL)
+    assert summary["checkpoint_step"] == 6
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["3", "6"]
+
+    # As if both processes were killed after the checkpoint at step 3: resumed on two processes,
+    # the run ends exactly as it did uninterrupted.
+    import shutil
+
+    shutil.rmtree(run / "checkpoints" / "6")
+    (run / "summary.json").write_text(json.dumps({**summary, "status": "running"}))
+    outs = _two_processes("--resume", run.name, results=results, data_dir=tmp_path)
+    assert "resumed from step 3" in outs[0][0]
+    resumed = json.loads((run / "summary.json").read_text())
+    assert resumed["status"] == "completed" and resumed["resumed_from_steps"] == [3]
+    again = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in again] == [1, 2, 3, 4, 5, 6]
+    np.testing.assert_allclose([e["train_loss"] for e in again], one["train_loss"], **TOL)
+    np.testing.assert_allclose([e["val_loss"] for e in again], one["val_loss"], **TOL)
+    assert resumed["test_accuracy"] == summary["test_accuracy"]
+
+
+def test_a_signal_to_one_host_stops_every_host_at_the_same_step_with_a_checkpoint(tmp_path):
+    import signal
+    import time
+
+    results, port = tmp_path / "results", _free_port()
+    sets = [a for s in [*CURVE, "train.steps=100000", "train.eval_every=50",
+                        "train.checkpoint_every=100000"] for a in ("--set", s)]
+    procs = [subprocess.Popen(
+        [sys.executable, "-m", "lra_bench", "run", "-m", "transformer", "-t", "listops", *sets,
+         "--data-dir", str(tmp_path), "--results-dir", str(results), "--coordinator",
+         f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i)],
+        env=_env(2), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in (0, 1)]
+    deadline = time.time() + 300
+    while time.time() < deadline and not list(results.glob("runs/*/metrics.jsonl")):
+        time.sleep(0.5)
+    procs[1].send_signal(signal.SIGTERM)  # process 0 gets none
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [130, 143], [o[1][-2000:] for o in outs]
+    (run,) = (results / "runs").iterdir()
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["signal"] == "another process's signal"
+    step = summary["interrupted_step"]
+    assert summary["checkpoint_step"] == step > 0  # both saved it, at the step they agreed on
+    assert "lra run --resume" in outs[0][1]
 
 
 def _resolve(*sets, model="transformer"):
