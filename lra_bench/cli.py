@@ -37,19 +37,18 @@ def user_errors(fn):
             typer.echo("error: " + " ".join(line.strip() for line in str(e).splitlines()), err=True)
             raise typer.Exit(2) from None
         except OSError as e:
-            # A folder that cannot be made or written (permissions, a read-only or full disk, a
-            # path under /proc): the user's environment, not a bug; name the path.
+            # Permissions, a read-only or full disk: the user's environment, not a bug (a missing
+            # file is not caught here: the folders are checked up front, see paths._folder).
             if e.filename is None or e.errno not in _ENVIRONMENT_ERRNOS:
                 raise
-            typer.echo(f"error: cannot write {e.filename}: {e.strerror}; give a folder you can "
-                       "write (--data-dir, --results-dir, --to) or free some space", err=True)
+            typer.echo(f"error: {e.filename}: {e.strerror}; check that folder's permissions and "
+                       "free space, or give another (--data-dir, --results-dir, --to)", err=True)
             raise typer.Exit(2) from None
 
     return wrapper
 
 
-_ENVIRONMENT_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT,
-                       errno.ENOENT, errno.ENOTDIR}
+_ENVIRONMENT_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
 
 
 def _version(value: bool) -> None:

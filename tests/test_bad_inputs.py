@@ -83,6 +83,12 @@ CASES = [
     ("results-dir below a file",
      [*LISTOPS, *TINY, "--results-dir", "{tmp}/file/results"], "is below the file",
      lambda t: (t / "file").write_text("x") and {}),
+    ("results-dir that cannot be created",  # (as root, /proc refuses what permissions would)
+     [*LISTOPS, *TINY, "--results-dir", "/proc/lra-results"],
+     "--results-dir /proc/lra-results cannot be created", None),
+    ("data-dir that cannot be created",
+     ["data", "prepare", "listops", "--preset", "smoke", "--data-dir", "/proc/lra-data"],
+     "--data-dir /proc/lra-data cannot be created", None),
     ("empty task TOML",
      ["list"], "empty.toml: lacks a [data] table",
      lambda t: project_with(t, "tasks", "empty.toml", "")),

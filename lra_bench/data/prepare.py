@@ -223,14 +223,19 @@ def prepare_command(task: str, preset: str, data_dir: Path, overrides=()) -> str
 
 
 def load(rc, data_dir: Path, log: Log = stderr_log):
-    """The prepared splits (memory-mapped) and manifest of a run's task preset."""
-    dest = cache_path(data_dir, rc.task_name, cache_name(rc.task_name, rc.preset, rc.data))
+    """The prepared splits (memory-mapped) and manifest of a run's task preset. A damaged cache
+    ends with the command that rebuilds it."""
     try:
-        manifest = read_manifest(dest)
+        return _load(rc, data_dir, log)
     except DamagedCache as e:
         raise UserError(f"{e.problem}; run: "
                         f"{prepare_command(rc.task_name, rc.preset, data_dir, rc.overrides)} "
                         "--force") from None
+
+
+def _load(rc, data_dir: Path, log: Log):
+    dest = cache_path(data_dir, rc.task_name, cache_name(rc.task_name, rc.preset, rc.data))
+    manifest = read_manifest(dest)
     want = prep_config(rc.data)
     if manifest is None or manifest["config"] != want:
         module = loader_module(rc.data["loader"])
@@ -246,12 +251,7 @@ def load(rc, data_dir: Path, log: Log = stderr_log):
                                 if want.get(k) != manifest["config"].get(k))
             raise UserError(f"{dest} was prepared with other data settings ({changed}); "
                             f"run: {cmd}  (or set data.variant to keep both)")
-    try:
-        return read(dest, manifest), manifest
-    except DamagedCache as e:
-        raise UserError(f"{e.problem}; run: "
-                        f"{prepare_command(rc.task_name, rc.preset, data_dir, rc.overrides)} "
-                        "--force") from None
+    return read(dest, manifest), manifest
 
 
 # Helpers shared by the loader modules.
