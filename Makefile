@@ -26,7 +26,7 @@ demo: setup
 	@echo "3 seeds of all 7 models: docs/quick.md. Paper-scale runs: --preset lra (GPU)."
 
 # Two workers, each test file on one (its module fixtures are built once): 7:42 instead of 9:14-9:48
-# on 2 cores, 452 tests (2026-11-30); 480 tests took 8:25-8:59 (fresh clones of 64bc416 and
+# on 2 cores, 452 tests (2026-11-30); 478-480 tests took 8:25-8:59 (fresh clones of 64bc416 and
 # dac451a, 2026-11-30). TEST_WORKERS=0 runs them in this process.
 TEST_WORKERS ?= 2
 test: setup
