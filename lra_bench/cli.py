@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import errno
 import functools
-import importlib
 import sys
 from pathlib import Path
 from typing import List, Optional, Tuple
@@ -192,11 +191,12 @@ def run(
     from lra_bench import data, distributed, results
     from lra_bench import run as runner
 
-    # The shortcuts are settings like any --set: recorded with the run, so the report keeps a
-    # changed run apart from its preset's own (a 20-step check is not the preset's result).
+    # the options as given: what --resume checks against the run's saved config
     given = {"--model": model, "--task": task, "--preset": preset, "--seed": seed,
              "--steps": steps, "--dtype": dtype, "--grad-accum": grad_accum, "--set": list(set_),
-             "--seeds": seeds}  # what --resume checks against the run's saved config
+             "--seeds": seeds}
+    # The shortcuts are settings like any --set: recorded with the run, so the report keeps a
+    # changed run apart from its preset's own (a 20-step check is not the preset's result).
     set_ = list(set_)
     if steps is not None:
         set_.append(f"train.steps={steps}")
@@ -221,8 +221,8 @@ def run(
         if distributed.is_primary():  # the others never create the folder
             results.check_new_run_id(rdir, run_id)
     try:
-        summaries = _run_or_resume(runner, resume, given, model, task, preset, seed, seeds,
-                                   set_, ddir, rdir, memory_limit, preflight, run_id, show)
+        summaries = _run_or_resume(runner, resume, given, set_, ddir, rdir, memory_limit,
+                                   preflight, run_id, show)
     except runner.StoppedAtOnce as e:
         s = e.summary
         if distributed.is_primary():
@@ -247,11 +247,15 @@ def run(
         raise typer.Exit(1)
 
 
-def _run_or_resume(runner, resume, given, model, task, preset, seed, seeds, set_, ddir, rdir,
-                   memory_limit, preflight, run_id, show) -> list[dict]:
+def _run_or_resume(runner, resume, given, set_, ddir, rdir, memory_limit, preflight, run_id,
+                   show) -> list[dict]:
     """`lra run`'s work: resume one run, or check every seed's config and the data, then train
-    the seeds one after another. The summaries, in order."""
+    the seeds one after another (`given`: the options as given; `set_`: every setting, the
+    shortcuts included). The summaries, in order."""
     from lra_bench import data
+
+    model, task, preset, seed, seeds = (given[k] for k in ("--model", "--task", "--preset",
+                                                           "--seed", "--seeds"))
 
     if resume is not None:
         summary = runner.resume(resume, ddir, rdir, check_config=resume_conflicts(given))
@@ -425,9 +429,10 @@ def data_download(
 
     where = paths.data_dir(to, "--to")
     if task is not None:
+        from lra_bench.data.prepare import loader_module
+
         spec = config.load_spec("tasks", task)  # an unknown name ends here, with the choices
-        loader = importlib.import_module(f"lra_bench.data.{spec['data']['loader']}")
-        original = getattr(loader, "ORIGINAL", None)
+        original = getattr(loader_module(spec["data"]["loader"]), "ORIGINAL", None)
         if original is not None:
             if include or sha256:
                 raise UserError(f"--include and --sha256 are for the LRA release; {task}'s "
@@ -493,8 +498,7 @@ def data_info(
     from lra_bench.data import cache, download
 
     ddir = paths.data_dir(data_dir)
-    damaged: list = []
-    found = cache.find_all(ddir, damaged)
+    found, damaged = cache.find_all(ddir)
     t = Table(title=f"prepared data in {ddir}", title_justify="left")
     for c in ("task", "variant", "train", "val", "test", "size", "source", "created"):
         t.add_column(c)

@@ -10,12 +10,11 @@ can even be called on concrete arrays afterwards (the sweep does).
 
 from __future__ import annotations
 
-import dataclasses
-
 import os
 import re
 import time
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, replace
 from typing import Any
 
 import jax
@@ -96,11 +95,8 @@ def describe_attention(forms) -> str:
     attend otherwise."""
     if not forms:
         return "none (this mixer does not use softmax attention)"
-    counts: dict[tuple[str, str], int] = {}
-    for form in forms:
-        counts[form] = counts.get(form, 0) + 1
     return "; ".join(f"{form} x {n}" + (f" ({why})" if why else "")
-                     for (form, why), n in counts.items())
+                     for (form, why), n in Counter(forms).items())
 
 
 _UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "m": 1e6, "mb": 1e6, "g": 1e9, "gb": 1e9,
@@ -172,7 +168,7 @@ def fitting_batch(rc: RunConfig, step: AbstractStep, capacity: Capacity,
         guess = min(int(0.9 * batch * capacity.bytes / needed), batch - 1) // unit * unit
         if guess < unit:
             guess = unit  # the smallest batch: one row per device (and micro-batch)
-        trial = dataclasses.replace(rc, train={**t, "batch_size": guess})
+        trial = replace(rc, train={**t, "batch_size": guess})
         trial_step = compile_abstract(trial, step.mode)
         if fits(trial_step, capacity) is not False:
             return guess, trial_step

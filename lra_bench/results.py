@@ -80,6 +80,7 @@ class RunDir:
     def __init__(self, results_dir: Path, run_id: str, *, exists: bool = False):
         self.run_id = run_id
         self.path = Path(results_dir) / "runs" / run_id
+        self.checkpoints = self.path  # where every process of the run saves its checkpoints
         if not exists:
             self.path.mkdir(parents=True, exist_ok=False)  # atomic: one process gets a name
         self._lock_fd: int | None = None
@@ -318,7 +319,7 @@ def _same_kind(want: Any, value: Any) -> bool:
 class NullRunDir:
     """A run folder that writes nothing: what every process but 0 of a multi-host run gets.
     `checkpoints` is the run folder process 0 writes (on a shared filesystem): every process
-    takes part in writing and reading the checkpoints there."""
+    takes part in writing and reading the checkpoints there (None: no checkpoints)."""
 
     def __init__(self, run_id: str, checkpoints: Path | None = None):
         self.run_id, self.path, self.checkpoints = run_id, None, checkpoints

@@ -23,6 +23,7 @@ from lra_bench.model import check as check_model
 from lra_bench.progress import ProgressReporter
 from lra_bench.trainer import Diverged, Interrupted, train_and_evaluate
 
+
 class StoppedAtOnce(KeyboardInterrupt):
     """A second signal ended the run between checkpoints; `summary` says where it can resume."""
 
@@ -83,19 +84,13 @@ def resume(ref: str, data_dir: Path, results_dir: Path, interactive: bool | None
            check_config: Callable[[str, RunConfig], None] | None = None) -> dict:
     """Continue run `ref` (a run id or `latest`). Every check comes before the first write."""
     rd = results.RunDir.open(results_dir, ref)
+    rc, summary = _saved(rd)
     if not distributed.is_primary():
-        # the same run as process 0 (`latest` read from the same folder): read, never written
-        return _resume_other(rd, data_dir, interactive)
-    try:
-        saved, summary = rd.read("config.json"), rd.read("summary.json")
-    except (OSError, ValueError) as e:
-        raise UserError(f"run {rd.run_id} cannot be resumed: its config.json or summary.json is "
-                        f"unreadable ({type(e).__name__}: {e})") from None
-    problem = results.summary_problem(summary)
-    if problem:
-        raise UserError(f"run {rd.run_id} cannot be resumed: its summary.json is malformed "
-                        f"({problem})")
-    rc = results.saved_config(saved, rd.run_id)
+        # a multi-host run's other processes: the same run (`latest` read from the same
+        # folder), read, never written; process 0 checks and writes
+        splits = data.load(rc, data_dir)
+        return _train(rc, splits, results.NullRunDir(rd.run_id, rd.path), summary, interactive,
+                      resuming=True)
     if check_config is not None:
         check_config(rd.run_id, rc)
     if not rd.lock():
@@ -117,16 +112,18 @@ def resume(ref: str, data_dir: Path, results_dir: Path, interactive: bool | None
     return _train(rc, splits, rd, summary, interactive, resuming=True)
 
 
-def _resume_other(rd: results.RunDir, data_dir: Path, interactive: bool | None) -> dict:
-    """`resume` on a process other than 0 of a multi-host run: process 0 checks and writes."""
+def _saved(rd: results.RunDir) -> tuple[RunConfig, dict]:
+    """A run's saved config and summary, each checked."""
     try:
         saved, summary = rd.read("config.json"), rd.read("summary.json")
-        rc = results.saved_config(saved, rd.run_id)
-    except (OSError, ValueError, UserError) as e:
-        raise UserError(f"run {rd.run_id} cannot be resumed here ({e})") from None
-    splits = data.load(rc, data_dir)
-    return _train(rc, splits, results.NullRunDir(rd.run_id, rd.path), dict(summary),
-                  interactive, resuming=True)
+    except (OSError, ValueError) as e:
+        raise UserError(f"run {rd.run_id} cannot be resumed: its config.json or summary.json is "
+                        f"unreadable ({type(e).__name__}: {e})") from None
+    problem = results.summary_problem(summary)
+    if problem:
+        raise UserError(f"run {rd.run_id} cannot be resumed: its summary.json is malformed "
+                        f"({problem})")
+    return results.saved_config(saved, rd.run_id), summary
 
 
 def _train(rc: RunConfig, splits: dict, rd: results.RunDir, summary: dict,
@@ -140,8 +137,7 @@ def _train(rc: RunConfig, splits: dict, rd: results.RunDir, summary: dict,
 
             # Every process of a multi-host run saves and restores together (orbax synchronises
             # them; the run folder must be on a filesystem they share).
-            where = rd.path if rd.path is not None else getattr(rd, "checkpoints", None)
-            ckpt = Checkpoints(where) if where is not None else None
+            ckpt = Checkpoints(rd.checkpoints) if rd.checkpoints is not None else None
             if resuming:
                 step = ckpt.latest_step() if ckpt is not None else None
                 # The evaluations after the newest checkpoint are redone: keep those before it.

@@ -290,9 +290,8 @@ def train_and_evaluate(rc: RunConfig, splits: dict, on_eval: Callable[[dict], No
                 if on_eval is not None:
                     on_eval(record)
             every = t["checkpoint_every"]
-            stop = should_stop is not None and should_stop()
-            if jax.process_count() > 1:  # every process stops at the same step
-                stop = any_process(stop)
+            # every process of a multi-host run stops at the same step
+            stop = any_process(should_stop is not None and should_stop())
             if checkpoints is not None and ((every and step % every == 0) or step == total or stop):
                 save_checkpoint(step)
             if stop:

@@ -266,19 +266,18 @@ def disk_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
 
 
-def find_all(data_dir: Path, damaged: list | None = None) -> list[tuple[Path, dict]]:
-    """Every complete cache under data_dir, as (path, manifest); the unusable ones go to
-    `damaged` as (path, problem) when it is given."""
-    out = []
+def find_all(data_dir: Path) -> tuple[list[tuple[Path, dict]], list[tuple[Path, str]]]:
+    """Every complete cache under data_dir as (path, manifest), and every damaged one as (path,
+    problem)."""
+    out, damaged = [], []
     for m in sorted((Path(data_dir) / "prepared").glob(f"*/*/{MANIFEST}")):
         if m.parent.name.startswith("."):
             continue
         try:
             manifest = read_manifest(m.parent)
         except DamagedCache as e:
-            if damaged is not None:
-                damaged.append((m.parent, e.problem))
+            damaged.append((m.parent, e.problem))
             continue
         if manifest is not None and all(k in manifest for k in ("task", "variant", "created")):
             out.append((m.parent, manifest))
-    return out
+    return out, damaged

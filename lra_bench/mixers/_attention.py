@@ -70,17 +70,19 @@ def _note(form: str, why: str = "") -> None:
         forms.append((form, why))
 
 
-def _not_fused_because(q, dropout: bool) -> str:
-    """Why an attention does not take its backend's fastest form (on CPU: why not blocks)."""
+def _why_not_fused(q, dropout: bool) -> str:
+    """Why this attention cannot take cuDNN's fused kernel; empty when it can."""
     if _explicit_only():
         return "LRA_ATTENTION=explicit"
     if backend() != "gpu":
-        return f"small: under {SMALL_BYTES // 1024} KiB of logits the explicit form is faster"
+        return "not on a GPU"
     if dropout:
         return "attention dropout: cuDNN's kernel has none here; model.attention_dropout=0 fuses it"
     if q.dtype not in FUSED_DTYPES:
         return f"{q.dtype}: the fused kernel takes bfloat16/float16 (--dtype bfloat16)"
-    return f"heads of {q.shape[-1]} features: the fused kernel takes at most {FUSED_MAX_HEAD}"
+    if q.shape[-1] > FUSED_MAX_HEAD:
+        return f"heads of {q.shape[-1]} features: the fused kernel takes at most {FUSED_MAX_HEAD}"
+    return ""
 
 
 def _explicit_only() -> bool:
@@ -95,8 +97,7 @@ def backend() -> str:
 
 
 def _fused_applies(q, dropout: bool) -> bool:
-    return (not dropout and backend() == "gpu" and q.dtype in FUSED_DTYPES
-            and q.shape[-1] <= FUSED_MAX_HEAD and not _explicit_only())
+    return not _why_not_fused(q, dropout)
 
 
 def attention(q, k, v, mask, *, dropout_rate: float = 0.0, dropout_rng=None, scale=None,
@@ -120,7 +121,6 @@ def _attention(q, k, v, mask, dropout_rate, dropout_rng, scale):
     dropout = dropout_rate > 0.0 and dropout_rng is not None
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     key_mask = mask[:, None, None, :]  # (B, 1, 1, S): broadcasts over heads and queries
-    why = _not_fused_because(q, dropout)
     if _fused_applies(q, dropout):
         try:
             y = _fused(q, k, v, mask, scale)
@@ -136,10 +136,14 @@ def _attention(q, k, v, mask, dropout_rate, dropout_rng, scale):
                 logging.getLogger("lra_bench").warning(
                     "fused attention rejected for q %s %s (%s); using the explicit form",
                     q.shape, q.dtype, reason)
-    if backend() == "cpu" and not _explicit_only() and pays(q, k):
-        keep = _keep_mask(q, k, dropout_rate, dropout_rng) if dropout else None
-        _note("query blocks")
-        return query_blocks(q, k, v, key_mask, scale, keep, dropout_rate)
+    else:
+        why = _why_not_fused(q, dropout)
+    if backend() == "cpu" and not _explicit_only():
+        if pays(q, k):
+            keep = _keep_mask(q, k, dropout_rate, dropout_rng) if dropout else None
+            _note("query blocks")
+            return query_blocks(q, k, v, key_mask, scale, keep, dropout_rate)
+        why = f"small: under {SMALL_BYTES // 1024} KiB of logits the explicit form is faster"
     _note("explicit", why)
     return _explicit(q, k, v, key_mask, scale, dropout_rate, dropout_rng if dropout else None)
 
