@@ -17,6 +17,7 @@ import jax
 
 from lra_bench import data, distributed, measure, results
 from lra_bench.config import RunConfig
+from lra_bench.data.pipeline import evaluated_rows
 from lra_bench.errors import UserError
 from lra_bench.interruption import StopOnSignal
 from lra_bench.model import check as check_model
@@ -68,9 +69,9 @@ def execute(rc: RunConfig, data_dir: Path, results_dir: Path, interactive: bool 
         "batch_size": rc.train["batch_size"], "max_length": rc.data["max_length"],
         "train_examples": int(len(splits["train"]["labels"])),
         # Chance on this run's test split, so every leaderboard can show it beside the scores.
-        "test_majority": majority_share(splits["test"]["labels"]),
+        "test_majority": majority_share(evaluated_rows(splits["test"], rc.train)["labels"]),
         # ... and on its validation split, the dashed line of the validation learning curve.
-        "val_majority": majority_share(splits["val"]["labels"]),
+        "val_majority": majority_share(evaluated_rows(splits["val"], rc.train)["labels"]),
         "overrides": list(rc.overrides),
         # A downsampled image task is not the LRA task: say so wherever its scores travel.
         **({"downsample": rc.data["downsample"]} if rc.data.get("downsample", 1) != 1 else {}),

@@ -33,7 +33,7 @@ from lra_bench.checkpoint import Checkpoints, all_finite
 from lra_bench.config import RunConfig
 from lra_bench.distributed import DataParallel, any_process, grad_accum_suggestion
 from lra_bench.errors import UserError
-from lra_bench.data.pipeline import TrainStream, eval_batches, whole_batches
+from lra_bench.data.pipeline import TrainStream, eval_batches, evaluated_rows
 from lra_bench.model import Classifier
 from lra_bench.optim import make_optimizer, make_schedule
 
@@ -197,8 +197,8 @@ def train_and_evaluate(rc: RunConfig, splits: dict, on_eval: Callable[[dict], No
     Returns the measured part of the run summary.
     """
     t = rc.train
-    if t["eval_drop_remainder"]:  # the official loaders' batching: whole batches of batch_size
-        splits = {**splits, **{s: whole_batches(splits[s], t["batch_size"]) for s in ("val", "test")}}
+    splits = {**splits, "val": evaluated_rows(splits["val"], t),
+              "test": evaluated_rows(splits["test"], t)}
     # With the test split as validation (LRA's Text), a "best-validation" pick is made on test.
     val_is_test = rc.data.get("validation") == "test"
     steps = build(rc, data_parallel)

@@ -89,10 +89,13 @@ class TrainStream:
         self._thread.join(timeout=5)
 
 
-def whole_batches(split: dict[str, np.ndarray], batch_size: int) -> dict[str, np.ndarray]:
-    """The split without the rows of its last partial batch (tf.data's drop_remainder, PyTorch's
-    drop_last): views, nothing is copied."""
-    keep = len(split["labels"]) // batch_size * batch_size
+def evaluated_rows(split: dict[str, np.ndarray], train: dict) -> dict[str, np.ndarray]:
+    """The rows of a validation or test split that evaluation reads: all of them, or with
+    `train.eval_drop_remainder` those of whole batches only (tf.data's drop_remainder, PyTorch's
+    drop_last). Views: nothing is copied."""
+    if not train.get("eval_drop_remainder"):
+        return split
+    keep = len(split["labels"]) // train["batch_size"] * train["batch_size"]
     return {k: v[:keep] for k, v in split.items()}
 
 
