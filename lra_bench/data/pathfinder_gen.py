@@ -9,7 +9,8 @@ compares statistics with images made by the official code):
 - Paddles. A paddle is drawn with Pillow at `antialias` times the resolution, from its start
   pixel (integer coordinates, ends rounded up as snakes2 did) in a window of
   2(L + ceil(t) + m) + 1 pixels, min-max rescaled to 0..255, Lanczos-resized, divided by 255,
-  scaled by its contrast and max-combined into the image. Its exclusion mask is the fine line
+  scaled by its contrast, rounded to float32 (snakes2's paddle images are float32: the saved grey
+  levels depend on it) and max-combined into the image. Its exclusion mask is the fine line
   dilated by a disc of radius m * antialias, Lanczos-resized the same way. Every stamp depends only
   on the paddle's orientation, so each is rendered once and cached.
 - Growth. Two target contours start `seed_distance` apart near the centre; each next paddle ends
