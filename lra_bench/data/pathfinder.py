@@ -214,6 +214,10 @@ def build(source: str, data: dict, writer, log) -> dict:
 
 
 GENERATOR_KEYS = ("resolution", "difficulty", "num_images", "generate_seed", "style")
+# What pathfinder_gen draws for given settings: bump it whenever its images change, so that
+# folders and caches generated before are drawn again instead of reused (lra_bench.data.prepare).
+# 2: paddles and masks rounded to float32 as snakes2 stored them (grey levels, issue 27).
+GENERATOR_VERSION = 2
 
 
 def generate_source(data: dict, out: Path, log) -> None:

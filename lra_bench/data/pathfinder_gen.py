@@ -9,7 +9,8 @@ compares statistics with images made by the official code):
 - Paddles. A paddle is drawn with Pillow at `antialias` times the resolution, from its start
   pixel (integer coordinates, ends rounded up as snakes2 did) in a window of
   2(L + ceil(t) + m) + 1 pixels, min-max rescaled to 0..255, Lanczos-resized, divided by 255,
-  scaled by its contrast and max-combined into the image. Its exclusion mask is the fine line
+  scaled by its contrast, rounded to float32 (snakes2's paddle images are float32: the saved grey
+  levels depend on it) and max-combined into the image. Its exclusion mask is the fine line
   dilated by a disc of radius m * antialias, Lanczos-resized the same way. Every stamp depends only
   on the paddle's orientation, so each is rendered once and cached.
 - Growth. Two target contours start `seed_distance` apart near the centre; each next paddle ends
@@ -211,7 +212,11 @@ class Stamps:
         ImageDraw.Draw(im).line([(c, c), (hx, hy)], fill=255.0, width=self.width)
         line = np.asarray(im, np.float32)
         mask = _dilate_disc(line, self.m * aa).astype(np.uint8)
-        out = (_lanczos(line, self.size) / 255.0, _lanczos(mask, self.size) / 255.0)
+        # snakes.draw_line_n_mask pastes both stamps into `np.array(Image.new('F', ...))`, a
+        # float32 image: the mask is stored rounded to float32 (the line is rounded in `draw`,
+        # after its contrast scaling).
+        out = (_lanczos(line, self.size) / 255.0,
+               (_lanczos(mask, self.size) / 255.0).astype(np.float32))
         self._paddles[angle] = out
         return out
 
@@ -327,8 +332,14 @@ class _Canvas:
         return a[P:P + r, P:P + r]
 
     def draw(self, angle: float, y: int, x: int, contrast: float):
+        # snakes2 scales the stamp (grey / 255, float64) by its contrast, then stores it in a
+        # float32 image (draw_line_n_mask's l_im) before max-combining it into the float64
+        # canvas. That float32 rounding decides the grey levels that fall on a half on saving
+        # (e.g. 1.5 x 133 / 255 stretched by 255 / (1.5 x 170 / 255) is 199.5): without it,
+        # levels 142, 166, 199, 202, ... come out one higher than snakes2's (issue 27).
+        stamp = (self.s.paddle(angle)[0] * contrast).astype(np.float32)
         P = self.s.pad
-        _paste(self.image, self.s.paddle(angle)[0], y + P, x + P, self.s.half, contrast)
+        _paste(self.image, stamp, y + P, x + P, self.s.half)
 
     def add_mask(self, seg):
         P = self.s.pad
