@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 from rich.table import Table
 
-from lra_bench import paths, results
+from lra_bench import paths, reproduced, results
 
 TASK_ORDER = ["listops", "text", "retrieval", "image", "pathfinder", "pathx"]
 FORMATS = ("table", "markdown", "csv", "json", "latex")
@@ -424,6 +424,13 @@ def published_blocks(runs: pd.DataFrame, selection: str | None = None
         title = (f"Protocol `{protocol}`: {info['name']}; test accuracy (%) of the {rule_text}"
                  f" (runs of --preset {protocol} only)")
         blocks.append((f"published_{protocol}", title, frame, (header, rows)))
+        if not ours.empty:
+            c_header, c_rows, c_frame, notes = reproduced.comparison(ours, mine, protocol)
+            if c_rows:
+                c_title = (f"Protocol `{protocol}`: our runs beside the published figure; inside "
+                           f"the spread = within {reproduced.SPREAD:g} sd of our seeds"
+                           + "".join(f". {n}" for n in notes))
+                blocks.append((f"reproduced_{protocol}", c_title, c_frame, (c_header, c_rows)))
     later = pub[pub["protocol"].isin(prot[prot["runs_comparable"] != "yes"].index)]
     title = ("Later results, each under its own protocol (none comparable with a run here; "
              "attention-based says which are not attention models; `checked` says how far each "

@@ -83,13 +83,37 @@ def test_published_blocks_hold_only_runs_of_their_protocol(tmp_path):
     _run(tmp_path, "transformer", "listops", 0.50, preset="quick")
     runs, _ = report.load_runs(tmp_path)
     blocks = {name: (title, rows) for name, title, _, (_, rows) in report.published_blocks(runs)}
-    assert set(blocks) == {"published_lra", "published_nystrom", "published_later"}
+    assert set(blocks) == {"published_lra", "reproduced_lra", "published_nystrom",
+                           "published_later"}
     lra_title, lra_rows = blocks["published_lra"]
     assert "last parameters" in lra_title
     ours = [r for r in lra_rows if r[0].startswith("lra-bench, --preset lra")]
     assert len(ours) == 1 and ours[0][2] == "33.00"  # LRA's rule: the last parameters
     assert not any(r[0].startswith("lra-bench") for r in blocks["published_nystrom"][1])
     assert "best-validation" in blocks["published_nystrom"][0]
+
+
+def test_runs_beside_their_published_figure(tmp_path):
+    for seed, acc in enumerate((0.36, 0.38)):
+        _run(tmp_path, "nystromformer", "listops", acc, seed=seed, preset="nystrom",
+             selection="best_val", test_accuracy_best_val=acc)
+    _run(tmp_path, "transformer", "listops", 0.30, preset="lra", selection="last")
+    _run(tmp_path, "linear", "listops", 0.20, preset="lra", selection="last")
+    _run(tmp_path, "fourier", "text", 0.60, preset="nystrom", selection="best_val",
+         test_accuracy_best_val=0.60)
+    runs, _ = report.load_runs(tmp_path)
+    blocks = {name: (title, rows) for name, title, _, (_, rows) in report.published_blocks(runs)}
+    title, rows = blocks["reproduced_nystrom"]
+    by_model = {r[0].rstrip("‡†*§"): r for r in rows}
+    ny = by_model["nystromformer"]
+    assert ny[2] == "37.00 ± 1.41 (n=2)" and ny[3].startswith("37.15 (Nystromformer")
+    assert ny[4] == "-0.15" and ny[5] == "inside the spread (|d| = 0.1 sd)"
+    assert by_model["fourier"][3:] == ["-", "-", "no published figure"]
+    assert "‡ ListOps tokens" in title and "† Text length" in title
+    title, rows = blocks["reproduced_lra"]
+    by_model = {r[0]: r for r in rows}
+    assert by_model["transformer‡"][4] == "-6.37" and by_model["transformer‡"][5] == "n = 1: no spread"
+    assert by_model["linear‡*"][3].startswith("16.13") and "* run with lra-bench's settings" in title
 
 
 def test_selection_falls_back_for_summaries_without_the_field(tmp_path):
@@ -110,7 +134,8 @@ def test_every_format_holds_every_table(tmp_path, fmt):
     result = runner.invoke(app, ["report", "--results-dir", str(tmp_path), "--published",
                                  "--format", fmt])
     assert result.exit_code == 0, result.output
-    names = ["accuracy", "efficiency", "published_lra", "published_nystrom", "published_later"]
+    names = ["accuracy", "efficiency", "published_lra", "reproduced_lra", "published_nystrom",
+             "published_later"]
     text = result.stdout
     if fmt == "csv":
         assert [line.split(":")[0][2:] for line in text.splitlines()
