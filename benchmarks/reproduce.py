@@ -86,15 +86,17 @@ def command(model, task, preset, seed, args) -> list[str] | None:
         return None
     if status is None:
         shutil.rmtree(args.results_dir / "runs" / rid, ignore_errors=True)  # never got a summary
+        sets = [a for kv in args.set for a in ("--set", kv)]
         return [*lra(), "run", "-m", model, "-t", task, "--preset", preset, "--seed", str(seed),
-                "--run-id", rid, *where]
+                "--run-id", rid, *sets, *where]
     return [*lra(), "run", "--resume", rid, *where]
 
 
 def prepare_data(args, presets) -> None:
+    sets = [a for kv in args.set if kv.startswith("data.") for a in ("--set", kv)]
     for preset in sorted(presets):
         subprocess.run([*lra(), "data", "prepare", "listops", "--preset", preset, "--generate",
-                        "--data-dir", str(args.data_dir)], check=True)
+                        *sets, "--data-dir", str(args.data_dir)], check=True)
 
 
 class Stretch:
@@ -262,7 +264,7 @@ def table(out_root: Path) -> str:
         pub = r.get("published") or []
         published = "; ".join(f"{p['value']:.2f} ({p['source'].split(' (')[0]})" for p in pub) or "none"
         diff = f"{ours - pub[0]['value']:+.2f}" if pub else "-"
-        link = run_json.parent.relative_to(ROOT).as_posix()
+        link = Path(os.path.relpath(run_json.parent, ROOT)).as_posix()  # README-relative
         lines.append(f"| {s['model']} | {s['task']} | `{s['preset']}` | {published} | "
                      f"{ours:.2f} (seed {s['seed']}) | {diff} | [{run_json.parent.parent.parent.name}]({link}) |")
     return "\n".join(lines)
@@ -292,6 +294,9 @@ def main(argv=None) -> int:
                    default=Path(os.environ.get("LRA_RESULTS_DIR", "results")))
     p.add_argument("--out", type=Path, default=ROOT / "results" / "published-runs")
     p.add_argument("--machine", default=None, help="evidence folder name (default: from the run)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="passed to every new run (and data.* to the data preparation): for "
+                        "checks of this script only, never for evidence")
     args = p.parse_args(argv)
     if args.action == "run":
         return run(args)
