@@ -264,3 +264,18 @@ def test_the_test_split_as_validation_never_yields_a_best_val_test_number():
         "model.num_heads=2", "data.max_length=16", "train.batch_size=8", "train.eval_every=1"])
     out = train_and_evaluate(rc, synthetic.load(rc))
     assert out["test_accuracy_best_val"] is None and out["test_accuracy"] == out["test_accuracy_last"]
+
+
+def test_listops_streams_are_the_official_pipelines():
+    """Each expression's tokens as LRA's own input pipeline made them, before (4954d9f) and after
+    (c209b2a) the closing-bracket fix, measured once with TensorFlow (the fixture's note)."""
+    from lra_bench.data import listops
+
+    official = __import__("json").loads((paths.PACKAGE_DIR.parent / "tests" / "fixtures" /
+                                         "listops_tokens_official.json").read_text())
+    assert len(official["4954d9f"]["vocab"]) == 14 and len(official["c209b2a"]["vocab"]) == 15
+    spell = {"alphanumeric": lambda t: t.lstrip("["), "whitespace": lambda t: "X" if t == "]" else t}
+    for stream, commit in (("alphanumeric", "4954d9f"), ("whitespace", "c209b2a")):
+        for source, want in zip(official["sources"], official[commit]["tokens"]):
+            ours = listops.detokenize(listops.tokenize(source, stream)).split()
+            assert [spell[stream](t) for t in ours] == want, (stream, source)
