@@ -22,7 +22,6 @@ import hashlib
 import importlib
 import json
 import os
-import re
 import shutil
 import signal
 import sys
@@ -36,7 +35,7 @@ from lra_bench.config import check_generated_length, resolve_data
 from lra_bench.data.cache import (CacheWriter, DamagedCache, prep_config, read, read_manifest,
                                   sha256_file)
 from lra_bench.errors import UserError
-from lra_bench.paths import made_dirs
+from lra_bench.paths import folder_name, made_dirs
 
 PREPARED = "prepared"
 Log = Callable[[str], None]
@@ -52,14 +51,6 @@ def loader_module(name: str):
     if name not in loaders():
         raise UserError(f"unknown data loader '{name}'; choose one of: {', '.join(loaders())}")
     return importlib.import_module(f"lra_bench.data.{name}")
-
-
-def folder_name(value, what: str) -> str:
-    """A task or variant name used as one folder name: never a path (`..`, `/`, hidden)."""
-    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,99}", value):
-        raise UserError(f"{what} {value!r} cannot name a folder: use letters, digits, '_', '-', "
-                        "'.' and '+' (not starting with '.', at most 100)")
-    return value
 
 
 def cache_path(data_dir: Path, task: str, variant: str) -> Path:
