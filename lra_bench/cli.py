@@ -252,8 +252,6 @@ def _run_or_resume(runner, resume, given, set_, ddir, rdir, memory_limit, prefli
     """`lra run`'s work: resume one run, or check every seed's config and the data, then train
     the seeds one after another (`given`: the options as given; `set_`: every setting, the
     shortcuts included). The summaries, in order."""
-    from lra_bench import data
-
     model, task, preset, seed, seeds = (given[k] for k in ("--model", "--task", "--preset",
                                                            "--seed", "--seeds"))
 
@@ -266,32 +264,13 @@ def _run_or_resume(runner, resume, given, set_, ddir, rdir, memory_limit, prefli
                         "run); see `lra list`")
     if seed is not None and seeds is not None:
         raise UserError("give --seed or --seeds, not both")
-    # Every seed's config and the data are checked before the first run writes anything.
-    rcs = [config.resolve(model, task, preset or "smoke", seed=s, overrides=set_)
-           for s in (parse_seeds(seeds) if seeds is not None else [seed or 0])]
-    from lra_bench.model import check as check_model
-
-    check_model(rcs[0])  # a bad model config fails before any data is made or read
-    # Reading a prepared cache costs nothing, so missing data is reported first; generating
-    # a preset's data costs minutes, so that waits until the step is known to fit.
-    generated = rcs[0].data.get("generate", False)
-    splits = None if generated else data.load(rcs[0], ddir)
-    if preflight:  # the seeds share the step's shapes: one check covers them all
-        from lra_bench.preflight import ensure_fits
-
-        ensure_fits(rcs[0], memory_limit)
-    if splits is None:
-        splits = data.load(rcs[0], ddir)
-    summaries = []
-    for rc in rcs:
-        summaries.append(runner.execute(rc, ddir, rdir, splits=splits, preflight=False,
-                                        run_id=run_id))
-        show(summaries[-1])
-        if summaries[-1]["status"] == "interrupted":
-            break  # the user asked to stop: the remaining seeds do not start
-    if len(rcs) > 1:
+    seed_list = parse_seeds(seeds) if seeds is not None else [seed or 0]
+    summaries = runner.start(model, task, preset or "smoke", seed_list, set_, ddir, rdir,
+                             preflight=preflight, memory_limit=memory_limit, run_id=run_id,
+                             on_summary=show)
+    if len(seed_list) > 1:
         done = sum(s["status"] == "completed" for s in summaries)
-        err.print(f"{done}/{len(rcs)} seeds completed; `lra report` aggregates them, "
+        err.print(f"{done}/{len(seed_list)} seeds completed; `lra report` aggregates them, "
                   "`lra report --runs` lists each", highlight=False)
     return summaries
 

@@ -1,5 +1,6 @@
-"""`lra data prepare` and the run-time side of the cache: turn a source into a prepared cache,
-and find (or explain how to make) the cache a run needs.
+"""`lra data prepare`: turn a source into a prepared cache, and name the folder each
+configuration's cache (and generated source) lives in. What a run reads, and when it is made, is
+`lra_bench.data.find`.
 
 A loader module `lra_bench.data.<loader>` provides:
 
@@ -22,6 +23,7 @@ import hashlib
 import importlib
 import json
 import os
+import pkgutil
 import shutil
 import signal
 import sys
@@ -32,8 +34,7 @@ from typing import Any, Callable
 import numpy as np
 
 from lra_bench.config import check_generated_length, resolve_data
-from lra_bench.data.cache import (CacheWriter, DamagedCache, prep_config, read, read_manifest,
-                                  sha256_file)
+from lra_bench.data.cache import CacheWriter, DamagedCache, prep_config, read_manifest, sha256_file
 from lra_bench.errors import UserError
 from lra_bench.paths import folder_name, made_dirs
 
@@ -45,9 +46,17 @@ def stderr_log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def loader_module(name: str):
-    from lra_bench.data import loaders
+# Modules of this package that are machinery, not loaders.
+HELPERS = frozenset({"pipeline", "cache", "prepare", "download", "pathfinder_gen",
+                     "pathfinder_separated"})
 
+
+def loaders() -> list[str]:
+    return sorted(m.name for m in pkgutil.iter_modules([str(Path(__file__).parent)])
+                  if not m.name.startswith("_") and m.name not in HELPERS)
+
+
+def loader_module(name: str):
     if name not in loaders():
         raise UserError(f"unknown data loader '{name}'; choose one of: {', '.join(loaders())}")
     return importlib.import_module(f"lra_bench.data.{name}")
@@ -211,38 +220,6 @@ def prepare_command(task: str, preset: str, data_dir: Path, overrides=()) -> str
     if Path(data_dir) != Path("data"):
         cmd += f" --data-dir {data_dir}"
     return cmd
-
-
-def load(rc, data_dir: Path, log: Log = stderr_log):
-    """The prepared splits (memory-mapped) and manifest of a run's task preset. A damaged cache
-    ends with the command that rebuilds it."""
-    try:
-        return _load(rc, data_dir, log)
-    except DamagedCache as e:
-        raise UserError(f"{e.problem}; run: "
-                        f"{prepare_command(rc.task_name, rc.preset, data_dir, rc.overrides)} "
-                        "--force") from None
-
-
-def _load(rc, data_dir: Path, log: Log):
-    dest = cache_path(data_dir, rc.task_name, cache_name(rc.task_name, rc.preset, rc.data))
-    manifest = read_manifest(dest)
-    want = prep_config(rc.data)
-    if manifest is None or manifest["config"] != want:
-        module = loader_module(rc.data["loader"])
-        if rc.data.get("generate", False):  # a generated preset (smoke): make it now
-            _, manifest, _ = prepare(rc.task_name, rc.preset, rc.data, data_dir, log=log)
-        else:
-            cmd = prepare_command(rc.task_name, rc.preset, data_dir, rc.overrides)
-            if manifest is None:
-                raise UserError(f"{rc.task_name} data ({rc.preset}) is not prepared in {dest}; "
-                                f"run: {cmd}  ({module.SOURCE_HINT})")
-            changed = ", ".join(f"{k} {manifest['config'].get(k)!r} -> {want.get(k)!r}"
-                                for k in sorted(set(want) | set(manifest["config"]))
-                                if want.get(k) != manifest["config"].get(k))
-            raise UserError(f"{dest} was prepared with other data settings ({changed}); "
-                            f"run: {cmd}  (or set data.variant to keep both)")
-    return read(dest, manifest), manifest
 
 
 # Helpers shared by the loader modules.
