@@ -63,7 +63,7 @@ def parse_seeds(text: str) -> list[int]:
 
 def print_tables(tables, format: str) -> None:
     """(title, header, rows) tables as rich tables, or as markdown with `format` markdown."""
-    # pandas, through the report modules: only the commands that print tables pay for it
+    # pandas, through the report modules: only the commands that print tables load it
     from lra_bench import report as rep
     from lra_bench import sweep_report as sr
 

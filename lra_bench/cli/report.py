@@ -10,6 +10,7 @@ from typing import List, Optional, Tuple
 import typer
 
 from lra_bench import paths
+from lra_bench import sweep as sw
 from lra_bench.cli.common import err, out, print_tables, user_errors
 from lra_bench.errors import UserError
 
@@ -121,7 +122,6 @@ def _show(shown, format: str) -> None:
 
 def _sweep_report(results_dir: Path, sweep_id: Optional[str], format: str, published: bool,
                   plot: Optional[Path]) -> None:
-    from lra_bench import sweep as sw
     from lra_bench import sweep_report as sr  # pandas: loaded when the command runs
 
     sweep_id, settings, df = sr.load(results_dir, sweep_id)

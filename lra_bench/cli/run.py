@@ -93,7 +93,7 @@ def run(
                                                "device's)"),
 ):
     """Train MODEL on TASK, then record accuracy, step time and peak memory."""
-    # jax, through the run and the trainer: imported when a run starts, not for `lra --help`
+    # jax (the run, the trainer): loaded when a run starts, so `lra --help` answers at once
     from lra_bench import distributed
     from lra_bench import run as runner
 

@@ -8,6 +8,7 @@ from typing import List, Optional
 import typer
 
 from lra_bench import paths
+from lra_bench import sweep as sw
 from lra_bench.cli.common import err, print_tables, user_errors
 
 
@@ -31,7 +32,6 @@ def sweep(
 ):
     """Steps/s and peak memory of each model at each length, each point in a fresh process, on
     synthetic batches of the task's shapes (LRA Table 2). Writes results/sweeps/<id>.csv/.json."""
-    from lra_bench import sweep as sw
     from lra_bench import sweep_report as sr  # pandas: loaded when the command runs
 
     rdir = paths.results_dir(results_dir)

@@ -10,7 +10,8 @@ from lra_bench.grid.record import Grid, counts, status
 def report(results_dir: Path, ref: str | None, selection: str):
     """`lra report --grid ID`: the grid's runs as mean ± std over seeds per (model, task), each
     cell with its count; cells still short of seeds are marked `missing k/N`."""
-    # pandas: only `lra report --grid` pays for it, not the other grid commands
+    # pandas (here and through the report module): only `lra report --grid` loads it, not the
+    # other grid commands
     import pandas as pd
 
     from lra_bench import report as rep
