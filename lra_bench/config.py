@@ -275,6 +275,7 @@ RANGES: dict[str, str] = {
     "train.grad_clip": "[0, inf)",
     "train.checkpoint_every": "[0, inf)",
     "train.grad_accum": "[1, inf)",
+    "model.norm_eps": "(0, inf)",
     "data.max_length": "[1, inf)",
     "data.vocab_size": "[2, inf)",
     "data.num_classes": "[2, inf)",
@@ -357,6 +358,17 @@ def validate(rc: RunConfig) -> None:
          f"train.schedule must be rsqrt, cosine, constant or onecycle, got '{t['schedule']}'"),
         (t["schedule"] != "onecycle" or 1 < t["warmup_steps"] < t["steps"],
          "train.schedule = onecycle needs 1 < train.warmup_steps < train.steps"),
+        (not t["cycle_momentum"] or t["schedule"] == "onecycle",
+         "train.cycle_momentum cycles b1 with the onecycle schedule; set train.schedule=onecycle "
+         "or train.cycle_momentum=false"),
+        (t["cosine_period"] in ("remaining", "total"),
+         f"train.cosine_period must be remaining or total, got '{t['cosine_period']}'"),
+        (m["gelu"] in ("tanh", "exact"), f"model.gelu must be tanh or exact, got '{m['gelu']}'"),
+        # With the test split as validation, the best-validation parameters are chosen on test.
+        (d.get("validation") != "test" or t["selection"] == "last",
+         "data.validation = test makes the test split the validation split, so "
+         "train.selection = best_val would select on test; set train.selection=last or "
+         "data.validation=holdout"),
         (t["learning_rate"] > 0, "train.learning_rate must be > 0"),
         (t["checkpoint_every"] >= 0, "train.checkpoint_every must be >= 0 (0 = only at the end)"),
         (d.get("max_length", 1) > 0, "data.max_length must be > 0"),

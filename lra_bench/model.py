@@ -70,9 +70,11 @@ class Block(nnx.Module):
         m = rc.model
         dtype = spec.dtype
         options = {k: v for k, v in rc.mixer.items() if k != "kind"}
-        self.norm1 = nnx.LayerNorm(m["emb_dim"], dtype=dtype, rngs=rngs)
+        self.norm1 = nnx.LayerNorm(m["emb_dim"], epsilon=m["norm_eps"], dtype=dtype, rngs=rngs)
         self.mixer = mixers.build(rc.mixer["kind"], spec, options, rngs)
-        self.norm2 = nnx.LayerNorm(m["emb_dim"], dtype=dtype, rngs=rngs)
+        self.norm2 = nnx.LayerNorm(m["emb_dim"], epsilon=m["norm_eps"], dtype=dtype, rngs=rngs)
+        # flax's gelu is the tanh form by default (LRA); PyTorch's nn.GELU() the exact erf form.
+        self.gelu_tanh = m["gelu"] == "tanh"
         init = lra_mlp_init() if m["init"] == "lra" else {}
         self.mlp_in = nnx.Linear(m["emb_dim"], m["mlp_dim"], dtype=dtype, rngs=rngs, **init)
         self.mlp_out = nnx.Linear(m["mlp_dim"], m["emb_dim"], dtype=dtype, rngs=rngs, **init)
@@ -97,7 +99,7 @@ class Block(nnx.Module):
                     x = self.mixer.residual_stream(x, h, mask)
         x, mask = x + drop(y), out_mask
         # As matrices (mixers._projections.dense): XLA's CPU weight gradient is 2x faster.
-        h = drop(jax.nn.gelu(dense(self.mlp_in, self.norm2(x))))
+        h = drop(jax.nn.gelu(dense(self.mlp_in, self.norm2(x)), approximate=self.gelu_tanh))
         x = x + drop(dense(self.mlp_out, h))
         if hasattr(self.mixer, "after_block"):
             with plugins.blame(self.mixer, "after_block"):
@@ -136,7 +138,7 @@ class Encoder(nnx.Module):
         self.dropout = nnx.Dropout(m["dropout"])
         blocks = [Block(rc, spec, rngs=rngs) for spec in specs]
         self.blocks = nnx.List(blocks) if hasattr(nnx, "List") else blocks
-        self.norm = nnx.LayerNorm(d, dtype=dtype, rngs=rngs)
+        self.norm = nnx.LayerNorm(d, epsilon=m["norm_eps"], dtype=dtype, rngs=rngs)
 
     def __call__(self, tokens, *, deterministic: bool = True, rngs: nnx.Rngs | None = None):
         if self.black_is_padding:

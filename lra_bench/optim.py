@@ -10,11 +10,15 @@ def make_schedule(train: dict):
     """LRA's `constant * linear_warmup * <decay>` schedules as pure functions of the step.
 
     rsqrt:    lr * min(1, t / warmup) / sqrt(max(t, warmup))   (ListOps, Text, Retrieval)
-    cosine:   lr * min(1, t / warmup) * cosine decay to 0 over the remaining steps (Image, Pathfinder)
+    cosine:   lr * min(1, t / warmup) * cosine decay to 0 over the remaining steps (Image, Pathfinder);
+              with `cosine_period = "total"`, LRA's: 0.5 (1 + cos(pi p)), p = max(0, t - warmup) /
+              steps (train_utils.create_learning_rate_scheduler with steps_per_cycle = the total
+              steps; p < 1 throughout, so its `p mod 1` never wraps and the rate never reaches 0)
     constant: lr * min(1, t / warmup)
     onecycle: PyTorch's OneCycleLR(anneal_strategy="linear"), see `onecycle_linear`
     """
     base, warmup, total = train["learning_rate"], max(train["warmup_steps"], 0), train["steps"]
+    lra_period = train.get("cosine_period", "remaining") == "total"
     if train["schedule"] == "onecycle":
         return onecycle_linear(base, warmup, total)
 
@@ -24,32 +28,57 @@ def make_schedule(train: dict):
         if train["schedule"] == "rsqrt":
             lr = lr / jnp.sqrt(jnp.maximum(t, max(warmup, 1)))
         elif train["schedule"] == "cosine":
-            progress = jnp.clip((t - warmup) / max(total - warmup, 1), 0.0, 1.0)
+            if lra_period:
+                progress = jnp.maximum(0.0, (t - warmup) / total)
+            else:
+                progress = jnp.clip((t - warmup) / max(total - warmup, 1), 0.0, 1.0)
             lr = lr * 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
         return lr
 
     return schedule
 
 
-def onecycle_linear(peak: float, warmup: int, total: int, div: float = 25.0,
-                    final_div: float = 1e4):
-    """torch.optim.lr_scheduler.OneCycleLR(max_lr=peak, total_steps=total, pct_start=warmup /
-    total, anneal_strategy="linear"), two phases, its default div_factor and final_div_factor:
-    peak / div at step 0, rising linearly to peak at step warmup - 1, then falling linearly to
-    peak / div / final_div at step total - 1 (the Nystromformer LRA protocol, run_tasks.py)."""
-    start = peak / div
+def _two_phases(start: float, turn: float, end: float, warmup: int, total: int):
+    """OneCycleLR's linear two-phase shape: `start` at step 0, `turn` at step warmup - 1
+    (pct_start * total - 1), `end` at step total - 1."""
     return optax.join_schedules(
-        [optax.linear_schedule(start, peak, warmup - 1),
-         optax.linear_schedule(peak, start / final_div, total - warmup)],
+        [optax.linear_schedule(start, turn, warmup - 1),
+         optax.linear_schedule(turn, end, total - warmup)],
         boundaries=[warmup - 1])
 
 
+def onecycle_linear(peak: float, warmup: int, total: int, div: float = 25.0,
+                    final_div: float = 1e4):
+    """torch.optim.lr_scheduler.OneCycleLR(max_lr=peak, total_steps=total, pct_start=warmup /
+    total, anneal_strategy="linear"), its default div_factor and final_div_factor: peak / div at
+    step 0, rising linearly to peak at step warmup - 1, then falling linearly to
+    peak / div / final_div at step total - 1 (the Nystromformer LRA protocol, run_tasks.py)."""
+    start = peak / div
+    return _two_phases(start, peak, start / final_div, warmup, total)
+
+
+# OneCycleLR's defaults base_momentum=0.85, max_momentum=0.95 (torch/optim/lr_scheduler.py).
+MOMENTUM_RANGE = (0.85, 0.95)
+
+
+def onecycle_momentum(warmup: int, total: int, low: float = MOMENTUM_RANGE[0],
+                      high: float = MOMENTUM_RANGE[1]):
+    """OneCycleLR's cycle_momentum=True (its default) on an Adam-family optimiser: it writes
+    betas[0] every step, high -> low while the rate rises, low -> high while it falls, the
+    inverse of the rate's cycle and with the same phase boundaries."""
+    return _two_phases(high, low, high, warmup, total)
+
+
 def make_optimizer(train: dict) -> optax.GradientTransformation:
-    """Adam with decoupled weight decay (flax.optim.Adam's weight_decay is optax.adamw's)."""
-    adam = optax.adamw(
-        make_schedule(train), b1=train["b1"], b2=train["b2"], eps=train["eps"],
-        weight_decay=train["weight_decay"],
-    )
+    """Adam with decoupled weight decay (flax.optim.Adam's weight_decay is optax.adamw's); with
+    `cycle_momentum`, b1 is a schedule too, fed in through optax.inject_hyperparams."""
+    kwargs = dict(learning_rate=make_schedule(train), b1=train["b1"], b2=train["b2"],
+                  eps=train["eps"], weight_decay=train["weight_decay"])
+    if train.get("cycle_momentum"):
+        kwargs["b1"] = onecycle_momentum(train["warmup_steps"], train["steps"])
+        adam = optax.inject_hyperparams(optax.adamw)(**kwargs)
+    else:
+        adam = optax.adamw(**kwargs)
     if train["grad_clip"] > 0:
         return optax.chain(optax.clip_by_global_norm(train["grad_clip"]), adam)
     return adam

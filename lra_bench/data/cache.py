@@ -42,11 +42,15 @@ RUNTIME_KEYS = frozenset({"loader", "variant", "vocab_size", "num_classes", "gri
                           "generate", "black_is_padding"})
 
 
+# Settings added after caches existed, at the value every earlier cache was built with: left out
+# of the key at that value, so those caches stay valid.
+IMPLICIT = {"downsample": 1, "tokens": "whitespace"}
+
+
 def prep_config(data: dict[str, Any]) -> dict[str, Any]:
-    """The [data] settings a cache is built from; a cache serves a run only if they match.
-    `downsample = 1` (off) is left out, so caches prepared before the key existed stay valid."""
+    """The [data] settings a cache is built from; a cache serves a run only if they match."""
     return {k: data[k] for k in sorted(data) if k not in RUNTIME_KEYS
-            and not (k == "downsample" and data[k] == 1)}
+            and not (k in IMPLICIT and data[k] == IMPLICIT[k])}
 
 
 def token_dtype(max_id: int) -> np.dtype:

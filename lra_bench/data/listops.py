@@ -8,10 +8,14 @@ min_length and max_length. Differences, both for reproducibility: a seeded `rand
 de-duplication that keeps generation order (the original de-duplicated through a set, whose
 iteration order, and so the split, changed from process to process).
 
-Tokenisation: the original `tfds` tokenizer drops non-alphanumeric characters, so the brackets
-"(" and ")" vanish and "]" and "[MAX" lose their punctuation. We keep the same token stream
-(no parentheses) with a fixed, sorted vocabulary instead of one built from a Python set, so ids
-are the same in every process: 0 is padding, then the 15 tokens below.
+Tokenisation (`data.tokens`), the two streams the release produced from the same TSV text:
+  "alphanumeric"  LRA at 4954d9f (Nov 2020), behind LRA Table 1 and the Nystromformer runs: tfds's
+                  `Tokenizer()` keeps runs of letters and digits only, so "(", ")" and "]" vanish
+                  and "[MAX" becomes "MAX": 14 token types, no closing brackets (LRA issue #14).
+  "whitespace"    LRA from c209b2a (2021-03-04): "]" is renamed "X", parentheses removed, then split
+                  on whitespace: 15 token types, the closing brackets kept.
+Both use one fixed, sorted vocabulary instead of one built from a Python set, so ids are the same
+in every process: 0 is padding, then the 15 tokens below ("alphanumeric" never emits "]").
 """
 
 from __future__ import annotations
@@ -74,11 +78,15 @@ def to_source(tree) -> str:
     return f"( {text} {END} )"
 
 
-def tokenize(source: str) -> list[int]:
-    """Source text -> token ids, parentheses dropped as the original tokenizer dropped them."""
+TOKEN_STREAMS = ("alphanumeric", "whitespace")
+
+
+def tokenize(source: str, tokens: str = "whitespace") -> list[int]:
+    """Source text -> token ids: parentheses dropped, "]" kept ("whitespace") or dropped with
+    every other non-alphanumeric character ("alphanumeric"; "[MAX" and "MAX" are one token)."""
     ids = []
     for tok in source.split():
-        if tok in ("(", ")"):
+        if tok in ("(", ")") or (tok == END and tokens == "alphanumeric"):
             continue
         if tok not in TOKEN_ID:
             raise ValueError(f"unknown ListOps token {tok!r}")
@@ -153,12 +161,13 @@ def generate_files(out: Path, data_cfg: dict, seed: int = 0, log=None) -> None:
         start += n
 
 
-def encode(rows: list[tuple[str, int]], max_length: int, where: Path) -> dict[str, np.ndarray]:
+def encode(rows: list[tuple[str, int]], max_length: int, where: Path,
+           tokens: str = "whitespace") -> dict[str, np.ndarray]:
     inputs = np.zeros((len(rows), max_length), token_dtype(len(VOCAB)))
     labels = np.zeros((len(rows),), np.int32)
     for i, (src, label) in enumerate(rows):
         try:
-            ids = tokenize(src)[:max_length]
+            ids = tokenize(src, tokens)[:max_length]  # cut after tokenising, as the release
         except ValueError as e:
             raise UserError(f"{where}:{i + 2}: {e}") from None
         inputs[i, : len(ids)] = ids
@@ -177,6 +186,9 @@ def default_source(data: dict, data_dir: Path) -> str:
 
 
 def fingerprint(source: str, data: dict) -> dict:
+    if data.get("tokens", "whitespace") not in TOKEN_STREAMS:  # before any file is read or written
+        raise UserError(f"data.tokens must be one of {', '.join(TOKEN_STREAMS)}, got "
+                        f"'{data['tokens']}'; e.g. --set data.tokens=whitespace")
     folder = Path(source)
     files = [folder / f for f in SPLIT_FILES.values()]
     missing = [f.name for f in files if not f.is_file()]
@@ -188,17 +200,24 @@ def fingerprint(source: str, data: dict) -> dict:
 def build(source: str, data: dict, writer, log) -> dict:
     for split, name in SPLIT_FILES.items():
         path = Path(source) / name
-        enc = encode(read_tsv(path), data["max_length"], path)
+        enc = encode(read_tsv(path), data["max_length"], path, data.get("tokens", "whitespace"))
         bad = (enc["labels"] < 0) | (enc["labels"] > 9)
         if bad.any():
             raise UserError(f"{path}:{int(np.argmax(bad)) + 2}: the target must be a digit 0-9")
         writer.put(split, enc["labels"], enc["inputs"])
     return {"protocol": {
-        "tokens": "15 ListOps tokens (digits, MIN/MAX/MED/SM, ']'); parentheses dropped as the "
-                  "original tokenizer dropped them; pad 0",
+        "tokens": TOKEN_NOTES[data.get("tokens", "whitespace")],
         "splits": "basic_train / basic_val / basic_test as given",
         "truncation": f"first {data['max_length']} tokens",
     }}
+
+
+TOKEN_NOTES = {
+    "alphanumeric": "alphanumeric: 14 ListOps token types (digits, MIN/MAX/MED/SM); brackets and "
+                    "parentheses dropped, as tfds's Tokenizer() did at LRA 4954d9f; pad 0",
+    "whitespace": "whitespace: 15 ListOps token types (digits, [MIN/[MAX/[MED/[SM, ']'); "
+                  "parentheses dropped, ']' kept, as LRA from c209b2a; pad 0",
+}
 
 
 GENERATOR_KEYS = ("num_train", "num_val", "num_test", "min_length", "gen_max_length", "max_depth",

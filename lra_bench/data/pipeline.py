@@ -89,6 +89,13 @@ class TrainStream:
         self._thread.join(timeout=5)
 
 
+def whole_batches(split: dict[str, np.ndarray], batch_size: int) -> dict[str, np.ndarray]:
+    """The split without the rows of its last partial batch (tf.data's drop_remainder, PyTorch's
+    drop_last): views, nothing is copied."""
+    keep = len(split["labels"]) // batch_size * batch_size
+    return {k: v[:keep] for k, v in split.items()}
+
+
 def eval_batches(split: dict[str, np.ndarray], batch_size: int, max_batches: int = 0):
     """Fixed-size batches over a whole split, in order; the last one is padded with rows of
     weight 0 so every batch has one shape and the eval step compiles once."""
