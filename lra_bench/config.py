@@ -20,7 +20,7 @@ import tomllib
 from dataclasses import dataclass, field
 from typing import Any
 
-from lra_bench import paths
+from lra_bench import paths, plugins
 from lra_bench.errors import UserError
 
 SECTIONS = ("data", "model", "mixer", "train")
@@ -92,10 +92,8 @@ def available(kind: str) -> dict[str, Entry]:
             if p.name.endswith(".toml") and stem not in found:
                 found[stem] = Entry(stem, root.source, p)
     if kind == "models":
-        from lra_bench import plugins
-
-        for name, entry in plugins.default_models().items():
-            found.setdefault(name, entry)
+        for name, (source, doc) in plugins.default_models().items():
+            found.setdefault(name, Entry(name, source, None, doc))
     return dict(sorted(found.items()))
 
 

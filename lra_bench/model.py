@@ -29,6 +29,7 @@ from flax import nnx
 from lra_bench import mixers, plugins
 from lra_bench.mixers._projections import dense
 from lra_bench.config import RunConfig
+from lra_bench.data import synthetic
 
 PAD_ID = 0
 
@@ -172,8 +173,6 @@ def check(rc: RunConfig) -> None:
     if not plugins.is_plugin(rc.mixer["kind"]):
         nnx.eval_shape(lambda: Classifier(rc, rngs=nnx.Rngs(params=rc.seed)))
         return
-    from lra_bench.data import synthetic
-
     inputs = synthetic.make_split(rc.data, 2, seed=0)["inputs"]
 
     def forward():

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -172,3 +173,11 @@ def remove_empty(folders: list[Path]) -> None:
             p.rmdir()
         except OSError:
             break  # not empty (or gone): its parents are not empty either
+
+
+def folder_name(value, what: str) -> str:
+    """A task or variant name used as one folder name: never a path (`..`, `/`, hidden)."""
+    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,99}", value):
+        raise UserError(f"{what} {value!r} cannot name a folder: use letters, digits, '_', '-', "
+                        "'.' and '+' (not starting with '.', at most 100)")
+    return value

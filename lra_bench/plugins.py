@@ -19,10 +19,7 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import inspect
-import json
 import os
-import subprocess
-import sys
 import traceback
 from contextlib import contextmanager
 from typing import Any
@@ -73,10 +70,9 @@ def _dist(ep) -> str:
     return dist.name if dist is not None else "?"
 
 
-def default_models() -> dict:
-    """One model per entry point, named like it, with the mixer's default options."""
-    from lra_bench.config import Entry
-
+def default_models() -> dict[str, tuple[str, dict]]:
+    """One model per entry point, named like it, with the mixer's default options: name ->
+    (where it comes from, its document as a model TOML would hold it)."""
     builtin = set(builtin_kinds())
     out = {}
     for name, ep in entry_points().items():
@@ -84,7 +80,7 @@ def default_models() -> dict:
         kind = ep.value if name in builtin else name
         doc = {"description": f"mixer plugin {ep.value} with its default options",
                "mixer": {"kind": kind}}
-        out[name] = Entry(name, f"plugin {_dist(ep)}", None, doc)
+        out[name] = (f"plugin {_dist(ep)}", doc)
     return out
 
 
@@ -137,7 +133,7 @@ def mixer_class(kind: str) -> tuple[type, str]:
         if not hasattr(obj, part):
             raise UserError(f"{label}: module {module_name} has no '{attr}'; {fix}")
         obj = getattr(obj, part)
-    from flax import nnx
+    from flax import nnx  # here, not at the top: `lra list` and the sweep's parent never load flax
 
     if not (isinstance(obj, type) and issubclass(obj, nnx.Module)):
         raise UserError(f"{label}: {attr} is not a flax.nnx.Module subclass; a mixer is an "
@@ -209,39 +205,3 @@ def check_output(mixer, x, out):
         raise UserError(f"{label}: __call__ returned mask {_fmt(mask)} for y {_fmt(y)}; the mask "
                         f"must be bool of shape (batch, y's length) ({CONTRACT})")
     return out
-
-
-def check_in_subprocess(model: str, task: str, preset: str, overrides: list[str], seed: int,
-                        env: dict) -> None:
-    """Check a plugin model in a child process (the sweep's parent never imports jax): a
-    broken plugin becomes this process's UserError, before any point runs."""
-    spec = json.dumps({"model": model, "task": task, "preset": preset, "overrides": overrides,
-                       "seed": seed})
-    proc = subprocess.run([sys.executable, "-m", "lra_bench.plugins", spec], capture_output=True,
-                          text=True, env=env, timeout=600)
-    if proc.returncode == 0:
-        return
-    lines = [x for x in proc.stderr.splitlines() if x.startswith("error: ")]
-    if lines:
-        raise UserError(lines[-1][len("error: "):])
-    tail = " | ".join(x.strip() for x in proc.stderr.strip().splitlines()[-3:])[-400:]
-    raise UserError(f"model '{model}': checking its mixer crashed (exit {proc.returncode}: "
-                    f"{tail}); try `lra preflight --model {model} --task {task}`")
-
-
-def _main(argv: list[str]) -> int:
-    from lra_bench import config
-    from lra_bench.model import check
-
-    spec = json.loads(argv[0])
-    try:
-        check(config.resolve(spec["model"], spec["task"], spec["preset"], seed=spec["seed"],
-                             overrides=spec["overrides"]))
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(_main(sys.argv[1:]))

@@ -20,7 +20,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from lra_bench import config
 from lra_bench.errors import UserError
+from lra_bench.paths import folder_name
 
 
 def utc_now() -> str:
@@ -256,8 +258,6 @@ def saved_config(doc: Any, run_id: str):
     """The RunConfig in a run's config.json, checked as strictly as a fresh one: known model,
     task and preset, exactly the keys their TOMLs declare with the same types, then the value
     checks of `config.validate`. A crafted file cannot name a path or smuggle a type."""
-    from lra_bench import config
-
     where = f"run {run_id}: config.json"
 
     def bad(msg: str) -> UserError:
@@ -294,8 +294,6 @@ def saved_config(doc: Any, run_id: str):
     try:
         config.validate(rc)
         if "variant" in rc.data:
-            from lra_bench.data.prepare import folder_name
-
             folder_name(rc.data["variant"], "data.variant")
     except UserError as e:
         raise bad(f"holds values this checkout refuses ({e})") from None

@@ -1,5 +1,7 @@
-"""`lra run`: resolve -> load data -> train -> record. Nothing is written until the config and
-the data have been checked, so a user error leaves no trace in the results folder.
+"""`lra run`, top to bottom: resolve the config, check the model, find the data, check that the
+step fits, load the data, then train and record (`start` for new runs, one per seed; `execute`
+for one). Nothing is written until the config and the data have been checked, so a user error
+leaves no trace in the results folder.
 
 `resume` continues a run from its newest checkpoint with the config saved in its folder. The run
 folder's lock (see `results.RunDir.lock`) keeps two processes from training one run at once.
@@ -15,12 +17,14 @@ import flax
 import numpy as np
 import jax
 
-from lra_bench import data, distributed, measure, results
+from lra_bench import config, data, distributed, measure, results
+from lra_bench.checkpoint import Checkpoints
 from lra_bench.config import RunConfig
 from lra_bench.data.pipeline import evaluated_rows
 from lra_bench.errors import UserError
 from lra_bench.interruption import StopOnSignal
 from lra_bench.model import check as check_model
+from lra_bench.preflight import ensure_fits
 from lra_bench.progress import ProgressReporter
 from lra_bench.trainer import Diverged, Interrupted, train_and_evaluate
 
@@ -43,15 +47,50 @@ def majority_share(labels) -> float:
     return float(counts.max() / counts.sum()) if counts.sum() else float("nan")
 
 
+def start(model: str, task: str, preset: str, seeds: list[int], overrides: list[str],
+          data_dir: Path, results_dir: Path, *, preflight: bool = True,
+          memory_limit: str | None = None, run_id: str | None = None,
+          on_summary: Callable[[dict], None] = lambda summary: None) -> list[dict]:
+    """New runs of `model` on `task`, one per seed, one after another; every seed's config and
+    the data are checked before the first run writes anything. The summaries, in order (the
+    seeds after an interrupted one do not start); `on_summary` sees each as its run ends."""
+    rcs = [config.resolve(model, task, preset, seed=s, overrides=overrides) for s in seeds]
+    # The seeds share the step's shapes and the data: one check and one load serve them all.
+    splits = checked_data(rcs[0], data_dir, preflight=preflight, memory_limit=memory_limit)
+    summaries = []
+    for rc in rcs:
+        summaries.append(execute(rc, data_dir, results_dir, splits=splits, run_id=run_id))
+        on_summary(summaries[-1])
+        if summaries[-1]["status"] == "interrupted":
+            break  # the user asked to stop: the remaining seeds do not start
+    return summaries
+
+
+def checked_data(rc: RunConfig, data_dir: Path, *, preflight: bool = True,
+                 memory_limit: str | None = None, log=None) -> dict:
+    """Every check a new run passes before anything is written, cheapest first, and its data."""
+    check_model(rc)  # a bad model config fails before any data is made or read
+    # Reading a prepared cache costs nothing, so missing data is reported before the step is
+    # compiled; generating a preset's data costs minutes, so that waits until the step fits.
+    task_data = data.find(rc, data_dir, log)
+    if preflight:
+        ensure_fits(rc, memory_limit)
+    return task_data.load()
+
+
 def execute(rc: RunConfig, data_dir: Path, results_dir: Path, interactive: bool | None = None,
             log=None, splits: dict | None = None, preflight: bool = True,
             run_id: str | None = None) -> dict:
-    check_model(rc)
-    splits = data.load(rc, data_dir) if splits is None else splits
-    if preflight:  # will the train step fit in memory? A UserError before anything is written
-        from lra_bench.preflight import ensure_fits
+    """One new run. `splits`: the data, when the caller has run `checked_data` already."""
+    if splits is None:
+        splits = checked_data(rc, data_dir, preflight=preflight, log=log)
+    rd, summary = _new_run(rc, splits, results_dir, run_id)
+    return _train(rc, splits, rd, summary, interactive, resuming=False)
 
-        ensure_fits(rc)
+
+def _new_run(rc: RunConfig, splits: dict, results_dir: Path,
+             run_id: str | None) -> tuple[results.RunDir, dict]:
+    """The run's folder with its config and first summary."""
     # Multi-host: process 0 alone writes the run folder; the others learn its id from it.
     if distributed.is_primary():
         rd = results.RunDir.create(results_dir, rc.model_name, rc.task_name, run_id)
@@ -78,7 +117,7 @@ def execute(rc: RunConfig, data_dir: Path, results_dir: Path, interactive: bool 
         **measure.device_info(),
     }
     rd.write("summary.json", summary)
-    return _train(rc, splits, rd, summary, interactive, resuming=False)
+    return rd, summary
 
 
 def resume(ref: str, data_dir: Path, results_dir: Path, interactive: bool | None = None,
@@ -134,8 +173,6 @@ def _train(rc: RunConfig, splits: dict, rd: results.RunDir, summary: dict,
     reporter = ckpt = None
     with StopOnSignal() as stop:
         try:
-            from lra_bench.checkpoint import Checkpoints
-
             # Every process of a multi-host run saves and restores together (orbax synchronises
             # them; the run folder must be on a filesystem they share).
             ckpt = Checkpoints(rd.checkpoints) if rd.checkpoints is not None else None

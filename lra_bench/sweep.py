@@ -36,7 +36,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from lra_bench import config, paths, plugins, results
+from lra_bench import config, paths, plugin_check, plugins, results
 from lra_bench.errors import UserError
 
 MODES = ("train", "forward")
@@ -118,7 +118,7 @@ def plan(task: str, models: str, lengths: str, preset: str = "lra", batch_size: 
             rc = config.resolve(model, task, preset, seed=seed,
                                 overrides=point_overrides(settings, length))
         if plugins.is_plugin(rc.mixer["kind"]):  # a broken plugin: one error, not N error rows
-            plugins.check_in_subprocess(model, task, preset, point_overrides(
+            plugin_check.check_in_subprocess(model, task, preset, point_overrides(
                 settings, settings.lengths[0]), seed, worker_env(settings))
     refuse_unrunnable(settings)
     return settings

@@ -224,7 +224,7 @@ def test_an_override_gets_its_own_cache_and_leaves_the_default_one(tmp_path):
 
 
 def test_the_resume_hint_keeps_the_folders(capsys):
-    from lra_bench.cli import _print_outcome
+    from lra_bench.cli.run import _print_outcome
 
     _print_outcome({"status": "interrupted", "run_id": "r1", "signal": "SIGINT",
                     "interrupted_step": 3}, folders=["--results-dir /x/r"])

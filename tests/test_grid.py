@@ -11,6 +11,7 @@ from submitit.core.utils import DelayedSubmission
 from typer.testing import CliRunner
 
 from lra_bench import grid, results
+from lra_bench.grid import planning
 from lra_bench.cli import app
 
 runner = CliRunner()
@@ -183,7 +184,7 @@ def test_local_grid_end_to_end_with_a_failure_then_resume(tmp_path, monkeypatch,
     """2 models x 2 tasks x 2 seeds on this machine, 2 at a time; one job fails (its run folder
     is damaged), is retried once, fails again; the others complete; `resume` completes it."""
     rdir = tmp_path / "results"
-    monkeypatch.setattr(grid, "new_grid_id", lambda: "g1")
+    monkeypatch.setattr(planning, "new_grid_id", lambda: "g1")
     broken = rdir / "runs" / "g1-linear-text-s1"
     broken.mkdir(parents=True)
     (broken / "config.json").write_text("{not json")

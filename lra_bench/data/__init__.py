@@ -3,46 +3,116 @@ prepared cache that runs read (`build` and friends: see `lra_bench.data.prepare`
 in `lra_bench.data.cache`); a loader whose data costs nothing to make (random tokens) may instead
 define `load(rc, data_dir)` and return the splits directly.
 
-`load(rc, data_dir)` returns the three splits, {"train"|"val"|"test": {"inputs", "labels"}}, as
-memory-mapped arrays: inputs of integer token ids, shape (n, max_length) (or (n, 2, max_length)
-for paired documents), pad id 0; labels int32 of shape (n,). The input pipeline widens inputs to
-int32 batch by batch. Missing or malformed data raises `UserError` naming the fix.
+A run's data, in one place: `find(rc, data_dir)` resolves the loader, keys the cache by the
+run's [data] settings and reads it, or says how to prepare it; `TaskData.load()` then hands back
+the splits, generating them first when the preset does (`data.generate = true`). `load(rc,
+data_dir)` is the two at once.
+
+The splits are {"train"|"val"|"test": {"inputs", "labels"}}, memory-mapped: inputs of integer
+token ids, shape (n, max_length) (or (n, 2, max_length) for paired documents), pad id 0; labels
+int32 of shape (n,). The input pipeline widens inputs to int32 batch by batch. Missing or
+malformed data raises `UserError` naming the fix.
 """
 
 from __future__ import annotations
 
-import pkgutil
+import contextlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from lra_bench.config import RunConfig
+from lra_bench.data import prepare
+from lra_bench.data.cache import DamagedCache, prep_config, read, read_manifest, split_info
+from lra_bench.data.prepare import Log, loader_module, stderr_log
 from lra_bench.errors import UserError
 
 Split = dict[str, np.ndarray]
 SPLITS = ("train", "val", "test")
-# Modules of this package that are machinery, not loaders.
-HELPERS = frozenset({"pipeline", "cache", "prepare", "download", "pathfinder_gen",
-                     "pathfinder_separated"})
 
 
-def loaders() -> list[str]:
-    return sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")
-                  and m.name not in HELPERS)
+@dataclass(frozen=True)
+class TaskData:
+    """A run's data, found: its splits when they are there to read (a current cache, or data
+    made on the fly), else what generating them takes (a preset that generates its data)."""
 
+    rc: RunConfig
+    data_dir: Path
+    log: Log
+    splits: dict[str, Split] | None = None
 
-def load(rc: RunConfig, data_dir: Path, log=None) -> dict[str, Split]:
-    from lra_bench.data import prepare
-
-    module = prepare.loader_module(rc.data["loader"])
-    if not hasattr(module, "build"):  # made on the fly, no cache
-        splits = module.load(rc, Path(data_dir))
-        check_splits(splits, rc)
+    def load(self) -> dict[str, Split]:
+        """The splits, checked; a generated preset's are made first (minutes, for Pathfinder)."""
+        if self.splits is not None:
+            return self.splits
+        rc = self.rc
+        with _rebuild_hint(rc, self.data_dir):
+            dest, manifest, _ = prepare.prepare(rc.task_name, rc.preset, rc.data, self.data_dir,
+                                                log=self.log)
+            splits = read(dest, manifest)
+        check_splits(splits, rc, manifest)
         return splits
-    kwargs = {"log": log} if log is not None else {}
-    splits, manifest = prepare.load(rc, Path(data_dir), **kwargs)
+
+
+def find(rc: RunConfig, data_dir: Path, log: Log | None = None) -> TaskData:
+    """What a run reads, found without making anything: data that costs nothing (a prepared
+    cache, data made on the fly) is read and checked now, so a missing or damaged cache is a
+    UserError naming the command that makes it; a preset that generates its data and has none
+    yet leaves that to `TaskData.load()`."""
+    data_dir, log = Path(data_dir), log or stderr_log
+    module = loader_module(rc.data["loader"])
+    if not hasattr(module, "build"):  # made on the fly, no cache
+        splits = module.load(rc, data_dir)
+        check_splits(splits, rc)
+        return TaskData(rc, data_dir, log, splits)
+    dest = prepare.cache_path(data_dir, rc.task_name,
+                              prepare.cache_name(rc.task_name, rc.preset, rc.data))
+    want = prep_config(rc.data)
+    with _rebuild_hint(rc, data_dir):
+        manifest = read_manifest(dest)
+        stale = manifest is not None and prepare.stale_generated(module, manifest)
+        if manifest is not None and manifest["config"] == want and not stale:
+            splits = read(dest, manifest)
+        elif rc.data.get("generate", False):  # a generated preset (smoke): made by load()
+            return TaskData(rc, data_dir, log)
+        else:
+            raise _not_prepared(rc, data_dir, module, dest, manifest, want, stale)
     check_splits(splits, rc, manifest)
-    return splits
+    return TaskData(rc, data_dir, log, splits)
+
+
+def load(rc: RunConfig, data_dir: Path, log: Log | None = None) -> dict[str, Split]:
+    """The splits of a run's task preset, generated first when the preset generates them."""
+    return find(rc, data_dir, log).load()
+
+
+def _not_prepared(rc: RunConfig, data_dir: Path, module, dest: Path, manifest: dict | None,
+                  want: dict, stale: bool = False) -> UserError:
+    cmd = prepare.prepare_command(rc.task_name, rc.preset, data_dir, rc.overrides)
+    if manifest is None:
+        return UserError(f"{rc.task_name} data ({rc.preset}) is not prepared in {dest}; "
+                         f"run: {cmd}  ({module.SOURCE_HINT})")
+    if stale and manifest["config"] == want:
+        return UserError(f"{dest} was generated by an older version of the {rc.task_name} "
+                         f"generator, whose data differ from today's; run: {cmd} --generate  "
+                         "(or prepare it from the release)")
+    changed = ", ".join(f"{k} {manifest['config'].get(k)!r} -> {want.get(k)!r}"
+                        for k in sorted(set(want) | set(manifest["config"]))
+                        if want.get(k) != manifest["config"].get(k))
+    return UserError(f"{dest} was prepared with other data settings ({changed}); "
+                     f"run: {cmd}  (or set data.variant to keep both)")
+
+
+@contextlib.contextmanager
+def _rebuild_hint(rc: RunConfig, data_dir: Path):
+    """A damaged cache ends with the command that rebuilds it."""
+    try:
+        yield
+    except DamagedCache as e:
+        raise UserError(f"{e.problem}; run: "
+                        f"{prepare.prepare_command(rc.task_name, rc.preset, data_dir, rc.overrides)} "
+                        "--force") from None
 
 
 def check_splits(splits: dict[str, Split], rc: RunConfig, manifest: dict | None = None) -> None:
@@ -71,6 +141,4 @@ def check_splits(splits: dict[str, Split], rc: RunConfig, manifest: dict | None 
 
 
 def prepared_max_id(manifest: dict, split: str) -> int:
-    from lra_bench.data.cache import split_info
-
     return int(split_info(manifest, split)["max_id"])

@@ -68,6 +68,7 @@ from typing import Any
 
 from flax import nnx
 
+from lra_bench import plugins
 from lra_bench.errors import UserError
 
 
@@ -96,8 +97,6 @@ def kinds() -> list[str]:
 
 def build(kind: str, spec: MixerSpec, options: dict[str, Any], rngs: nnx.Rngs) -> nnx.Module:
     if kind not in kinds():  # a user's mixer: an entry point or "module:Class"
-        from lra_bench import plugins
-
         return plugins.build(kind, spec, options, rngs)
     module = importlib.import_module(f"{__name__}.{kind}")
     try:

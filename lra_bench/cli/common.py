@@ -1,0 +1,74 @@
+"""What every `lra` command shares: the two consoles (results to stdout; progress, logs and
+errors to stderr), the one-line user error with exit code 2, and the printers and option parsers
+that more than one command uses."""
+
+from __future__ import annotations
+
+import errno
+import functools
+import sys
+
+import typer
+from rich.console import Console
+
+from lra_bench.errors import UserError
+
+# Piped output is read by people and scripts alike: do not squeeze tables to 80 columns.
+out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
+err = Console(stderr=True, soft_wrap=True)
+
+
+def user_errors(fn):
+    """Turn a UserError into one line on stderr and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except UserError as e:
+            # One line, whatever the message quotes (a library's multi-line exception text).
+            typer.echo("error: " + " ".join(line.strip() for line in str(e).splitlines()), err=True)
+            raise typer.Exit(2) from None
+        except OSError as e:
+            # Permissions, a read-only or full disk: the user's environment, not a bug (a missing
+            # file is not caught here: the folders are checked up front, see paths._folder).
+            if e.filename is None or e.errno not in _ENVIRONMENT_ERRNOS:
+                raise
+            typer.echo(f"error: {e.filename}: {e.strerror}; check that folder's permissions and "
+                       "free space, or give another (--data-dir, --results-dir, --to)", err=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+_ENVIRONMENT_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
+
+
+def log(message: str) -> None:
+    """A library's progress line, on stderr as it is (no markup)."""
+    err.print(message, highlight=False, markup=False)
+
+
+def parse_seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        seeds = []
+    if not seeds or any(x < 0 for x in seeds):
+        raise UserError(f"--seeds '{text}': expected comma-separated seeds >= 0, e.g. 0,1,2")
+    if len(set(seeds)) != len(seeds):
+        raise UserError(f"--seeds '{text}' repeats a seed; list each seed once")
+    return seeds
+
+
+def print_tables(tables, format: str) -> None:
+    """(title, header, rows) tables as rich tables, or as markdown with `format` markdown."""
+    # pandas, through the report modules: only the commands that print tables load it
+    from lra_bench import report as rep
+    from lra_bench import sweep_report as sr
+
+    for title, header, rows in tables:
+        if format == "markdown":
+            out.print(f"### {title}\n\n{rep.markdown(header, rows)}\n", highlight=False, markup=False)
+        else:
+            out.print(sr.rich_table(title, header, rows))

@@ -1,0 +1,148 @@
+"""`lra report`: the leaderboard of finished runs, a list of runs, two runs compared, a grid's
+runs, or a sweep in the LRA Table 2 layout (`--sweep`)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import List, Optional, Tuple
+
+import typer
+
+from lra_bench import paths
+from lra_bench import sweep as sw
+from lra_bench.cli.common import err, out, print_tables, user_errors
+from lra_bench.errors import UserError
+
+
+@user_errors
+def report(
+    results_dir: Optional[Path] = typer.Option(None, help="default: $LRA_RESULTS_DIR or ./results"),
+    format: str = typer.Option("table", "--format", "-f", help="table, markdown, csv, json or "
+                               "latex (every format holds every table)"),
+    selection: str = typer.Option("run", help="which parameters' test accuracy: run (each run's "
+                                  "own rule), best (best-val) or last"),
+    published: bool = typer.Option(False, help="show the published accuracy rows too, one block "
+                                   "per protocol beside runs of the same preset (with --sweep: "
+                                   "the LRA Table 2 efficiency rows)"),
+    runs_: bool = typer.Option(False, "--runs", help="list every run (any status) instead of "
+                               "the leaderboard"),
+    models: List[str] = typer.Option([], "--model", "-m", help="only this model (repeatable)"),
+    tasks: List[str] = typer.Option([], "--task", "-t", help="only this task (repeatable)"),
+    presets: List[str] = typer.Option([], "--preset", help="only this preset (repeatable)"),
+    curves: Optional[Path] = typer.Option(None, help="also draw validation accuracy and training "
+                                          "loss against step into this .png"),
+    compare: Optional[Tuple[str, str]] = typer.Option(None, help="show two runs side by side: "
+                                                      "the config keys that differ, the metrics"),
+    sweep: bool = typer.Option(False, "--sweep", help="report a sweep (ID, default the latest) "
+                               "in the LRA Table 2 layout instead of the leaderboard"),
+    sweep_id: Optional[str] = typer.Argument(None, metavar="ID", help="with --sweep: which sweep"),
+    plot: Optional[Path] = typer.Option(None, help="with --sweep: also draw time and memory "
+                                        "against length into this .png"),
+    grid: Optional[str] = typer.Option(None, "--grid", help="only grid ID's runs (`latest`: the "
+                                       "newest grid), missing cells marked"),
+):
+    """Leaderboard of every finished run (one row per model, one column per task, a majority-class
+    row per preset), or with --sweep [ID] the efficiency of a sweep (LRA Table 2)."""
+    from lra_bench import report as rep  # pandas: loaded when the command runs
+
+    if format not in rep.FORMATS:
+        raise UserError(f"unknown format '{format}'; choose one of: {', '.join(rep.FORMATS)}")
+    # An image path that cannot be written is refused before any table is printed.
+    for option, image in (("--plot", plot), ("--curves", curves)):
+        if image is None:
+            continue
+        if image.suffix.lower() != ".png":
+            raise UserError(f"{option} {image}: give a .png path, e.g. {option} curves.png")
+        if not image.expanduser().absolute().parent.is_dir():
+            raise UserError(f"{option} {image}: the folder {image.parent} does not exist; create "
+                            "it or write the image elsewhere")
+    if sweep or sweep_id is not None or plot is not None:
+        return _sweep_report(paths.results_dir(results_dir), sweep_id, format, published, plot)
+    if selection not in rep.SELECTIONS:
+        raise UserError(f"unknown selection '{selection}'; choose run, best or last")
+    rdir = paths.results_dir(results_dir)
+    if compare:
+        from lra_bench.compare import compare as compare_runs  # pandas, as above
+
+        return _show(compare_runs(rdir, *compare), format)
+    runs, warnings = rep.load_runs(rdir)
+    for w in warnings:
+        err.print(f"warning: {w}", highlight=False, markup=False)
+    runs = rep.filter_runs(runs, models, tasks, presets)
+    filters = " ".join([*(f"-m {m}" for m in models), *(f"-t {t}" for t in tasks),
+                        *(f"--preset {p}" for p in presets)])
+    if grid is not None:
+        from lra_bench.grid import report as grid_report  # submitit: for --grid only
+
+        ((title, header, rows),), frames, _ = grid_report(rdir, grid, selection)
+        shown = [rep.Shown("grid", title, header, rows, frames["grid"])]
+    elif runs_:
+        table = rep.runs_table(runs, selection, rdir)
+        if table.empty:
+            raise UserError(f"no runs in {rdir}{' match ' + filters if filters else ''}; train "
+                            "one with: lra run --model transformer --task listops")
+        shown = [rep.Shown("runs", f"Runs: accuracy (%) of the {rep.SELECTIONS[selection][2]}",
+                           *rep.run_rows(table), table)]
+    else:
+        shown = rep.leaderboard(runs, selection, published)
+        if not shown:
+            raise UserError(f"no completed runs in {rdir}{' match ' + filters if filters else ''}"
+                            "; train one with: lra run --model transformer --task listops")
+        if not filters:
+            rep.save_tables(rdir, {t.name: t.frame for t in shown[:2]})
+    _show(shown, format)
+    if curves is not None:
+        from lra_bench.plots import plot_curves  # matplotlib: for --curves only
+
+        data = rep.learning_curves(runs, rdir)
+        # The validation panel's chance line is the validation split's majority (older runs
+        # recorded only the test split's: that one then, and the plot says which).
+        done = rep.finished_runs(rep.normalise(runs))
+        chance = {}
+        for split in ("test", "val"):
+            for _, r in rep.majority_shares(done, split).iterrows():
+                chance[(r["preset"], r["task"])] = (100.0 * r[f"{split}_majority"],
+                                                    "validation" if split == "val" else "test")
+        title = "Learning curves: mean over seeds, band = min-max over seeds" + (
+            f" ({filters})" if filters else "")
+        written = plot_curves(data, curves, title, chance)
+        err.print(f"curves written to {written}", highlight=False)
+
+
+def _show(shown, format: str) -> None:
+    from lra_bench import report as rep  # pandas: loaded when the command runs
+
+    if format == "table":
+        for t in shown:
+            out.print(rep.rich_table(t.title, t.header, t.rows))
+    else:
+        sys.stdout.write(rep.render(shown, format))
+
+
+def _sweep_report(results_dir: Path, sweep_id: Optional[str], format: str, published: bool,
+                  plot: Optional[Path]) -> None:
+    from lra_bench import sweep_report as sr  # pandas: loaded when the command runs
+
+    sweep_id, settings, df = sr.load(results_dir, sweep_id)
+    if plot is not None:
+        from lra_bench.plots import plot_sweep  # matplotlib: for --plot only
+
+        plot_sweep(df, plot, sr.title(sweep_id, settings, df).split(";")[0])
+        err.print(f"plot written to {plot}", highlight=False)
+    if format == "csv":
+        sys.stdout.write(sw.rows_csv(df.to_dict("records")))
+        return
+    if format == "json":
+        from lra_bench import report as rep  # pandas, as above
+
+        tables = {"sweep": df}
+        if published:
+            tables["published"] = sr.published_efficiency()
+        sys.stdout.write(rep.to_json(tables) + "\n")
+        return
+    tables = [(sr.title(sweep_id, settings, df), *sr.measured_table(df)),
+              ("Every point", *sr.points_table(df))]
+    if published:
+        tables.append(sr.published_table())
+    print_tables(tables, format)
