@@ -25,7 +25,6 @@ from flax import nnx
 from lra_bench.errors import UserError
 from lra_bench.mixers import MixerSpec
 from lra_bench.mixers._attention import attention
-from lra_bench.mixers._precision import island
 from lra_bench.mixers._projections import HeadProjections
 
 PROJECTIONS = ("lra", "nystrom")
@@ -35,15 +34,13 @@ def project_sequence(x, e):
     """Low-rank projection along the sequence: (batch, n, heads, d) -> (batch, k, heads, d).
 
     e: (max_len, k) shared by the heads (LRA) or (heads, k, max_len) one per head (Nyströmformer),
-    cut to the first n positions. The sum over n runs in `island` precision, the result goes back
-    to x's dtype (a product with a learnt matrix, like a projection).
+    cut to the first n positions. A product with a learnt matrix, like a projection: it runs in
+    x's dtype (bf16 under mixed precision; XLA's CPU dots reject bf16 x bf16 -> f32 here).
     """
-    n, acc = x.shape[1], island(x.dtype)
+    n = x.shape[1]
     if e.ndim == 2:
-        y = jnp.einsum("bnhd,nk->bkhd", x, e[:n].astype(x.dtype), preferred_element_type=acc)
-    else:
-        y = jnp.einsum("bnhd,hkn->bkhd", x, e[:, :, :n].astype(x.dtype), preferred_element_type=acc)
-    return y.astype(x.dtype)
+        return jnp.einsum("bnhd,nk->bkhd", x, e[:n].astype(x.dtype))
+    return jnp.einsum("bnhd,hkn->bkhd", x, e[:, :, :n].astype(x.dtype))
 
 
 def linformer_attention(q, k, v, mask, e, *, mask_keys: bool, dropout_rate: float = 0.0,
