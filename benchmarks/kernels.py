@@ -41,6 +41,15 @@ KERNELS = {
     "nystromformer": ("nystromformer", {}),
     "fourier": ("fourier", {}),
     "topk": ("topk", {}),  # blockwise attention + pooling to length / 4 (official first step)
+    "linformer": ("linformer", {}),  # LRA: k = 16
+    "linformer-nystrom": ("linformer", {"projection": "nystrom", "k": 256}),
+    "performer": ("performer", {}),  # LRA's default: relu features
+    "performer-favor": ("performer", {"features": "favor+", "nb_features": 256, "redraw": "fixed",
+                                      "kernel_eps": 1e-4, "key_max": "global", "masking": "zero",
+                                      "prescale": True}),  # the Nystromformer's performer-256
+    "synthesizer": ("synthesizer", {}),
+    "reformer": ("reformer", {}),  # LRA: 1 round, 10 buckets
+    "reformer-hf": ("reformer", {"style": "hf", "n_hashes": 2, "chunk_len": 64}),
 }
 
 

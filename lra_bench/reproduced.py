@@ -19,6 +19,10 @@ PUBLISHED_NAMES = {
     "transformer": ("Transformer", "Standard Transformer"),
     "nystromformer": ("Nystromformer",),
     "linear": ("Linear Transformer",),
+    "linformer": ("Linformer",),
+    "performer": ("Performer",),
+    "reformer": ("Reformer",),
+    "synthesizer": ("Synthesizer",),
 }
 
 # (protocol, task) -> (mark, footnote): paper and code disagree; we follow the code.

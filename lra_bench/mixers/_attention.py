@@ -101,7 +101,7 @@ def _fused_applies(q, dropout: bool) -> bool:
 
 
 def attention(q, k, v, mask, *, dropout_rate: float = 0.0, dropout_rng=None, scale=None,
-              query_mask=None):
+              query_mask=None, bias=None):
     """Scaled dot-product attention with key-padding masking.
 
     q: (batch, queries, heads, head_dim); k, v: (batch, keys, heads, head_dim); mask: (batch,
@@ -110,8 +110,17 @@ def attention(q, k, v, mask, *, dropout_rate: float = 0.0, dropout_rng=None, sca
     query_mask: (batch, queries) bool or None. Where it is False the query's logits are all
     masked, as in LRA's query & key padding mask: its weights are uniform over every key, so its
     output is the plain mean of v (computed directly, the same on every backend).
+    bias: None or an additive logit bias broadcastable to (batch, heads, queries, keys), added
+    in `island` precision before the key mask (Synthesizer's learnt random logits). A bias is
+    an N x N array already, so it always takes the explicit form.
     """
-    y = _attention(q, k, v, mask, dropout_rate, dropout_rng, scale)
+    if bias is not None:
+        _note("explicit", "an additive logit bias")
+        dropout = dropout_rate > 0.0 and dropout_rng is not None
+        y = _explicit(q, k, v, mask[:, None, None, :], q.shape[-1] ** -0.5 if scale is None
+                      else scale, dropout_rate, dropout_rng if dropout else None, bias=bias)
+    else:
+        y = _attention(q, k, v, mask, dropout_rate, dropout_rng, scale)
     if query_mask is None:
         return y
     return jnp.where(query_mask[:, :, None, None], y, mean_values(v))
@@ -192,10 +201,12 @@ def _keep_mask(q, k, rate, rng):
     return halves < round((1.0 - rate) * 65536)
 
 
-def _explicit(q, k, v, key_mask, scale, dropout_rate: float = 0.0, dropout_rng=None):
+def _explicit(q, k, v, key_mask, scale, dropout_rate: float = 0.0, dropout_rng=None, bias=None):
     acc = island(q.dtype)
     # Scaling q (n x d) instead of the logits (n x n) saves a pass over the largest array.
     logits = jnp.einsum("bqhd,bkhd->bhqk", q * scale, k, preferred_element_type=acc)
+    if bias is not None:
+        logits = logits + bias.astype(acc)
     logits = jnp.where(key_mask, logits, jnp.finfo(acc).min)
     weights = jax.nn.softmax(logits, axis=-1)
     if dropout_rng is not None:

@@ -1,0 +1,157 @@
+"""Performer (Choromanski et al. 2021): linear attention through a (random) feature map.
+
+References, selectable by option:
+  LRA:   google-research/long-range-arena `lra_benchmarks/models/performer/performer_attention.py`
+         (a fork of google-research `performer/fast_attention/jax/fast_attention.py`) and
+         `performer.py` (ad0ff01, Mar 2021). The encoder's default attention is "generalized"
+         with its defaults: features = "relu", *no random projection* (features_type =
+         "deterministic"), phi(x) = relu(x) + 0.001, no data normalisation. Only ListOps' config
+         asks for FAVOR+ ("softmax", nb_features = 2, ortho_scaling = 0); its features are
+         redrawn at every call from the seed ceil(sum(Q) * 1e7) ("query_seed"). Neither form
+         looks at the padding mask: pad keys count like real ones.
+  Nyströmformer: mlpen/Nystromformer `LRA/code/attention_performer.py` (5689313) on
+         performer_pytorch's FastAttention (performer-256: nb_features = 256, kernel_type
+         "relu", which FastAttention ignores unless generalized_attention is set, so FAVOR+
+         ran). Q and K are divided by d^(1/4) before FastAttention divides them by d^(1/4)
+         again (logits q.k / d, not / sqrt(d)); K and V are multiplied by the mask (a pad key
+         is a zero vector, whose features are not zero: it still adds to the normaliser); the
+         projection is drawn once at init and never redrawn ("fixed"); the key features'
+         stabilising max is taken over the whole batch ("global").
+FAVOR+ features (both): with x' = x d^(-1/4) and W (m, d) Gaussian orthogonal rows,
+    phi(x) = m^(-1/2) (exp(W x' - |x'|^2 / 2 - max) + eps),
+queries' max over their own features, keys' over features and positions of their (batch, head)
+("per_head", LRA) or over everything ("global", performer_pytorch). Then
+    out_i = phi(q_i)^T sum_s phi(k_s) v_s^T / (phi(q_i)^T sum_s phi(k_s)),
+the normaliser bumped by 2 stabilizer where |R| <= stabilizer. kernel_eps is the feature's eps
+(relu: 0.001; FAVOR+: LRA 1e-6, performer_pytorch 1e-4); stabilizer is LRA's numerical_stabilizer
+(1e-6 for FAVOR+, 0 for relu; performer_pytorch has none: 0). The feature maps, sums and normaliser run in `island` precision.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from lra_bench.errors import UserError
+from lra_bench.mixers import MixerSpec
+from lra_bench.mixers._precision import island
+from lra_bench.mixers._projections import HeadProjections
+
+FEATURES = ("relu", "favor+")
+REDRAWS = ("query_seed", "fixed")
+KEY_MAXES = ("per_head", "global")
+MASKS = ("none", "zero")
+
+
+def gaussian_orthogonal_matrix(key, rows: int, cols: int, scaling: int = 0):
+    """(rows, cols): blocks of the transposed Q of QR(N(0,1)^{cols x cols}), rows scaled by the
+    norms of a Gaussian (rows, cols) matrix drawn with the *same* key (scaling 0, as LRA's
+    GaussianOrthogonalRandomMatrix) or by sqrt(cols) (scaling 1)."""
+    blocks, rng = [], key
+    for _ in range(rows // cols):
+        rng, sub = jax.random.split(rng)
+        blocks.append(jnp.linalg.qr(jax.random.normal(sub, (cols, cols)))[0].T)
+    if rows % cols:
+        rng, sub = jax.random.split(rng)
+        blocks.append(jnp.linalg.qr(jax.random.normal(sub, (cols, cols)))[0].T[:rows % cols])
+    matrix = jnp.vstack(blocks)
+    if scaling == 0:
+        multiplier = jnp.linalg.norm(jax.random.normal(key, (rows, cols)), axis=1)
+    else:
+        multiplier = jnp.sqrt(float(cols)) * jnp.ones(rows)
+    return multiplier[:, None] * matrix
+
+
+def query_seeded_projection(q, rows: int, scaling: int = 0):
+    """LRA's redraw: PRNGKey(ceil(sum(q) * 1e7)) as int32, split once, the first half drawing."""
+    seed = jnp.ceil(jnp.sum(jax.lax.stop_gradient(q).astype(jnp.float32)) * 1e7).astype(jnp.int32)
+    key = jax.random.split(jax.random.PRNGKey(seed))[0]
+    return gaussian_orthogonal_matrix(key, rows, q.shape[-1], scaling)
+
+
+def favor_features(x, w, *, is_query: bool, eps: float, key_max: str = "per_head"):
+    """Positive random features of (batch, n, heads, d) x for W (m, d): (batch, n, heads, m)."""
+    acc = island(x.dtype)
+    x = x.astype(acc) * x.shape[-1] ** -0.25
+    dash = jnp.einsum("bnhd,md->bnhm", x, w.astype(acc))
+    diag = 0.5 * jnp.sum(x * x, axis=-1, keepdims=True)
+    if is_query:
+        top = jnp.max(dash, axis=-1, keepdims=True)
+    elif key_max == "per_head":
+        top = jnp.max(dash, axis=(1, 3), keepdims=True)
+    else:
+        top = jnp.max(dash)
+    return w.shape[0] ** -0.5 * (jnp.exp(dash - diag - top) + eps)
+
+
+def relu_features(x, *, eps: float = 0.001):
+    """LRA's generalized attention with its defaults: relu(x) + eps, no projection."""
+    return jax.nn.relu(x.astype(island(x.dtype))) + eps
+
+
+def renormalized_linear_attention(phi_q, phi_k, v, *, stabilizer: float = 0.0):
+    """out_i = phi_q_i^T (sum_s phi_k_s v_s^T) / R_i, R_i = phi_q_i^T sum_s phi_k_s, with LRA's
+    R + 2 stabilizer [|R| <= stabilizer]. Every key counts (mask the inputs beforehand)."""
+    acc = phi_q.dtype
+    kv = jnp.einsum("bshm,bshd->bhmd", phi_k, v.astype(acc))
+    r = jnp.einsum("blhm,bhm->blh", phi_q, phi_k.sum(axis=1))
+    r = r + 2 * stabilizer * (jnp.abs(r) <= stabilizer)
+    return (jnp.einsum("blhm,bhmd->blhd", phi_q, kv) / r[..., None]).astype(v.dtype)
+
+
+def performer_attention(q, k, v, mask, w=None, *, features: str = "relu", kernel_eps: float = 0.001,
+                        stabilizer: float = 0.0, key_max: str = "per_head", masking: str = "none",
+                        prescale: bool = False):
+    """q, k, v: (batch, n, heads, d); w: (m, d) projection for "favor+".
+    masking "zero": K and V multiplied by the mask (Nyströmformer); "none": ignored (LRA).
+    prescale: q, k divided by d^(1/4) first (Nyströmformer's wrapper)."""
+    if prescale:
+        q, k = q * q.shape[-1] ** -0.25, k * k.shape[-1] ** -0.25
+    if masking == "zero":
+        keep = mask[:, :, None, None]
+        k, v = jnp.where(keep, k, 0), jnp.where(keep, v, 0)
+    if features == "relu":
+        phi_q, phi_k = relu_features(q, eps=kernel_eps), relu_features(k, eps=kernel_eps)
+    else:
+        phi_q = favor_features(q, w, is_query=True, eps=kernel_eps)
+        phi_k = favor_features(k, w, is_query=False, eps=kernel_eps, key_max=key_max)
+    return renormalized_linear_attention(phi_q, phi_k, v, stabilizer=stabilizer)
+
+
+def _choice(name, value, allowed):
+    if value not in allowed:
+        raise UserError(f"mixer.{name} must be one of {', '.join(allowed)}, got '{value}'")
+
+
+class Mixer(HeadProjections):
+    def __init__(self, spec: MixerSpec, *, rngs: nnx.Rngs, features: str = "relu",
+                 nb_features: int = 256, ortho_scaling: int = 0, redraw: str = "query_seed",
+                 kernel_eps: float = 0.001, stabilizer: float = 0.0, key_max: str = "per_head",
+                 masking: str = "none", prescale: bool = False):
+        _choice("features", features, FEATURES)
+        _choice("redraw", redraw, REDRAWS)
+        _choice("key_max", key_max, KEY_MAXES)
+        _choice("masking", masking, MASKS)
+        if ortho_scaling not in (0, 1):
+            raise UserError(f"mixer.ortho_scaling must be 0 or 1, got {ortho_scaling}")
+        if nb_features < 1:
+            raise UserError(f"mixer.nb_features must be at least 1, got {nb_features}")
+        self.features, self.redraw = features, redraw
+        self.nb_features, self.ortho_scaling = int(nb_features), int(ortho_scaling)
+        self.options = dict(features=features, kernel_eps=float(kernel_eps),
+                            stabilizer=float(stabilizer), key_max=key_max, masking=masking,
+                            prescale=bool(prescale))
+        self.init_projections(spec, rngs, lra_init=spec.init == "lra")
+        if features == "favor+" and redraw == "fixed":
+            # performer_pytorch: a buffer drawn at init, never trained and never redrawn
+            self.projection = nnx.Variable(gaussian_orthogonal_matrix(
+                rngs.params(), self.nb_features, self.head_dim, self.ortho_scaling))
+
+    def __call__(self, x, mask, *, deterministic: bool = True, rngs: nnx.Rngs | None = None):
+        q, k, v = self.qkv(x)
+        w = None
+        if self.features == "favor+":
+            w = (self.projection[...] if self.redraw == "fixed" else
+                 query_seeded_projection(q, self.nb_features, self.ortho_scaling))
+        return self.merge(performer_attention(q, k, v, mask, w, **self.options)), mask
