@@ -101,7 +101,7 @@ def _fused_applies(q, dropout: bool) -> bool:
 
 
 def attention(q, k, v, mask, *, dropout_rate: float = 0.0, dropout_rng=None, scale=None,
-              query_mask=None):
+              query_mask=None, pair_mask=None):
     """Scaled dot-product attention with key-padding masking.
 
     q: (batch, queries, heads, head_dim); k, v: (batch, keys, heads, head_dim); mask: (batch,
@@ -110,11 +110,26 @@ def attention(q, k, v, mask, *, dropout_rate: float = 0.0, dropout_rng=None, sca
     query_mask: (batch, queries) bool or None. Where it is False the query's logits are all
     masked, as in LRA's query & key padding mask: its weights are uniform over every key, so its
     output is the plain mean of v (computed directly, the same on every backend).
+    pair_mask: a fixed sparsity pattern, bool broadcastable to (batch, heads, queries, keys)
+    (e.g. (1, 1, queries, keys)), True where a query may attend a key; it is and-ed with the key
+    mask. The patterned mixers (Sparse Transformer, Longformer's band) use it on their own
+    blocks; it takes the explicit form (neither cuDNN's lengths nor the CPU blocks carry it).
     """
-    y = _attention(q, k, v, mask, dropout_rate, dropout_rng, scale)
+    if pair_mask is not None:
+        y = _masked_explicit(q, k, v, mask, pair_mask, dropout_rate, dropout_rng, scale)
+    else:
+        y = _attention(q, k, v, mask, dropout_rate, dropout_rng, scale)
     if query_mask is None:
         return y
     return jnp.where(query_mask[:, :, None, None], y, mean_values(v))
+
+
+def _masked_explicit(q, k, v, mask, pair_mask, dropout_rate, dropout_rng, scale):
+    dropout = dropout_rate > 0.0 and dropout_rng is not None
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    _note("explicit", "a fixed sparsity pattern (pair_mask)")
+    return _explicit(q, k, v, jnp.logical_and(mask[:, None, None, :], pair_mask), scale,
+                     dropout_rate, dropout_rng if dropout else None)
 
 
 def _attention(q, k, v, mask, dropout_rate, dropout_rng, scale):
