@@ -19,6 +19,11 @@ PUBLISHED_NAMES = {
     "transformer": ("Transformer", "Standard Transformer"),
     "nystromformer": ("Nystromformer",),
     "linear": ("Linear Transformer",),
+    "local": ("Local Attention",),
+    "sparse_transformer": ("Sparse Transformer",),
+    "longformer": ("Longformer",),
+    "sinkhorn": ("Sinkhorn Transformer",),
+    "bigbird": ("BigBird",),
 }
 
 # (protocol, task) -> (mark, footnote): paper and code disagree; we follow the code.
