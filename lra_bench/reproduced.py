@@ -23,6 +23,11 @@ PUBLISHED_NAMES = {
     "performer": ("Performer",),
     "reformer": ("Reformer",),
     "synthesizer": ("Synthesizer",),
+    "local": ("Local Attention",),
+    "sparse_transformer": ("Sparse Transformer",),
+    "longformer": ("Longformer",),
+    "sinkhorn": ("Sinkhorn Transformer",),
+    "bigbird": ("BigBird",),
 }
 
 # (protocol, task) -> (mark, footnote): paper and code disagree; we follow the code.

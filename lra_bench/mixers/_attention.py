@@ -101,7 +101,7 @@ def _fused_applies(q, dropout: bool) -> bool:
 
 
 def attention(q, k, v, mask, *, dropout_rate: float = 0.0, dropout_rng=None, scale=None,
-              query_mask=None, bias=None):
+              query_mask=None, bias=None, pair_mask=None):
     """Scaled dot-product attention with key-padding masking.
 
     q: (batch, queries, heads, head_dim); k, v: (batch, keys, heads, head_dim); mask: (batch,
@@ -111,19 +111,32 @@ def attention(q, k, v, mask, *, dropout_rate: float = 0.0, dropout_rng=None, sca
     masked, as in LRA's query & key padding mask: its weights are uniform over every key, so its
     output is the plain mean of v (computed directly, the same on every backend).
     bias: None or an additive logit bias broadcastable to (batch, heads, queries, keys), added
-    in `island` precision before the key mask (Synthesizer's learnt random logits). A bias is
-    an N x N array already, so it always takes the explicit form.
+    in `island` precision before the masks (Synthesizer's learnt random logits).
+    pair_mask: a fixed sparsity pattern, bool broadcastable to (batch, heads, queries, keys)
+    (e.g. (1, 1, queries, keys)), True where a query may attend a key; it is and-ed with the key
+    mask. The patterned mixers (Sparse Transformer, Longformer's band) use it on their own
+    blocks. A bias or a pattern is an N x N array already, and neither cuDNN's lengths nor the
+    CPU blocks carry one, so both take the explicit form.
     """
-    if bias is not None:
-        _note("explicit", "an additive logit bias")
-        dropout = dropout_rate > 0.0 and dropout_rng is not None
-        y = _explicit(q, k, v, mask[:, None, None, :], q.shape[-1] ** -0.5 if scale is None
-                      else scale, dropout_rate, dropout_rng if dropout else None, bias=bias)
+    if bias is not None or pair_mask is not None:
+        y = _patterned(q, k, v, mask, bias, pair_mask, dropout_rate, dropout_rng, scale)
     else:
         y = _attention(q, k, v, mask, dropout_rate, dropout_rng, scale)
     if query_mask is None:
         return y
     return jnp.where(query_mask[:, :, None, None], y, mean_values(v))
+
+
+def _patterned(q, k, v, mask, bias, pair_mask, dropout_rate, dropout_rng, scale):
+    dropout = dropout_rate > 0.0 and dropout_rng is not None
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    key_mask = mask[:, None, None, :]
+    if pair_mask is not None:
+        key_mask = jnp.logical_and(key_mask, pair_mask)
+    _note("explicit", "a fixed sparsity pattern (pair_mask)" if bias is None
+          else "an additive logit bias")
+    return _explicit(q, k, v, key_mask, scale, dropout_rate, dropout_rng if dropout else None,
+                     bias=bias)
 
 
 def _attention(q, k, v, mask, dropout_rate, dropout_rng, scale):
