@@ -45,5 +45,14 @@ def data_dir(tmp_path_factory):
 
 
 @pytest.fixture
+def fast_compile():
+    """Steps that only have to run, not run fast: most XLA passes skipped (compiling is nearly
+    all of a one-step test's cost, and this halves it)."""
+    jax.config.update("jax_disable_most_optimizations", True)
+    yield
+    jax.config.update("jax_disable_most_optimizations", False)
+
+
+@pytest.fixture
 def results_dir(tmp_path):
     return tmp_path / "results"

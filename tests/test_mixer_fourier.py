@@ -134,15 +134,6 @@ def test_filtered_block_adds_to_the_filtered_normalised_input():
     assert not hasattr(plain.mixer, "after_block")
 
 
-@pytest.fixture
-def fast_compile():
-    """Smoke runs only need to train, not to be fast: skip most XLA optimisation passes, which
-    halves compile time."""
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", False)
-
-
 def smoke_run(model, tmp_path, overrides=()):
     small = ["data.num_train=64", "data.num_val=32", "data.num_test=32", "train.batch_size=16"]
     rc = config.resolve(model, "listops", "smoke", overrides=small + list(overrides), steps=3)

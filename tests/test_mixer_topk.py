@@ -198,15 +198,6 @@ def test_bad_schedule_is_one_line_error_before_anything_runs(tmp_path):
     assert not (tmp_path / "results").exists()
 
 
-@pytest.fixture
-def fast_compile():
-    """Smoke runs only need to train, not to be fast: skip most XLA optimisation passes, which
-    halves compile time."""
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", False)
-
-
 def test_topk_trains_in_a_smoke_run_and_is_reported(tmp_path, fast_compile):
     small = ["data.num_train=64", "data.num_val=32", "data.num_test=32", "train.batch_size=16"]
     rc = config.resolve("topk", "listops", "smoke", overrides=small, steps=3)
