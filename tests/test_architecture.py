@@ -13,11 +13,6 @@ ROOT = Path(lra_bench.__file__).parent
 LAYERS_DOC = ROOT.parent / "docs" / "architecture.md"
 MAX_LINES = 450
 
-# Issue 26's second round splits these (they are being changed elsewhere meanwhile); until then
-# they are the only exceptions. Remove an entry when its module is done.
-KNOWN_CYCLES = [{"data.pathfinder_gen", "data.pathfinder_separated"}]
-KNOWN_LONG = {"data.pathfinder_gen", "data.pathfinder_separated"}
-
 
 def modules(root: Path) -> dict[str, Path]:
     """Every module of the package at `root` by dotted name (the package itself: its name)."""
@@ -128,8 +123,7 @@ def short(module: str) -> str:
 # ---- lra_bench itself ------------------------------------------------------------------------
 
 def test_no_import_cycles():
-    found = [{short(m) for m in c} for c in cycles(import_graph(ROOT))]
-    assert [c for c in found if c not in KNOWN_CYCLES] == []
+    assert [{short(m) for m in c} for c in cycles(import_graph(ROOT))] == []
 
 
 def test_every_module_sits_in_a_documented_layer():
@@ -145,7 +139,7 @@ def test_imports_point_down_the_layers():
 
 def test_no_module_is_over_450_lines():
     long = {short(m): len(p.read_text().splitlines()) for m, p in modules(ROOT).items()}
-    assert {m: n for m, n in long.items() if n > MAX_LINES and m not in KNOWN_LONG} == {}
+    assert {m: n for m, n in long.items() if n > MAX_LINES} == {}
 
 
 # ---- the checks themselves, on a small package made for them -----------------------------------
