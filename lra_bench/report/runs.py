@@ -123,6 +123,7 @@ def runs_table(runs: pd.DataFrame, selection: str = "run", results_dir: Path | N
         stopped = (out["status"] == "running") & ~pd.Series(live, index=out.index, dtype=bool)
         out.loc[stopped, "status"] = "stopped"
         # A killed run never wrote its last checkpoint step into its summary: read the folder.
+        # (jax, through checkpoint: loaded only when a stopped run is listed)
         from lra_bench.checkpoint import newest_saved_step
 
         for i in out.index[stopped]:

@@ -4,12 +4,14 @@ LRA's release layout on disk, and the command line (`python -m lra_bench.data.pa
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import signal
 import sys
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from lra_bench.data.pathfinder_gen.datasets import (DIFFICULTIES, RESOLUTIONS, STYLES, Batch,
                                                     check_style, settings)
@@ -65,7 +67,6 @@ def _run(function, jobs, workers: int):
     if workers <= 1:
         yield from map(function, jobs)
         return
-    import multiprocessing
     # spawn: the caller may have started threads (JAX), which fork would copy half-alive.
     pool = multiprocessing.get_context("spawn").Pool(workers, initializer=_worker_init)
     try:
@@ -103,8 +104,6 @@ def generate_arrays(resolution: int, difficulty: str, n: int, seed: int, workers
 
 
 def _write_chunk(args) -> int:
-    from PIL import Image
-
     root, resolution, difficulty, count, seed, chunk, style = args
     batch, st = _batch(resolution, difficulty, count, seed, chunk, style)
     root = Path(root)

@@ -7,6 +7,7 @@ import math
 from math import ceil, pi
 
 import numpy as np
+from PIL import Image, ImageDraw
 
 from lra_bench.data.pathfinder_gen.datasets import Settings
 
@@ -21,8 +22,6 @@ def _to_uint8(a: np.ndarray) -> np.ndarray:
 
 
 def _lanczos(a: np.ndarray, size: int) -> np.ndarray:
-    from PIL import Image
-
     img = Image.fromarray(_to_uint8(a))  # 2-d uint8: mode L
     return np.asarray(img.resize((size, size), Image.Resampling.LANCZOS), np.float64)
 
@@ -89,8 +88,6 @@ class Stamps:
         hit = self._paddles.get(angle)
         if hit is not None:
             return hit
-        from PIL import Image, ImageDraw
-
         st, aa = self.st, self.st.antialias
         fine = self.half * 2 * aa + 1
         c = self.half * aa
