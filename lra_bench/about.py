@@ -6,7 +6,10 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections import Counter
 from typing import Any
+
+from rich.table import Table
 
 from lra_bench import __version__, config
 
@@ -15,8 +18,8 @@ LIST_FORMATS = ("table", "json", "csv")
 
 def versions() -> str:
     """lra-bench, jax and flax versions, the git commit, and the devices jax sees."""
-    from collections import Counter
-
+    # jax and flax (and measure, which imports jax): only --version needs them, while `lra --help`
+    # and `lra list` import this module
     import flax
     import jax
 
@@ -79,8 +82,6 @@ def to_csv(tables: dict[str, list[dict]]) -> str:
 
 
 def rich_tables(tables: dict[str, list[dict]]) -> list:
-    from rich.table import Table
-
     out = []
     for kind, rows in tables.items():
         t = Table(title=kind, title_justify="left")

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from lra_bench.errors import UserError
@@ -71,8 +72,6 @@ def from_primary(text: str, size: int = 512) -> str:
     """Process 0's `text` on every process (a run id the others did not make)."""
     if jax.process_count() == 1:
         return text
-    from jax.experimental import multihost_utils
-
     raw = np.zeros(size, np.uint8)
     data = text.encode()[:size]
     raw[:len(data)] = np.frombuffer(data, np.uint8)
@@ -85,8 +84,6 @@ def any_process(flag: bool) -> bool:
     own signal, maybe a step apart) is carried out by all at the same step."""
     if jax.process_count() == 1:
         return flag
-    from jax.experimental import multihost_utils
-
     votes = multihost_utils.process_allgather(np.array([flag], np.int32))
     return bool(np.asarray(votes).any())
 

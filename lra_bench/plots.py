@@ -20,10 +20,12 @@ def _length_label(n: int) -> str:
 
 def plot_sweep(df: pd.DataFrame, path: Path, title: str, baseline: str = "transformer") -> Path:
     """df: sweep rows (model, length, status, step_time_ms, peak_memory_bytes, ...)."""
+    # matplotlib: slow to import, and its backend is a setting of the whole process, chosen when
+    # a picture is drawn, not when this module is imported
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # pyplot only once the backend is chosen
     from matplotlib.ticker import FuncFormatter, LogLocator
 
     path = Path(path)
@@ -95,10 +97,11 @@ def plot_curves(curves: pd.DataFrame, path: Path, title: str,
 
     curves: preset, model, task, seed, step, train_loss, val_accuracy (%);
     baselines: (preset, task) -> (majority share (%), the split it is of: "validation" or "test")."""
+    # matplotlib: as in plot_sweep
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # pyplot only once the backend is chosen
 
     path = Path(path)
     if path.suffix.lower() != ".png":

@@ -61,8 +61,9 @@ def abstract_batch(rc: RunConfig, mode: str = "train") -> dict:
 
 
 def compile_abstract(rc: RunConfig, mode: str = "train") -> AbstractStep:
+    # flax (the mixers, the trainer): keep `import lra_bench.preflight` light for parse_bytes
     from lra_bench.mixers._attention import recording
-    from lra_bench.trainer import build  # jax-heavy; keep `import lra_bench.preflight` light
+    from lra_bench.trainer import build
 
     if mode not in MODES:
         raise UserError(f"unknown mode '{mode}'; choose one of: {', '.join(MODES)}")

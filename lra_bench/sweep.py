@@ -107,6 +107,7 @@ def plan(task: str, models: str, lengths: str, preset: str = "lra", batch_size: 
     if timeout_s <= 0:
         raise UserError(f"--timeout must be > 0 seconds, got {timeout_s}")
     if memory_limit is not None:
+        # jax (preflight imports it): the parent loads it only to check a --memory-limit
         from lra_bench.preflight import parse_bytes  # raises the UserError for a bad size
 
         parse_bytes(memory_limit)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
+from rich.table import Table
 
 from lra_bench import paths, sweep
 
@@ -121,8 +122,6 @@ LEFT = ("model", "hardware", "status", "memory source", "message")
 
 
 def rich_table(title: str, header: list[str], rows: list[list[str]]):
-    from rich.table import Table
-
     t = Table(title=title, title_justify="left")
     for h in header:
         t.add_column(h, justify="left" if h in LEFT else "right")

@@ -19,6 +19,9 @@ import time
 import traceback
 from pathlib import Path
 
+from lra_bench import config, host, results
+from lra_bench.errors import UserError
+
 OOM_MARKERS = ("resource_exhausted", "out of memory", "oom when allocating", "failed to allocate")
 
 
@@ -36,10 +39,12 @@ def short_message(error: BaseException, limit: int = 400) -> str:
 
 def measure_point(spec: dict, row: dict) -> None:
     """Fill `row` in place, so a failure half-way keeps what was measured before it."""
+    # jax and flax (measure, preflight, the trainer): imported here, inside main's try, so that a
+    # failure to import them is recorded as the point's error row like any other failure
     import jax
     import numpy as np
 
-    from lra_bench import config, measure, preflight
+    from lra_bench import measure, preflight
     from lra_bench.data import synthetic
     from lra_bench.trainer import build
 
@@ -98,8 +103,7 @@ def measure_point(spec: dict, row: dict) -> None:
 
 def check_points(spec: dict) -> list[dict]:
     """The points of a sweep whose model cannot be built at their length, and why."""
-    from lra_bench import config, model
-    from lra_bench.errors import UserError
+    from lra_bench import model  # flax and jax: as in measure_point, loaded by the check only
 
     refused = []
     for point in spec["points"]:
@@ -130,13 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true",
                         help="only build every point of the spec abstractly; write the refusals")
     args = parser.parse_args(argv)
-    from lra_bench import host
-
     host.tune_malloc()  # as `lra run`: the step times a sweep reports are a run's
     spec = json.loads(args.spec)
     if args.check:
-        from lra_bench import results
-
         results.write_json_atomic(args.out, check_points(spec))
         return 0
     row = {"status": "error", "message": ""}
@@ -148,8 +148,6 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # noqa: BLE001 -- every failure is a result, recorded as such
         row.update(status=classify(e), message=short_message(e))
         traceback.print_exc(file=sys.stderr)
-    from lra_bench import results
-
     results.write_json_atomic(args.out, row)
     return 0
 

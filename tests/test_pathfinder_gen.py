@@ -15,7 +15,8 @@ from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
 from lra_bench.data import pathfinder_gen as pg
-from lra_bench.data import pathfinder_separated as sep
+from lra_bench.data.pathfinder_gen import release, render, snakes2
+from lra_bench.data.pathfinder_gen import separated as sep
 from lra_bench.errors import UserError
 
 import pathfinder_stats as ps
@@ -134,17 +135,17 @@ def test_paddle_and_saved_grey_levels_equal_snakes2s(case):
     assert (st.paddle_length, st.thickness, st.antialias, st.marker_radius) == \
         (k["paddle_length"], k["thickness"], k["antialias"], k["marker_radius"])
     (py, px), (my, mx) = k["paddle_at"], k["marker_at"]
-    marker = pg._circle(st, my, mx) / 255.0
+    marker = render._circle(st, my, mx) / 255.0
     lines, masks, saved = [], [], []
     for deg in range(-180, 180):
         a = deg * np.pi / 180
-        c = pg._Canvas(st, s, None)
+        c = snakes2._Canvas(st, s, None)
         c.draw(a, py, px, k["contrast"])
         mask = np.zeros_like(c.mask)
-        pg._paste(mask, s.paddle(a)[1], py + s.pad, px + s.pad, s.half)
+        render._paste(mask, s.paddle(a)[1], py + s.pad, px + s.pad, s.half)
         lines.append(c.inner(c.image).astype(np.float64))
         masks.append(c.inner(mask).astype(np.float64))
-        saved.append(pg._to_uint8(np.maximum(c.inner(c.image), marker)))  # as draw_image
+        saved.append(render._to_uint8(np.maximum(c.inner(c.image), marker)))  # as draw_image
     saved = np.stack(saved)
     hist = np.bincount(saved.ravel(), minlength=256)
     off = {v: (int(hist[v]), ref["histogram"][v]) for v in range(256)
@@ -182,14 +183,14 @@ def test_marker_at_the_edge_is_cut_like_snakes2():
     """A marker is a disc Lanczos-resized over the whole image, so at the border it is cut and
     renormalised, not a shifted copy of an interior marker."""
     st = pg.settings(128, "curv_contour_length_14")
-    inner, edge = pg._circle(st, 60, 60), pg._circle(st, 60, 0)
+    inner, edge = render._circle(st, 60, 60), render._circle(st, 60, 0)
     right = inner[:, 60:65]  # the part of an interior marker that stays inside at x = 0
     assert np.abs(edge[:, :5] - right).max() <= 8 and not np.array_equal(edge[:, :5], right)
     assert edge[:, 5:].sum() < 0.05 * edge.sum() and edge.sum() < 0.75 * inner.sum()
 
 
 def test_release_layout_and_metadata(tmp_path, monkeypatch):
-    monkeypatch.setattr(pg, "IMAGES_PER_FOLDER", 10)
+    monkeypatch.setattr(release, "IMAGES_PER_FOLDER", 10)
     pg.main(["--out", str(tmp_path), "--resolution", "32", "--difficulty", "curv_baseline",
              "--num-images", "25", "--seed", "1", "--workers", "1"])
     root = tmp_path / "pathfinder32" / "curv_baseline"
@@ -213,7 +214,7 @@ def test_release_layout_and_metadata(tmp_path, monkeypatch):
 
 
 def test_worker_processes_give_the_same_images(monkeypatch):
-    monkeypatch.setattr(pg, "IMAGES_PER_FOLDER", 6)
+    monkeypatch.setattr(release, "IMAGES_PER_FOLDER", 6)
     one = pg.generate_arrays(32, "curv_baseline", 12, seed=2, workers=1)
     two = pg.generate_arrays(32, "curv_baseline", 12, seed=2, workers=2)
     assert np.array_equal(one[0], two[0]) and np.array_equal(one[1], two[1])

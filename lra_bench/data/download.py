@@ -32,6 +32,10 @@ import zlib
 from pathlib import Path
 from typing import Callable
 
+from rich.console import Console
+from rich.progress import (BarColumn, DownloadColumn, Progress, TimeRemainingColumn,
+                           TransferSpeedColumn)
+
 from lra_bench.data.cache import sha256_file
 from lra_bench.data.safety import TarGuard, data_filter_ok, ensure_free, gib, limits
 from lra_bench.errors import UserError
@@ -57,16 +61,11 @@ class ByteProgress:
     """A rich bar on a terminal, a log line every 10% otherwise."""
 
     def __init__(self, label: str, total: int | None, done: int = 0, log: Log | None = None):
-        from rich.console import Console
-
         self.label, self.total, self.done, self.log = label, total, done, log
         self._bar = None
         self._next_pct = 10
         console = Console(stderr=True)
         if console.is_terminal:
-            from rich.progress import (BarColumn, DownloadColumn, Progress, TimeRemainingColumn,
-                                       TransferSpeedColumn)
-
             self._bar = Progress("[bold]{task.description}", BarColumn(), DownloadColumn(),
                                  TransferSpeedColumn(), TimeRemainingColumn(), console=console)
             self._task = self._bar.add_task(label, total=total, completed=done)

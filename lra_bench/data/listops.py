@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lra_bench import config
 from lra_bench.data.cache import token_dtype
 from lra_bench.data.prepare import files_fingerprint
 from lra_bench.data.safety import gib, limits
@@ -229,8 +230,6 @@ def generate_source(data: dict, out: Path, log) -> None:
 
 
 def main(argv=None) -> None:
-    from lra_bench import config
-
     p = argparse.ArgumentParser(description="Generate ListOps in the official TSV layout.")
     p.add_argument("--preset", default="smoke", help="the listops task preset whose [data] to use")
     p.add_argument("--out", required=True, type=Path)

@@ -128,6 +128,8 @@ def read_tfds(original: Original, splits: tuple[str, ...], data_dir: str | None,
     download that cannot be used) and says how to get the original archive."""
     can_prepare = tensorflow_installed()
     try:
+        # tensorflow_datasets (TensorFlow too, where installed): slow to import, and only
+        # reading an original set needs it
         import tensorflow_datasets as tfds
 
         out = {}

@@ -28,6 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from lra_bench.data.image import downsample, downsample_record, rgb_to_grayscale
 from lra_bench.data.prepare import fraction_boundary
@@ -94,8 +95,6 @@ def read_metadata(folder: Path) -> tuple[list[str], np.ndarray]:
 def decode_png(folder: Path, rel: str, resolution: int) -> tuple[int, np.ndarray | None]:
     """Decode folder/rel if it is a regular file inside folder, of a plausible size, whose header
     says resolution x resolution: checked before any pixel is decoded."""
-    from PIL import Image
-
     path = inside(folder, rel)
     if path is None:
         return UNSAFE, None
@@ -129,8 +128,6 @@ def decode_png(folder: Path, rel: str, resolution: int) -> tuple[int, np.ndarray
 def read_images(folder: Path, paths: list[str], resolution: int, pixels: np.ndarray, log) -> np.ndarray:
     """Decode every PNG into pixels[i] (threads: PIL releases the GIL while decoding);
     returns the status of each."""
-    from PIL import Image
-
     status = np.zeros(len(paths), np.int8)
     chunk = 2048
 

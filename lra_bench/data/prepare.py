@@ -50,8 +50,7 @@ def stderr_log(message: str) -> None:
 
 
 # Modules of this package that are machinery, not loaders.
-HELPERS = frozenset({"pipeline", "cache", "prepare", "download", "pathfinder_gen",
-                     "pathfinder_separated"})
+HELPERS = frozenset({"pipeline", "cache", "prepare", "download", "pathfinder_gen"})
 
 
 def loaders() -> list[str]:
