@@ -12,6 +12,15 @@ ms of --repeats calls after a warm-up, compile seconds, and memory: XLA's compil
 (arguments + outputs + temporaries - aliased; the same on any machine with this XLA), plus the
 device's peak where the backend keeps one (GPU; it is the process's peak so far, so lengths run
 in increasing order). Lengths default to 1K-8K, and 16K on a GPU.
+
+FLOPs per call: XLA's cost analysis (`xla_gflop`, which counts a loop's body once) and the
+figure with every loop body counted as often as it runs (`gflop`, `measure.cost_flops`: the
+compiled HLO walked with each while loop's known trip count, `lra_bench/hlo_flops.py`); for
+softmax also a hand count (`hand_gflop`: 12 B H N^2 d for the attention, 2 products forward and
+4 backward, plus 24 B N D^2 for the four projections; the CPU blocks also recompute the logits in
+the backward pass, 2 B H N^2 d more that the hand count leaves out). Achieved GFLOP/s =
+gflop / minimum time; the roof is the GFLOP/s of a ROOF_SIZE^3 float32 matrix product measured in
+the same process and settings (its minimum over the repeats), and `roof_share` is their ratio.
 """
 
 from __future__ import annotations
@@ -53,6 +62,23 @@ KERNELS = {
 }
 
 
+ROOF_SIZE = 2048
+
+
+def roof_gflops(repeats: int, size: int = ROOF_SIZE, dtype=jnp.float32) -> float:
+    """GFLOP/s of a dense (size x size) @ (size x size) product in this process: the roof."""
+    a = jax.random.normal(jax.random.key(0), (size, size), dtype)
+    compiled, _ = compile_timed(lambda x, y: x @ y, a, a)
+    return 2 * size**3 / min(time_calls(compiled, (a, a), max(repeats, 3))) / 1e9
+
+
+def hand_flops(name: str, length: int, *, batch: int, dim: int, heads: int) -> float | None:
+    """Forward + backward FLOPs counted by hand, where one is kept (softmax: see the module)."""
+    if name != "softmax":
+        return None
+    return 12.0 * batch * heads * length**2 * (dim // heads) + 24.0 * batch * length * dim**2
+
+
 def layer_loss(graphdef):
     def loss(params, x, mask):
         m = nnx.merge(graphdef, params)
@@ -84,15 +110,22 @@ def build_step(name: str, length: int, *, batch: int, dim: int, heads: int, dtyp
     return compiled, compile_s, args
 
 
-def measure_point(name, length, args) -> dict:
+def measure_point(name, length, args, roof: float | None = None) -> dict:
     compiled, compile_s, call_args = build_step(name, length, batch=args.batch, dim=args.dim,
                                                 heads=args.heads, dtype=jnp.dtype(args.dtype))
     times = time_calls(compiled, call_args, args.repeats)
     estimate = measure.compiled_memory_estimate(compiled)
     peak = measure.device_peak_bytes()
+    flops, xla_flops = measure.cost_flops(compiled), measure.xla_cost_flops(compiled)
+    hand = hand_flops(name, length, batch=args.batch, dim=args.dim, heads=args.heads)
+    gflops = flops / min(times) / 1e9 if flops else None
     return {"kernel": name, "length": length, **summary_ms(times), "compile_s": compile_s,
             "xla_estimate_mib": estimate / 2**20 if estimate else None,
-            "device_peak_mib": peak / 2**20 if peak else None}
+            "device_peak_mib": peak / 2**20 if peak else None,
+            "gflop": flops / 1e9 if flops else None,
+            "xla_gflop": xla_flops / 1e9 if xla_flops else None,
+            "hand_gflop": hand / 1e9 if hand else None, "gflops": gflops,
+            "roof_share": gflops / roof if gflops and roof else None}
 
 
 def run(args, malloc_tuned: bool = False) -> dict:
@@ -104,10 +137,12 @@ def run(args, malloc_tuned: bool = False) -> dict:
            "device": measure.device_info(), "versions": versions(), "malloc_tuned": malloc_tuned,
            "config": {"batch": args.batch, "dim": args.dim, "heads": args.heads,
                       "dtype": args.dtype, "repeats": args.repeats},
+           "roof_gflops": roof_gflops(args.repeats, dtype=jnp.dtype(args.dtype)),
+           "roof": f"{ROOF_SIZE}^3 {args.dtype} matrix product, minimum of the repeats",
            "results": []}
     for length in lengths:  # increasing: the device peak so far is this length's peak
         for name in args.kernels:
-            point = measure_point(name, length, args)
+            point = measure_point(name, length, args, out["roof_gflops"])
             out["results"].append(point)
             if args.out:  # after every point: a run cut short keeps what it measured
                 write(args.out, out)
@@ -141,9 +176,18 @@ def markdown(report: dict) -> str:
         "`benchmarks/kernels.py`. Times are wall-clock and machine-dependent (a shared CPU is "
         "noisy: compare within one table); the XLA estimate is not.",
     ]
+    if report.get("roof_gflops"):
+        lines += ["", f"The roof: {report['roof_gflops']:.1f} GFLOP/s ({report['roof']}, "
+                      "measured in the same process). FLOPs: see `benchmarks/kernels.py`."]
     measures = [("min_ms", "Minimum ms", "{:.1f}"), ("median_ms", "Median ms", "{:.1f}"),
                 ("xla_estimate_mib", "XLA memory estimate, MiB", "{:.0f}"),
                 ("device_peak_mib", "Device peak so far, MiB", "{:.0f}"),
+                ("gflop", "GFLOP per call, loops counted in full", "{:.2f}"),
+                ("xla_gflop", "GFLOP per call, XLA's cost analysis (a loop's body once)",
+                 "{:.2f}"),
+                ("hand_gflop", "GFLOP per call, hand count", "{:.2f}"),
+                ("gflops", "Achieved GFLOP/s (loops counted, minimum time)", "{:.1f}"),
+                ("roof_share", "Share of the roof, %", "{:.0%}"),
                 ("compile_s", "Compile seconds", "{:.1f}")]
     for key, title, fmt in measures:
         if all(r.get(key) is None for r in rows):

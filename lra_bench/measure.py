@@ -9,8 +9,9 @@ from pathlib import Path
 import jax
 
 
-def cost_flops(compiled) -> float | None:
-    """FLOPs of one call from XLA's cost analysis (a dict, or a list of one, by jax version)."""
+def xla_cost_flops(compiled) -> float | None:
+    """FLOPs of one call from XLA's cost analysis (a dict, or a list of one, by jax version): a
+    loop's body counted once."""
     try:
         cost = compiled.cost_analysis()
     except Exception:  # some backends do not implement it
@@ -18,6 +19,23 @@ def cost_flops(compiled) -> float | None:
     if isinstance(cost, (list, tuple)):
         cost = cost[0] if cost else None
     return float(cost["flops"]) if cost and "flops" in cost else None
+
+
+def cost_flops(compiled) -> float | None:
+    """FLOPs of one call: XLA's cost analysis plus the loop iterations it leaves out (each while
+    loop's body counted trip-count times over the compiled HLO, `lra_bench.hlo_flops`)."""
+    flops = xla_cost_flops(compiled)
+    if flops is None:
+        return None
+    try:
+        from lra_bench import hlo_flops  # small, pure text parsing
+
+        repeated, once = hlo_flops.loop_flops(compiled.as_text())
+    except Exception:  # no HLO text on this backend: XLA's figure as it is
+        return flops
+    if flops >= 0.9 * repeated:  # an XLA that already counts loops in full: nothing to add
+        return flops
+    return flops + max(0.0, repeated - once)
 
 
 def compiled_memory_estimate(compiled) -> int | None:

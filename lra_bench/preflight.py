@@ -92,8 +92,8 @@ def compile_abstract(rc: RunConfig, mode: str = "train") -> AbstractStep:
 
 
 def describe_attention(forms) -> str:
-    """'fused cuDNN x 4', 'explicit x 4 (attention dropout: ...)', or 'none' for mixers that
-    attend otherwise."""
+    """'fused cuDNN x 4', 'key blocks x 4 (attention dropout: ...)', 'explicit x 4 (...)', or
+    'none' for mixers that attend otherwise."""
     if not forms:
         return "none (this mixer does not use softmax attention)"
     return "; ".join(f"{form} x {n}" + (f" ({why})" if why else "")

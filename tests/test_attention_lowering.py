@@ -63,6 +63,15 @@ def square_arrays(text: str, n: int) -> set[str]:
     return found
 
 
+def long_arrays(text: str, n: int) -> set[str]:
+    """Array types with at least two dimensions of n or more, in any order."""
+    found = set()
+    for shape in re.findall(r"tensor<((?:\d+x)+)[a-z]+\d*>", text):
+        if sum(int(d) >= n for d in shape.rstrip("x").split("x")) >= 2:
+            found.add(shape.rstrip("x"))
+    return found
+
+
 def calls(text: str, target: str) -> int:
     return len(re.findall(rf'custom_call @{re.escape(target)}\(|call_target_name = "{re.escape(target)}"', text))
 
@@ -103,3 +112,20 @@ def test_preflight_says_which_form_each_attention_takes(as_if_on_a_gpu):
     with _attention.recording() as forms:
         cuda_program("linear")
     assert describe_attention(forms).startswith("none")
+
+
+def test_a_train_step_with_attention_dropout_at_4k_holds_no_n_squared_array(as_if_on_a_gpu):
+    # LRA's GPU presets train with attention dropout 0.1, which cuDNN's kernel does not take: the
+    # attention runs over blocks of keys (online softmax, the mask drawn again in the backward)
+    from lra_bench.preflight import describe_attention
+
+    dropout = ("data.max_length=4096", "model.attention_dropout=0.1")
+    with _attention.recording() as forms:
+        text = cuda_program("transformer", *dropout)
+    assert describe_attention(forms).startswith("key blocks x 2 (attention dropout: ")
+    assert calls(text, "__cudnn$fmhaSoftmax") == 0
+    assert not long_arrays(text, 4097 // 2), "an N x N array is left"
+    # the same check sees the explicit form's arrays
+    with pytest.MonkeyPatch.context() as m:
+        m.setenv("LRA_ATTENTION", "explicit")
+        assert "2x2x4097x4097" in long_arrays(cuda_program("transformer", *dropout), 4097 // 2)

@@ -15,11 +15,15 @@ layout and writes about eight N x N arrays per step (five of them transposed cop
 Sequence lengths are padded to a multiple of 64 and head sizes to a multiple of 8 for the
 kernel (zero features change no logit): in training JAX's cuDNN wrapper refuses odd lengths, and a
 CLS token makes 4097; Pathfinder's LRA heads have 4 features.
-Otherwise (GPU in float32/float64, with attention dropout, or heads over 128 features) the lean
-explicit form: two einsums, a `where` for the key mask and `jax.nn.softmax`.
+Otherwise (GPU in float32/float64, with attention dropout, heads over 128 features, or a call
+cuDNN rejected), where the N x N logits would pass 16 MiB: blocks of keys with an online softmax
+(`lra_bench.mixers._key_blocks`), memory linear in the length, attention dropout's mask drawn per
+key block from a folded key in the forward pass and again in the backward pass, never stored.
+Below that the lean explicit form: two einsums, a `where` for the key mask and `jax.nn.softmax`.
 
 `tests/test_attention_lowering.py` lowers whole train steps for CUDA on a CPU host and checks that
-every softmax attention there is the cuDNN call and that no N x N array is left.
+every softmax attention there is the cuDNN call and that no N x N array is left, and that a step
+with attention dropout at 4K holds no N x N array either (key blocks).
 
 Precision follows the mixed-precision rule of `lra_bench.mixers`: logits are accumulated, masked
 and normalised in `island(dtype)` (float32 for bf16/fp16/float32, float64 for float64); the
@@ -39,6 +43,7 @@ import os
 import jax
 import jax.numpy as jnp
 
+from lra_bench.mixers import _key_blocks
 from lra_bench.mixers._blocks import SMALL_BYTES, mean_values, pays, query_blocks
 from lra_bench.mixers._precision import island
 
@@ -166,6 +171,12 @@ def _attention(q, k, v, mask, dropout_rate, dropout_rng, scale):
             _note("query blocks")
             return query_blocks(q, k, v, key_mask, scale, keep, dropout_rate)
         why = f"small: under {SMALL_BYTES // 1024} KiB of logits the explicit form is faster"
+    elif not _explicit_only() and _key_blocks.pays(q, k):
+        # not fused on a GPU, and the N x N form would hold real memory: blocks of keys with an
+        # online softmax, memory linear in the length, the dropout mask drawn again (not kept)
+        _note("key blocks", why)
+        return _key_blocks.key_blocks(q, k, v, mask, scale, dropout_rng if dropout else None,
+                                      dropout_rate)
     _note("explicit", why)
     return _explicit(q, k, v, key_mask, scale, dropout_rate, dropout_rng if dropout else None)
 
@@ -208,13 +219,13 @@ def _keep_mask(q, k, rate, rng):
     again in the backward pass would double that cost.
     """
     b, n, h = q.shape[:3]
-    keys = k.shape[1]
-    words = jax.random.bits(rng, (b, h, n, -(-keys // 2)), jnp.uint32)
-    halves = jnp.stack([words & 0xFFFF, words >> 16], axis=-1).reshape(b, h, n, -1)[..., :keys]
-    return halves < round((1.0 - rate) * 65536)
+    return _key_blocks.keep_bits(rng, (b, h, n, k.shape[1]), rate)
 
 
-def _explicit(q, k, v, key_mask, scale, dropout_rate: float = 0.0, dropout_rng=None, bias=None):
+def _explicit(q, k, v, key_mask, scale, dropout_rate: float = 0.0, dropout_rng=None, bias=None,
+              keep=None):
+    """keep: a (batch, heads, queries, keys) keep mask to use instead of drawing one from
+    dropout_rng (the tests give it the key blocks' mask, `_key_blocks.keep_mask`)."""
     acc = island(q.dtype)
     # Scaling q (n x d) instead of the logits (n x n) saves a pass over the largest array.
     logits = jnp.einsum("bqhd,bkhd->bhqk", q * scale, k, preferred_element_type=acc)
@@ -222,7 +233,8 @@ def _explicit(q, k, v, key_mask, scale, dropout_rate: float = 0.0, dropout_rng=N
         logits = logits + bias.astype(acc)
     logits = jnp.where(key_mask, logits, jnp.finfo(acc).min)
     weights = jax.nn.softmax(logits, axis=-1)
-    if dropout_rng is not None:
+    if dropout_rng is not None and keep is None:
         keep = _keep_mask(q, k, dropout_rate, dropout_rng)
+    if keep is not None:
         weights = jnp.where(keep, weights / (1.0 - dropout_rate), 0.0)
     return jnp.einsum("bhqk,bkhd->bqhd", weights.astype(v.dtype), v)
