@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 from rich.table import Table
 
-from lra_bench import paths, reproduced, results
+from lra_bench import paths, records, reproduced, results
 
 TASK_ORDER = ["listops", "text", "retrieval", "image", "pathfinder", "pathx"]
 FORMATS = ("table", "markdown", "csv", "json", "latex")
@@ -242,12 +242,8 @@ def runs_table(runs: pd.DataFrame, selection: str = "run", results_dir: Path | N
 
 def best_eval(run_path: Path) -> dict | None:
     """The evaluation with the highest validation accuracy in a run's metrics.jsonl, if any."""
-    try:
-        lines = (run_path / "metrics.jsonl").read_text().splitlines()
-        evals = [json.loads(line) for line in lines if line.strip()]
-    except (OSError, ValueError):
-        return None
-    evals = [e for e in evals if isinstance(e, dict) and "val_accuracy" in e and "step" in e]
+    evals, _ = records.read_lines(run_path / "metrics.jsonl", records.METRICS_LINE)
+    evals = [e for e in evals if e.get("val_accuracy") is not None]
     return max(evals, key=lambda e: e["val_accuracy"]) if evals else None
 
 
@@ -574,20 +570,22 @@ def render(shown: list[Shown], format: str) -> str:
 
 # ---- learning curves -------------------------------------------------------------------------
 
-def learning_curves(runs: pd.DataFrame, results_dir: Path) -> pd.DataFrame:
+def learning_curves(runs: pd.DataFrame, results_dir: Path,
+                    warnings: list[str] | None = None) -> pd.DataFrame:
     """Every evaluation of the finished runs (metrics.jsonl): preset, model, task, seed, step,
-    train_loss, val_accuracy (%)."""
+    train_loss, val_accuracy (%). A damaged line is skipped, with a warning added to
+    `warnings`."""
     done = finished_runs(normalise(runs))
     done = done[done["status"] == "completed"] if not done.empty else done
     frames = []
     for _, r in done.iterrows():
         path = Path(results_dir) / "runs" / str(r["run_id"]) / "metrics.jsonl"
-        try:
-            records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        except (OSError, json.JSONDecodeError):
-            continue  # a run without readable metrics has no curve; the tables still show it
-        if records:
-            f = pd.DataFrame(records)
+        # a run without readable metrics has no curve; the tables still show it
+        lines, skipped = records.read_lines(path, records.METRICS_LINE)
+        if warnings is not None:
+            warnings.extend(skipped)
+        if lines:
+            f = pd.DataFrame(lines)
             f = f[[c for c in ("step", "train_loss", "val_accuracy") if c in f]]
             frames.append(f.assign(preset=r["preset"], model=r["model"], task=r["task"],
                                    seed=r.get("seed")))
