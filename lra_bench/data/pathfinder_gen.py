@@ -566,11 +566,15 @@ def _generate_chunk(args) -> Batch:
     return _batch(*args)[0]
 
 
+_STOPS = {signal.SIGINT, signal.SIGTERM}
+
+
 def _worker_init():
     # Ctrl-C reaches the whole process group: workers ignore it and the parent stops them.
     # SIGTERM keeps its default, so a worker dies with its group (`timeout`, a batch system).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOPS)  # blocked by the parent while starting
 
 
 def _run(function, jobs, workers: int):
@@ -582,8 +586,14 @@ def _run(function, jobs, workers: int):
         yield from map(function, jobs)
         return
     import multiprocessing
-    # spawn: the caller may have started threads (JAX), which fork would copy half-alive.
-    pool = multiprocessing.get_context("spawn").Pool(workers, initializer=_worker_init)
+    # spawn: the caller may have started threads (JAX), which fork would copy half-alive. A stop
+    # signal waits until every worker has been handed its start-up data (one that came half-way
+    # would leave a worker failing with a traceback), then stops them below.
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _STOPS)
+    try:
+        pool = multiprocessing.get_context("spawn").Pool(workers, initializer=_worker_init)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
     try:
         yield from pool.imap(function, jobs)
         pool.close()
