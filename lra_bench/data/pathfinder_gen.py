@@ -41,6 +41,7 @@ import math
 import os
 import signal
 import sys
+import threading
 from dataclasses import dataclass
 from math import ceil, pi
 from pathlib import Path
@@ -574,7 +575,6 @@ def _worker_init():
     # SIGTERM keeps its default, so a worker dies with its group (`timeout`, a batch system).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOPS)  # blocked by the parent while starting
 
 
 def _run(function, jobs, workers: int):
@@ -587,14 +587,20 @@ def _run(function, jobs, workers: int):
         return
     import multiprocessing
     # spawn: the caller may have started threads (JAX), which fork would copy half-alive. A stop
-    # signal waits until every worker has been handed its start-up data (one that came half-way
-    # would leave a worker failing with a traceback), then stops them below.
-    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _STOPS)
+    # signal while the pool starts is held until it has started (one that came half-way would
+    # leave a worker failing with a traceback), then delivered: the workers are stopped below.
+    held: list[int] = []
+    main = threading.current_thread() is threading.main_thread()
+    previous = {s: signal.signal(s, lambda signum, frame: held.append(signum))
+                for s in _STOPS} if main else {}
     try:
         pool = multiprocessing.get_context("spawn").Pool(workers, initializer=_worker_init)
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
     try:
+        if held:
+            signal.raise_signal(held[0])
         yield from pool.imap(function, jobs)
         pool.close()
     finally:
