@@ -15,7 +15,7 @@ hand, so every reader checks it here before it reaches arithmetic, an index or a
 ("'jobs' must be a list, found str"). A reader either skips the record with a warning naming the
 file (reports) or refuses it with a UserError naming the file and what to do (resume, grids).
 
-A schema is a type (`str`, `int`, `float`: a number, `bool`), `Opt(schema)` (None allowed), a
+A schema is a type (`str`, `int`, `float`: a number, `bool`, `dict`: any object, `list`: any list), `Opt(schema)` (None allowed), a
 one-element list `[schema]` (a list of such), `Text(pattern)` (text matching a regex), `Map(schema)`
 (an object of any keys, each value such) or a dict {key: schema} (an object with those keys, where
 a key wrapped in `Opt` may be missing or null; other keys are allowed).
@@ -72,8 +72,8 @@ def problem(value: Any, schema: Any, where: str = "") -> str | None:
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif schema is float:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    elif schema is str:
-        ok = isinstance(value, str)
+    elif schema in (str, dict, list):
+        ok = isinstance(value, schema)
     elif isinstance(schema, list):
         if not isinstance(value, list):
             return f"{at}must be a list, found {_found(value)}"
