@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from lra_bench import records
 from lra_bench.errors import UserError
 from lra_bench.report import Shown
 
@@ -40,13 +41,15 @@ def find_run(results_dir: Path, ref: str) -> Path:
     raise UserError(f"'{ref}' {what} in {runs}; give a run id from `lra report --runs`")
 
 
-def _read(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
+def _read(path: Path, schema) -> dict:
+    """A run's config.json or summary.json, checked (records); a missing file reads as {} (a run
+    that has not written it yet), a damaged one is refused naming it."""
+    if not path.exists():
         return {}
-    except (OSError, json.JSONDecodeError) as e:
-        raise UserError(f"{path}: unreadable ({e})") from None
+    doc, why = records.read(path, schema)
+    if why is not None:
+        raise UserError(f"{path} {why}; compare another run (`lra report --runs` lists them)")
+    return doc
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, object]:
@@ -72,8 +75,8 @@ def _cell(v, scale=None) -> str:
 def compare(results_dir: Path, a: str, b: str) -> list[Shown]:
     runs = [find_run(results_dir, ref) for ref in (a, b)]
     names = [p.name for p in runs]
-    configs = [flatten(_read(p / "config.json")) for p in runs]
-    summaries = [_read(p / "summary.json") for p in runs]
+    configs = [flatten(_read(p / "config.json", records.CONFIG)) for p in runs]
+    summaries = [_read(p / "summary.json", records.SUMMARY) for p in runs]
     keys = sorted(set(configs[0]) | set(configs[1]))
     differ = [k for k in keys if configs[0].get(k, "<unset>") != configs[1].get(k, "<unset>")]
     config_rows = [[k, _cell(configs[0].get(k, "<unset>")), _cell(configs[1].get(k, "<unset>"))]

@@ -15,6 +15,7 @@ only with a value of the same type. That makes a typo anywhere an error that nam
 from __future__ import annotations
 
 import copy
+import math
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -66,6 +67,11 @@ def _read_toml(path) -> dict[str, Any]:
         return tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as e:
         raise UserError(f"{path}: malformed TOML ({e}); fix the file") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); save it as "
+                        "UTF-8") from None
+    except IsADirectoryError:
+        raise UserError(f"{path} is a folder, not a TOML file; rename or remove it") from None
 
 
 @dataclass(frozen=True)
@@ -100,6 +106,15 @@ def available(kind: str) -> dict[str, Entry]:
 # What a task or model TOML must declare for anything to read it.
 REQUIRED = {"tasks": ("data", ("loader", "max_length", "vocab_size", "num_classes")),
             "models": ("mixer", ("kind",))}
+
+
+def _file(kind: str, name: str) -> str:
+    """The file a task or model comes from, as an error names it: the built-in ones by their
+    folder (tasks/listops.toml), a --config-dir or $LRA_CONFIG_PATH one by its path."""
+    entry = available(kind).get(name)
+    if entry is None or entry.path is None or entry.source in ("built-in", "LRA_HOME"):
+        return f"{kind}/{name}.toml"
+    return str(entry.path)
 
 
 def load_spec(kind: str, name: str) -> dict[str, Any]:
@@ -203,11 +218,12 @@ def resolve(
     cfg: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
     _apply(cfg, _read_toml(paths.PACKAGE_DIR / "defaults.toml"), "defaults.toml", ("model", "train"))
     for label, layer in _layers(task_doc, None, preset):
-        _apply(cfg, layer, f"tasks/{task}.toml{label}", ("data",) if not label else ())
+        _apply(cfg, layer, f"{_file('tasks', task)}{label}", ("data",) if not label else ())
     for label, layer in _layers(model_doc, task, preset):
-        _apply(cfg, layer, f"models/{model}.toml{label}", ("mixer",) if not label else ())
+        _apply(cfg, layer, f"{_file('models', model)}{label}", ("mixer",) if not label else ())
     if "kind" not in cfg["mixer"]:
-        raise UserError(f"models/{model}.toml: [mixer] needs a 'kind' (the mixer module's name)")
+        raise UserError(f"{_file('models', model)}: [mixer] needs a 'kind' (the mixer module's "
+                        "name)")
 
     if steps is not None:  # recorded like any --set
         overrides = [*overrides, f"train.steps={steps}"]
@@ -231,7 +247,7 @@ def resolve_data(task: str, preset: str, overrides: list[str] | tuple[str, ...] 
     cfg: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
     for label, layer in _layers(task_doc, None, preset):
         data = {"data": layer["data"]} if "data" in layer else {}
-        _apply(cfg, data, f"tasks/{task}.toml{label}", ("data",) if not label else ())
+        _apply(cfg, data, f"{_file('tasks', task)}{label}", ("data",) if not label else ())
     sets: dict[str, dict[str, Any]] = {}
     for text in overrides:
         section, name, value = parse_override(text)
@@ -253,36 +269,39 @@ def resolve_data(task: str, preset: str, overrides: list[str] | tuple[str, ...] 
 # include the bound, "(" and ")" exclude it). A key a config does not have is not checked, so
 # loader- and mixer-specific keys can live here too. Rules that tie two keys together are in
 # `validate`; a mixer checks its own option choices (see lra_bench.mixers).
+# A count or size is at most 2147483647 (2**31 - 1) below: what 32-bit indexing (XLA's, the int32
+# tokens) can address, far beyond what any device holds, so a typo of many digits is refused here
+# and not by an overflow (or hours of training) later.
 RANGES: dict[str, str] = {
-    "model.emb_dim": "[1, inf)",
-    "model.qkv_dim": "[1, inf)",
-    "model.mlp_dim": "[1, inf)",
-    "model.num_layers": "[1, inf)",
-    "model.num_heads": "[1, inf)",
+    "model.emb_dim": "[1, 2147483647]",
+    "model.qkv_dim": "[1, 2147483647]",
+    "model.mlp_dim": "[1, 2147483647]",
+    "model.num_layers": "[1, 2147483647]",
+    "model.num_heads": "[1, 2147483647]",
     "model.dropout": "[0, 1)",
     "model.attention_dropout": "[0, 1)",
-    "train.batch_size": "[1, inf)",
-    "train.steps": "[1, inf)",
-    "train.eval_every": "[1, inf)",
-    "train.eval_batches": "[0, inf)",
-    "train.log_every": "[1, inf)",
+    "train.batch_size": "[1, 2147483647]",
+    "train.steps": "[1, 2147483647]",
+    "train.eval_every": "[1, 2147483647]",
+    "train.eval_batches": "[0, 2147483647]",
+    "train.log_every": "[1, 2147483647]",
     "train.learning_rate": "(0, inf)",
-    "train.warmup_steps": "[0, inf)",
+    "train.warmup_steps": "[0, 2147483647]",
     "train.weight_decay": "[0, inf)",
     "train.b1": "[0, 1)",
     "train.b2": "[0, 1)",
     "train.eps": "[0, inf)",
     "train.grad_clip": "[0, inf)",
-    "train.checkpoint_every": "[0, inf)",
-    "train.grad_accum": "[1, inf)",
+    "train.checkpoint_every": "[0, 2147483647]",
+    "train.grad_accum": "[1, 2147483647]",
     "model.norm_eps": "(0, inf)",
-    "data.max_length": "[1, inf)",
+    "data.max_length": "[1, 2147483647]",
     "data.vocab_size": "[2, inf)",
     "data.num_classes": "[2, inf)",
-    "data.num_train": "[0, inf)",
-    "data.num_val": "[0, inf)",
-    "data.num_test": "[0, inf)",
-    "data.num_images": "[0, inf)",
+    "data.num_train": "[0, 2147483647]",
+    "data.num_val": "[0, 2147483647]",
+    "data.num_test": "[0, 2147483647]",
+    "data.num_images": "[0, 2147483647]",
     "data.holdout_fraction": "(0, 1)",
     "data.train_fraction": "(0, 1)",
     "data.min_length": "[1, inf)",
@@ -314,16 +333,26 @@ def range_errors(sections: dict[str, dict[str, Any]]) -> list[str]:
     for key, interval in RANGES.items():
         section, name = key.split(".", 1)
         value = sections.get(section, {}).get(name)
-        if isinstance(value, (int, float)) and not isinstance(value, bool) \
-                and not in_range(value, interval):
-            out.append(f"{key} must be {_describe(interval)}, got {value}")
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            continue
+        if isinstance(value, float) and not math.isfinite(value):
+            out.append(f"{key} must be a finite number, got {value}")
+        elif not in_range(value, interval):
+            out.append(f"{key} must be {_describe(interval, value)}, got {value}")
     return out
 
 
-def _describe(interval: str) -> str:
-    """'[1, inf)' -> '>= 1', '(0, inf)' -> '> 0', '[0, 1)' -> 'in [0, 1)'."""
+def _describe(interval: str, value: float | None = None) -> str:
+    """'[1, inf)' -> '>= 1', '(0, inf)' -> '> 0', '[0, 1)' -> 'in [0, 1)'; a count's bound
+    '[1, 2147483647]' names the side `value` is on: '>= 1', or '<= 2147483647 (2**31 - 1)'."""
     opening, low, high, _ = _INTERVAL.fullmatch(interval).groups()
-    return f"{'>=' if opening == '[' else '>'} {low}" if high == "inf" else f"in {interval}"
+    if high == "2147483647":
+        if value is not None and value > float(high):
+            return f"<= {high} (2**31 - 1, the most a 32-bit count holds)"
+        high = "inf"
+    if high == "inf":
+        return f"{'>=' if opening == '[' else '>'} {low}"
+    return f"in {interval}"
 
 
 def validate(rc: RunConfig) -> None:

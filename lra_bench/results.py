@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from lra_bench import config
+from lra_bench.records import summary_problem  # noqa: F401 - the readers' name for it
 from lra_bench.errors import UserError
 from lra_bench.paths import folder_name
 
@@ -212,48 +213,6 @@ def _summaries(results_dir: Path) -> tuple[list[tuple[Path, dict]], list[str]]:
     return found, warnings
 
 
-# What report, resume and the CLI read from a summary, by type: a summary where any of them has
-# another type is skipped by `lra report` (with a warning) and refused by `--resume`, so a damaged
-# or crafted file never reaches arithmetic or a path.
-SUMMARY_TEXT = ("run_id", "model", "task", "status", "preset", "started_at", "ended_at", "error",
-                "signal", "memory_source", "device_kind", "dtype")
-SUMMARY_NUMBERS = ("seed", "steps", "val_accuracy", "best_step", "test_accuracy",
-                   "test_accuracy_last", "test_loss", "final_train_loss", "step_time_ms",
-                   "data_wait_ms", "compile_time_s", "peak_memory_bytes", "flops_per_step",
-                   "params", "diverged_step", "interrupted_step", "checkpoint_step",
-                   "wall_time_s", "batch_size", "max_length", "train_examples")
-# what `lra report` averages for every completed run (efficiency fields may be missing: such a
-# run has no efficiency row)
-COMPLETED = ("test_accuracy", "test_accuracy_last", "preset")
-
-
-def _number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def summary_problem(s: Any) -> str | None:
-    """Why a parsed summary.json cannot be used, or None."""
-    if not isinstance(s, dict):
-        return f"expected a JSON object, found {type(s).__name__}"
-    missing = [k for k in ("model", "task", "status") if k not in s]
-    if missing:
-        return f"not a run summary (no {', '.join(missing)})"
-    for k in SUMMARY_TEXT:
-        if s.get(k) is not None and not isinstance(s[k], str):
-            return f"'{k}' must be text, found {type(s[k]).__name__}"
-    for k in SUMMARY_NUMBERS:
-        if s.get(k) is not None and not _number(s[k]):
-            return f"'{k}' must be a number, found {type(s[k]).__name__}"
-    if s["status"] == "completed":
-        absent = [k for k in COMPLETED if s.get(k) is None]
-        if absent:
-            return f"a completed run without {', '.join(absent)}"
-    resumed = s.get("resumed_from_steps", [])
-    if not isinstance(resumed, list) or not all(_number(x) for x in resumed):
-        return "'resumed_from_steps' must be a list of steps"
-    return None
-
-
 def saved_config(doc: Any, run_id: str):
     """The RunConfig in a run's config.json, checked as strictly as a fresh one: known model,
     task and preset, exactly the keys their TOMLs declare with the same types, then the value
@@ -298,6 +257,10 @@ def saved_config(doc: Any, run_id: str):
     except UserError as e:
         raise bad(f"holds values this checkout refuses ({e})") from None
     return rc
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def _same_kind(want: Any, value: Any) -> bool:

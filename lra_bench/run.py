@@ -9,6 +9,7 @@ folder's lock (see `results.RunDir.lock`) keeps two processes from training one 
 
 from __future__ import annotations
 
+import signal
 import time
 from pathlib import Path
 from typing import Callable
@@ -17,7 +18,7 @@ import flax
 import numpy as np
 import jax
 
-from lra_bench import config, data, distributed, measure, results
+from lra_bench import config, data, distributed, interruption, measure, results
 from lra_bench.checkpoint import Checkpoints
 from lra_bench.config import RunConfig
 from lra_bench.data.pipeline import evaluated_rows
@@ -32,9 +33,9 @@ from lra_bench.trainer import Diverged, Interrupted, train_and_evaluate
 class StoppedAtOnce(KeyboardInterrupt):
     """A second signal ended the run between checkpoints; `summary` says where it can resume."""
 
-    def __init__(self, summary: dict):
+    def __init__(self, summary: dict, signum: int = signal.SIGINT):
         super().__init__(summary.get("run_id"))
-        self.summary = summary
+        self.summary, self.signum = summary, signum
 
 
 # Fields of a previous segment's outcome that a resumed segment replaces.
@@ -203,9 +204,9 @@ def _train(rc: RunConfig, splits: dict, rd: results.RunDir, summary: dict,
                 rd.discard()
                 rd = results.NullRunDir(rd.run_id)
             raise
-        except KeyboardInterrupt:  # a second signal: stopped at once, without a checkpoint
-            summary.update(status="interrupted", signal="SIGINT")
-            raise StoppedAtOnce(summary) from None
+        except KeyboardInterrupt as e:  # a second signal: stopped at once, without a checkpoint
+            summary.update(status="interrupted", signal=interruption.signal_name(e))
+            raise StoppedAtOnce(summary, getattr(e, "signum", signal.SIGINT)) from None
         except BaseException as e:
             summary.update(status="failed", error=f"{type(e).__name__}: {e}")
             raise

@@ -36,7 +36,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from lra_bench import config, paths, plugin_check, plugins, results
+from lra_bench import config, interruption, paths, plugin_check, plugins, results
 from lra_bench.errors import UserError
 
 MODES = ("train", "forward")
@@ -79,6 +79,9 @@ def parse_lengths(text: str) -> list[int]:
         if int(m.group(1)) <= 0:
             raise UserError(f"--lengths: {part} is not a length; give lengths >= 1, e.g. 1024,2048")
         out.append(int(m.group(1)) * (1024 if m.group(2) else 1))
+        if out[-1] > 2**31 - 1:
+            raise UserError(f"--lengths: {part} is more tokens than 32-bit indexing addresses "
+                            "(2**31 - 1); give lengths such as 1K,2K,4K")
     if not out:
         raise UserError("--lengths: give at least one length, e.g. --lengths 1024,2048")
     return sorted(set(out))
@@ -118,11 +121,32 @@ def plan(task: str, models: str, lengths: str, preset: str = "lra", batch_size: 
         for length in settings.lengths:
             rc = config.resolve(model, task, preset, seed=seed,
                                 overrides=point_overrides(settings, length))
+            refuse_oversized(rc, length)
         if plugins.is_plugin(rc.mixer["kind"]):  # a broken plugin: one error, not N error rows
             plugin_check.check_in_subprocess(model, task, preset, point_overrides(
                 settings, settings.lengths[0]), seed, worker_env(settings))
     refuse_unrunnable(settings)
     return settings
+
+
+def host_memory_bytes() -> int:
+    """This machine's memory (without jax: the sweep's parent never imports it)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (OSError, ValueError):
+        return 2**62
+
+
+def refuse_oversized(rc: config.RunConfig, length: int) -> None:
+    """A point whose one activation (batch x length x emb_dim float32) is more than this
+    machine's memory cannot run anywhere here: refused before any child process starts."""
+    b, d = rc.train["batch_size"], rc.model["emb_dim"]
+    need, have = 4 * b * length * d, host_memory_bytes()
+    if need > have:
+        raise UserError(f"--lengths {length}: one activation of {rc.model_name} ({b} x {length} "
+                        f"tokens x {d} features, float32) is {need / 2**30:,.0f} GiB, more than "
+                        f"this machine's {have / 2**30:,.0f} GiB; give shorter --lengths or a "
+                        "smaller --batch-size")
 
 
 def point_overrides(s: Settings, length: int) -> list[str]:
@@ -154,8 +178,11 @@ def refuse_unrunnable(s: Settings) -> None:
                json.dumps(spec), "--out", str(out)]
         proc = subprocess.run(cmd, capture_output=True, text=True,
                               env={**worker_env(), "JAX_PLATFORMS": "cpu"})
-        if not out.exists():
-            raise RuntimeError(f"sweep check failed (exit {proc.returncode}): {proc.stderr[-2000:]}")
+        if not out.exists():  # the check itself died: out of memory, or a size it cannot build
+            last = (proc.stderr.strip().splitlines() or ["no message"])[-1][:300]
+            raise UserError(f"checking the sweep's points failed in its child process (exit "
+                            f"{proc.returncode}: {last}); give shorter --lengths or a smaller "
+                            "--batch-size")
         refused = json.loads(out.read_text())
     if refused:
         why = "; ".join(f"{r['model']} at length {r['length']}: {r['why']}" for r in refused)
@@ -344,7 +371,7 @@ def progress_line(i: int, n: int, row: dict) -> str:
 
 
 def _interrupt(signum, frame):
-    raise KeyboardInterrupt
+    raise interruption.Stopped(signum)
 
 
 def run_sweep(s: Settings, results_dir: Path, sweep_id: str | None = None,
@@ -360,13 +387,15 @@ def run_sweep(s: Settings, results_dir: Path, sweep_id: str | None = None,
     save(results_dir, sweep_id, s, rows)
     main = threading.current_thread() is threading.main_thread()
     # A scheduler's SIGTERM stops the sweep like Ctrl-C: the running worker is killed and the
-    # finished points stay on disk for --resume.
-    previous = signal.signal(signal.SIGTERM, _interrupt) if main else None
+    # finished points stay on disk for --resume. SIGINT is set here too: a background job
+    # inherits it ignored.
+    previous = {sig: signal.signal(sig, _interrupt) for sig in interruption.SIGNALS} if main \
+        else {}
     try:
         _run_points(s, results_dir, sweep_id, rows, points, todo, console)
     finally:
-        if main:
-            signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     return sweep_id, rows
 
 

@@ -77,6 +77,40 @@ def project_with(tmp: Path, folder: str, name: str, text: str | None) -> dict:
     return {"LRA_HOME": str(home)}
 
 
+def grid_with(tmp: Path, plan) -> dict:
+    """A grid record G under {tmp}/results whose plan.json is `plan` (damaged)."""
+    folder = tmp / "results" / "grids" / "G"
+    folder.mkdir(parents=True)
+    (folder / "plan.json").write_text(json.dumps(plan))
+    return {}
+
+
+SUMMARY = {"model": "transformer", "task": "listops", "preset": "smoke", "seed": 0,
+           "status": "completed", "test_accuracy": 0.5, "test_accuracy_last": 0.5,
+           "started_at": "2026-01-01T00:00:00+00:00"}
+
+
+def runs_with(tmp: Path, a_config=None, a_summary=None) -> dict:
+    """Two completed runs A and B under {tmp}/results; A's config.json or summary.json replaced
+    by a damaged one when given."""
+    for name in ("A", "B"):
+        run = tmp / "results" / "runs" / name
+        run.mkdir(parents=True)
+        config = a_config if name == "A" and a_config is not None else {
+            "model_name": "transformer", "task_name": "listops", "preset": "smoke", "seed": 0}
+        summary = a_summary if name == "A" and a_summary is not None else SUMMARY
+        (run / "config.json").write_text(json.dumps(config))
+        (run / "summary.json").write_text(json.dumps(summary))
+    return {}
+
+
+def config_dir_with(tmp: Path, make) -> dict:
+    """{tmp}/cfg/models with one odd entry, made by `make(models_folder)`."""
+    (tmp / "cfg" / "models").mkdir(parents=True)
+    make(tmp / "cfg" / "models")
+    return {}
+
+
 # (case, arguments (with {tmp}, {data}, {results} filled in), the fix the error line names,
 #  set-up: a function of the scratch folder that makes files and returns environment variables)
 CASES = [
@@ -142,7 +176,7 @@ CASES = [
     ("sweep length 0",
      ["sweep", "--models", "transformer", "--lengths", "0"], "give lengths >= 1", None),
     ("sweep without models",
-     ["sweep", "--models", ",", "--lengths", "64"], "names no model; give names from: fastformer",
+     ["sweep", "--models", ",", "--lengths", "64"], "names no model; give names from: ",
      None),
     ("no models registered",
      [*LISTOPS], "no models in", lambda t: project_with(t, "models", "", None)),
@@ -161,6 +195,61 @@ CASES = [
      lambda t: (t / "file").write_text("x") and {}),
     ("plot into a missing folder",
      ["report", "--sweep", "--plot", "{tmp}/nonexistent/dir/x.png"], "does not exist", None),
+    # issue 28: damaged records, extreme values, options that cannot go together
+    ("grid plan.json is {} (status)",
+     ["grid", "status", "G", "--results-dir", "{results}"], "plan.json 'grid_id' is missing",
+     lambda t: grid_with(t, {})),
+    ("grid plan.json is {} (resume)",
+     ["grid", "resume", "G", "--results-dir", "{results}"], "start a new grid",
+     lambda t: grid_with(t, {})),
+    ("grid plan.json is {} (report --grid)",
+     ["report", "--grid", "G"], "the grid cannot be followed without its plan",
+     lambda t: grid_with(t, {})),
+    ("grid plan.json with jobs 'oops'",
+     ["grid", "status", "G", "--results-dir", "{results}"], "'jobs' must be a list, found str",
+     lambda t: grid_with(t, {"grid_id": "G", "preset": "smoke", "models": [], "tasks": [],
+                             "seeds": [], "overrides": [], "retries": 0,
+                             "resources": {"executor": "local"}, "data_dir": "d",
+                             "results_dir": str(t / "results"), "jobs": "oops"})),
+    ("--compare with config.json []",
+     ["report", "--compare", "A", "B"], "config.json the record must be an object, found list",
+     lambda t: runs_with(t, a_config=[])),
+    ("--compare with summary.json [1]",
+     ["report", "--compare", "A", "B"], "summary.json the record must be an object",
+     lambda t: runs_with(t, a_summary=[1])),
+    ("--curves into a folder",
+     ["report", "--curves", "{tmp}/c.png"], "is a folder; give a .png file path",
+     lambda t: (t / "c.png").mkdir() or runs_with(t)),
+    ("--config-dir TOML that is not UTF-8",
+     ["--config-dir", "{tmp}/cfg", "list"], "bad.toml: not UTF-8 text",
+     lambda t: config_dir_with(t, lambda m: (m / "bad.toml").write_bytes(b"[mixer]\nkind = 'x\xff'\n"))),
+    ("--config-dir folder named like a TOML",
+     ["--config-dir", "{tmp}/cfg", "list"], "weird.toml is a folder, not a TOML file",
+     lambda t: config_dir_with(t, lambda m: (m / "weird.toml").mkdir())),
+    ("batch of 10^12 in preflight",
+     ["preflight", "-m", "transformer", "-t", "listops", "--set",
+      "train.batch_size=1000000000000"], "train.batch_size must be <= 2147483647", None),
+    ("sweep length of 10^9 tokens",
+     ["sweep", "--models", "transformer", "--lengths", "1000000000"],
+     "more than this machine's", None),
+    ("sweep length of 10^23 tokens",
+     ["sweep", "--models", "transformer", "--lengths", "99999999999999999999K"],
+     "more tokens than 32-bit indexing addresses", None),
+    ("10^23 steps",
+     [*LISTOPS, *TINY[:-2], "--set", "train.steps=99999999999999999999999"],
+     "train.steps must be <= 2147483647", None),
+    ("infinite learning rate",
+     [*LISTOPS, *TINY, "--set", "train.learning_rate=inf"],
+     "train.learning_rate must be a finite number, got inf", None),
+    ("--grid with --compare",
+     ["report", "--grid", "latest", "--compare", "A", "B"], "--compare and --grid show "
+     "different reports; give one of them", None),
+    ("--compare with one run id",
+     ["report", "--compare", "A", "--results-dir", "{results}"], "--compare takes two run ids",
+     None),
+    ("download with -1 retries",
+     ["data", "download", "--retries", "-1", "--to", "{tmp}/dl"], "--retries must be >= 0",
+     None),
 ]
 
 

@@ -146,3 +146,34 @@ def test_a_compilation_killed_by_the_stop_signal_is_redone_then_the_run_stops(da
         train_and_evaluate(rc, data.load(rc, data_dir), on_eval=evals.append,
                            should_stop=lambda: bool(failures))
     assert stopped.value.step == 2 and [e["step"] for e in evals if "val_accuracy" in e] == [2]
+
+
+def test_the_best_validation_step_and_its_parameters_are_the_ones_tested(data_dir, monkeypatch):
+    """A scripted validation sequence (0.2, 0.9, 0.5 at steps 2, 4, 6): the best step is 4, the
+    middle one, and the test accuracy of the best-validation parameters is that of the
+    parameters as they were at step 4, not at the worst (2) or the last (6) evaluation.
+    Keeping the worst validation, or the last parameters, fails here."""
+    import lra_bench.trainer as trainer
+
+    rc = config.resolve("transformer", "listops", "smoke", steps=6,
+                        overrides=["train.eval_every=2", "train.batch_size=8",
+                                   "train.selection=\"best_val\""])
+    splits = data.load(rc, data_dir)
+    scripted, seen = iter([0.2, 0.9, 0.5]), []
+
+    def fingerprint(params) -> float:
+        return float(sum(jnp.sum(jnp.abs(x)) for x in jax.tree.leaves(params)))
+
+    def fake_evaluate(steps, params, rest, split, batch_size, max_batches=0):
+        if split is splits["val"]:
+            seen.append(fingerprint(params))
+            return {"loss": 1.0, "accuracy": next(scripted), "examples": 8}
+        return {"loss": 1.0, "accuracy": fingerprint(params), "examples": 8}
+
+    monkeypatch.setattr(trainer, "evaluate", fake_evaluate)
+    out = train_and_evaluate(rc, splits)
+    assert out["best_step"] == 4 and out["val_accuracy"] == 0.9
+    assert len(set(seen)) == 3  # the parameters changed between evaluations
+    assert out["test_accuracy_best_val"] == pytest.approx(seen[1], rel=1e-6)
+    assert out["test_accuracy"] == out["test_accuracy_best_val"]
+    assert out["test_accuracy_last"] != pytest.approx(seen[1], rel=1e-6)

@@ -12,16 +12,15 @@ that `lra --help`, `lra list` and a mistyped option answer at once.
 
 from __future__ import annotations
 
-import signal
 import sys
 from pathlib import Path
 from typing import List
 
 import typer
 
-from lra_bench import about, host, paths
+from lra_bench import about, host, interruption, paths
 from lra_bench.cli import data, grid, listing, preflight, report, run, sweep
-from lra_bench.cli.common import out
+from lra_bench.cli.common import out, stopped_line
 
 # Plain (click) help: options as --flag/--no-flag without type labels, paragraphs re-wrapped.
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
@@ -58,15 +57,24 @@ app.add_typer(grid.app, name="grid")
 
 
 def main() -> None:
-    # A terminated command unwinds like Ctrl-C, so temporary folders (caches being prepared,
-    # archives being extracted) are removed on the way out instead of left behind.
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    # SIGINT and SIGTERM unwind every command alike (even a background job's, which inherits
+    # SIGINT ignored), so temporary folders (caches being prepared, archives being extracted) are
+    # removed on the way out instead of left behind.
+    interruption.install()
     host.tune_malloc()
     try:
         code = app(standalone_mode=False)
+    except KeyboardInterrupt as e:  # (click turns one inside a command into Abort, below)
+        sys.exit(_stopped(e))
     except Exception as e:  # noqa: BLE001 - click's own errors, matched by shape below
         sys.exit(_click_error(e))
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _stopped(e: BaseException) -> int:
+    """Stopped by a signal outside any command (while starting): one line, exit 130 / 143."""
+    print(stopped_line(e), file=sys.stderr, flush=True)
+    return interruption.exit_code(e)
 
 
 def _click_error(e: Exception) -> int:
@@ -75,6 +83,9 @@ def _click_error(e: Exception) -> int:
     shape: typer vendors its own click, so its exception classes are not importable stably."""
     name = type(e).__name__
     if name == "Abort":
+        cause = e.__cause__ or e.__context__
+        if isinstance(cause, KeyboardInterrupt):
+            return _stopped(cause)
         print("aborted", file=sys.stderr)
         return 1
     if not (hasattr(e, "format_message") and hasattr(e, "exit_code") and hasattr(e, "show")):

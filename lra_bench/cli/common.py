@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import errno
 import functools
+import shlex
 import sys
+from pathlib import Path
 
 import typer
 from rich.console import Console
 
+from lra_bench import interruption
 from lra_bench.errors import UserError
 
 # Piped output is read by people and scripts alike: do not squeeze tables to 80 columns.
@@ -19,12 +22,16 @@ err = Console(stderr=True, soft_wrap=True)
 
 
 def user_errors(fn):
-    """Turn a UserError into one line on stderr and exit code 2."""
+    """Turn a UserError into one line on stderr and exit code 2, and a stop signal that the
+    command did not handle itself into one line and exit 130 / 143."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
+        except KeyboardInterrupt as e:  # interruption.Stopped: SIGINT or SIGTERM
+            typer.echo(stopped_line(e), err=True)
+            raise typer.Exit(interruption.exit_code(e)) from None
         except UserError as e:
             # One line, whatever the message quotes (a library's multi-line exception text).
             typer.echo("error: " + " ".join(line.strip() for line in str(e).splitlines()), err=True)
@@ -39,6 +46,16 @@ def user_errors(fn):
             raise typer.Exit(2) from None
 
     return wrapper
+
+
+def stopped_line(e: BaseException) -> str:
+    """What a command stopped by a signal says, when it keeps no work to continue (a run, a
+    sweep and a grid print their own resume command): the command to start it again, as typed."""
+    name = interruption.signal_name(e)
+    if Path(sys.argv[0]).name in ("lra", "__main__.py"):
+        return (f"stopped by {name} before it finished; start it again with: "
+                f"lra {shlex.join(sys.argv[1:])}")
+    return f"stopped by {name} before it finished; run the same command again to start over"
 
 
 _ENVIRONMENT_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}

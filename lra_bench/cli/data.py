@@ -37,6 +37,8 @@ def data_download(
     or, for text and image, the original IMDB / CIFAR-10 archive."""
     from lra_bench.data import download  # numpy: loaded by the data commands only
 
+    if retries < 0:
+        raise UserError(f"--retries must be >= 0 (0: try once), got {retries}")
     where = paths.data_dir(to, "--to")
     if task is not None:
         from lra_bench.data.prepare import loader_module  # numpy, as above

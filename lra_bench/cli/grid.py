@@ -3,13 +3,14 @@ it up (`status`, `resume`, `cancel`); see `lra_bench.grid` and docs/grid.md."""
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 from rich.table import Table
 
-from lra_bench import paths
+from lra_bench import interruption, paths
 from lra_bench.cli.common import err, log, out, parse_seeds, user_errors
 from lra_bench.errors import UserError
 
@@ -79,30 +80,36 @@ def grid_cmd(
     g = grid.create(plan)
     keys = [j["key"] for j in plan["jobs"]]
     err.print(f"grid {g.grid_id}: {len(keys)} jobs, record in {g.path}", highlight=False)
-    _grid_submit(g, keys)
+    _grid_submit(g, keys, results_dir)
 
 
-def _grid_submit(g, keys: list) -> None:
+def _follow(g, command: str, results_dir: Optional[Path]) -> str:
+    """`lra grid COMMAND ID` as the user must type it: with --results-dir when one was given."""
+    where = f" --results-dir {shlex.quote(g.plan['results_dir'])}" if results_dir else ""
+    return f"lra grid {command} {g.grid_id}{where}"
+
+
+def _grid_submit(g, keys: list, results_dir: Optional[Path]) -> None:
     from lra_bench import grid  # submitit: loaded by the grid commands only
 
     if g.plan["resources"]["executor"] == "slurm":
         ids = grid.submit_slurm(g, keys)
         err.print(f"submitted {len(ids)} SLURM jobs ({ids[0].split('_')[0] if ids else '-'}); "
-                  f"follow with: lra grid status {g.grid_id}", highlight=False)
+                  f"follow with: {_follow(g, 'status', results_dir)}", highlight=False)
         return
     try:
         stopped_by = grid.run_local(g, keys, g.plan["resources"]["parallel"] or 1, log)
-    except KeyboardInterrupt:
-        stopped_by = "SIGINT"
+    except KeyboardInterrupt as e:
+        stopped_by = interruption.signal_name(e)
     if stopped_by is not None:
         err.print(f"grid {g.grid_id} interrupted ({stopped_by}); continue it with: "
-                  f"lra grid resume {g.grid_id}", highlight=False)
+                  f"{_follow(g, 'resume', results_dir)}", highlight=False)
         raise typer.Exit(143 if stopped_by == "SIGTERM" else 130)
     _grid_status_table(g)
     rows = grid.status(g)
     if any(r["state"] not in grid.DONE for r in rows):
-        err.print(f"not every job completed; rerun the rest with: lra grid resume {g.grid_id}",
-                  highlight=False)
+        err.print(f"not every job completed; rerun the rest with: "
+                  f"{_follow(g, 'resume', results_dir)}", highlight=False)
         raise typer.Exit(1)
 
 
@@ -134,6 +141,8 @@ def _grid_status_table(g) -> None:
     from lra_bench import grid  # submitit: loaded by the grid commands only
 
     rows = grid.status(g)
+    for w in g.warnings:
+        err.print(f"warning: {w}", highlight=False, markup=False)
     where = g.plan["resources"]["executor"]
     t = Table(title=f"grid {g.grid_id} ({g.plan['preset']} preset, {where}): {grid.counts(rows)}",
               title_justify="left")
@@ -176,7 +185,7 @@ def grid_resume(
         err.print(f"grid {g.grid_id}: nothing to resume", highlight=False)
         return _grid_status_table(g)
     err.print(f"grid {g.grid_id}: resuming {len(keys)} job(s): {', '.join(keys)}", highlight=False)
-    _grid_submit(g, keys)
+    _grid_submit(g, keys, results_dir)
 
 
 @app.command("cancel")

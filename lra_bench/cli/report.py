@@ -48,10 +48,21 @@ def report(
 
     if format not in rep.FORMATS:
         raise UserError(f"unknown format '{format}'; choose one of: {', '.join(rep.FORMATS)}")
+    if compare and any(ref.startswith("-") for ref in compare):
+        raise UserError(f"--compare takes two run ids, got {' '.join(compare)}; write --compare "
+                        "A B, then the other options")
+    modes = [name for name, given in (("--compare", bool(compare)), ("--grid", grid is not None),
+                                      ("--sweep", sweep or sweep_id is not None or plot is not None),
+                                      ("--runs", runs_)) if given]
+    if len(modes) > 1:
+        raise UserError(f"{' and '.join(modes)} show different reports; give one of them")
     # An image path that cannot be written is refused before any table is printed.
     for option, image in (("--plot", plot), ("--curves", curves)):
         if image is None:
             continue
+        if image.expanduser().is_dir():
+            raise UserError(f"{option} {image} is a folder; give a .png file path, e.g. "
+                            f"{option} {image / 'curves.png'}")
         if image.suffix.lower() != ".png":
             raise UserError(f"{option} {image}: give a .png path, e.g. {option} curves.png")
         if not image.expanduser().absolute().parent.is_dir():
@@ -75,7 +86,9 @@ def report(
     if grid is not None:
         from lra_bench.grid import report as grid_report  # submitit: for --grid only
 
-        ((title, header, rows),), frames, _ = grid_report(rdir, grid, selection)
+        ((title, header, rows),), frames, grid_warnings = grid_report(rdir, grid, selection)
+        for w in [w for w in grid_warnings if w not in warnings]:
+            err.print(f"warning: {w}", highlight=False, markup=False)
         shown = [rep.Shown("grid", title, header, rows, frames["grid"])]
     elif runs_:
         table = rep.runs_table(runs, selection, rdir)
@@ -89,13 +102,17 @@ def report(
         if not shown:
             raise UserError(f"no completed runs in {rdir}{' match ' + filters if filters else ''}"
                             "; train one with: lra run --model transformer --task listops")
-        if not filters:
-            rep.save_tables(rdir, {t.name: t.frame for t in shown[:2]})
+    if curves is not None:  # read (damaged lines skipped with a warning) before any output
+        curve_warnings: list[str] = []
+        data = rep.learning_curves(runs, rdir, curve_warnings)
+        for w in curve_warnings:
+            err.print(f"warning: {w}", highlight=False, markup=False)
+    if grid is None and not runs_ and not filters:
+        rep.save_tables(rdir, {t.name: t.frame for t in shown[:2]})
     _show(shown, format)
     if curves is not None:
         from lra_bench.plots import plot_curves  # matplotlib: for --curves only
 
-        data = rep.learning_curves(runs, rdir)
         # The validation panel's chance line is the validation split's majority (older runs
         # recorded only the test split's: that one then, and the plot says which).
         done = rep.finished_runs(rep.normalise(runs))

@@ -9,7 +9,7 @@ from typing import List, Optional
 
 import typer
 
-from lra_bench import config, paths, results
+from lra_bench import config, interruption, paths, results
 from lra_bench.cli.common import err, out, parse_seeds, user_errors
 from lra_bench.errors import UserError
 
@@ -137,7 +137,7 @@ def run(
                       f"from {f'its checkpoint at step {step}' if step else 'the start'} with: "
                       f"lra run --resume {' '.join([str(s.get('run_id')), *folders])}",
                       highlight=False)
-        raise typer.Exit(130) from None
+        raise typer.Exit(interruption.exit_code(e)) from None
     # (said of the preset as it is: a smoke run with changed settings may well learn)
     if (summaries and summaries[0].get("preset") == "smoke" and not summaries[0].get("overrides")
             and distributed.is_primary()):

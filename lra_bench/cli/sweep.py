@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
-from lra_bench import paths
+from lra_bench import interruption, paths
 from lra_bench import sweep as sw
 from lra_bench.cli.common import err, print_tables, user_errors
 
@@ -46,11 +47,12 @@ def sweep(
         sweep_id, rows = sw.new_sweep_id(settings), []
     try:
         sw.run_sweep(settings, rdir, sweep_id, rows, err)
-    except KeyboardInterrupt:
-        err.print(f"interrupted; finished points are kept; continue with: lra sweep --resume "
-                  f"{sweep_id}" + (f" --results-dir {results_dir}" if results_dir else ""),
+    except KeyboardInterrupt as e:
+        err.print(f"{interruption.signal_name(e)}: stopped; finished points are kept; continue "
+                  f"with: lra sweep --resume {sweep_id}"
+                  + (f" --results-dir {shlex.quote(str(results_dir))}" if results_dir else ""),
                   highlight=False)
-        raise typer.Exit(130) from None
+        raise typer.Exit(interruption.exit_code(e)) from None
     err.print(f"wrote {sw.sweeps_dir(rdir) / sweep_id}.csv and .json", highlight=False)
     _, _, df = sr.load(rdir, sweep_id)
     print_tables([(sr.title(sweep_id, settings, df), *sr.measured_table(df))], "table")

@@ -36,6 +36,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from lra_bench import interruption
 from lra_bench.config import check_generated_length, resolve_data
 from lra_bench.data.cache import CacheWriter, DamagedCache, prep_config, read_manifest, sha256_file
 from lra_bench.errors import UserError
@@ -216,15 +217,17 @@ def generated_source(module, task: str, preset: str, data: dict, data_dir: Path,
 
 @contextlib.contextmanager
 def stop_cleanly():
-    """Ctrl-C (KeyboardInterrupt) or SIGTERM (SystemExit(143) from the CLI's handler) while
+    """Ctrl-C or SIGTERM (KeyboardInterrupt; `interruption.Stopped` from the CLI's handlers) while
     preparing: the temporary folders unwind away on the way out; then one line and exit
     130 / 143 instead of a traceback."""
     try:
         yield
-    except KeyboardInterrupt:
-        print("interrupted (SIGINT): nothing partial was kept; run the command again to prepare",
+    except KeyboardInterrupt as e:
+        code = interruption.exit_code(e)
+        what = "terminated (SIGTERM)" if code == 128 + signal.SIGTERM else "interrupted (SIGINT)"
+        print(f"{what}: nothing partial was kept; run the command again to prepare",
               file=sys.stderr, flush=True)
-        raise SystemExit(130) from None
+        raise SystemExit(code) from None
     except SystemExit as e:
         if e.code == 128 + signal.SIGTERM:
             print("terminated (SIGTERM): nothing partial was kept; run the command again to "

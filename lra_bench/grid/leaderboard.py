@@ -47,4 +47,4 @@ def report(results_dir: Path, ref: str | None, selection: str):
         rows.append(cells)
     title = (f"Grid {grid.grid_id}: test accuracy (%), {rep.SELECTIONS[selection][2]}; mean ± std "
              f"over {seeds} seed(s) ({counts(status(grid))})")
-    return [(title, header, rows)], {"grid": pd.DataFrame(records)}, warnings
+    return [(title, header, rows)], {"grid": pd.DataFrame(records)}, warnings + grid.warnings

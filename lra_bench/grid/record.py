@@ -15,7 +15,7 @@ from pathlib import Path
 
 import submitit
 
-from lra_bench import results
+from lra_bench import records, results
 from lra_bench.errors import UserError
 from lra_bench.grid.planning import grids_dir
 
@@ -27,24 +27,31 @@ def job_file(grid_dir: Path, key: str) -> Path:
     return Path(grid_dir) / "jobs" / f"{key}.json"
 
 
-def read_json(path: Path, default=None):
+def read_json(path: Path, default=None, schema=records.JOB_STATE):
+    """A job's record (or another record of `schema`); `default` when it is missing, unreadable
+    or damaged (the job's state then comes from its run and its executor)."""
     try:
-        return json.loads(Path(path).read_text())
+        value = json.loads(Path(path).read_text())
     except (OSError, ValueError):
         return default
+    return default if records.problem(value, schema) else value
 
 
 def run_summary(results_dir: Path, run_id: str) -> dict | None:
-    return read_json(Path(results_dir) / "runs" / run_id / "summary.json")
+    value = read_json(Path(results_dir) / "runs" / run_id / "summary.json", schema=dict)
+    return None if records.summary_problem(value) else value
 
 
 class Grid:
     def __init__(self, results_dir: Path, grid_id: str):
         self.path = grids_dir(results_dir) / grid_id
         self.grid_id = grid_id
-        self.plan = read_json(self.path / "plan.json")
-        if not isinstance(self.plan, dict):
-            raise UserError(f"grid {grid_id} has no readable plan.json in {self.path}")
+        self.warnings: list[str] = []  # the damaged records skipped, for the CLI to print
+        self.plan, why = records.read(self.path / "plan.json", records.PLAN)
+        if why is not None:
+            raise UserError(f"grid {grid_id}: {self.path / 'plan.json'} {why}; the grid cannot be "
+                            "followed without its plan: restore the file, or start a new grid "
+                            "with lra grid --models ... --tasks ...")
 
     @classmethod
     def open(cls, results_dir: Path, ref: str | None) -> "Grid":
@@ -68,7 +75,27 @@ class Grid:
         return self.plan["jobs"]
 
     def submissions(self) -> dict:
-        return read_json(self.path / "submissions.json", {}) or {}
+        """Each job's submission; a damaged file or entry is skipped with a warning (the job
+        then counts as not submitted, and `lra grid resume` submits it again)."""
+        path = self.path / "submissions.json"
+        if not path.exists():
+            return {}
+        subs, why = records.read(path, dict)
+        if why is not None:
+            self._warn(f"skipped {path}: {why}")
+            return {}
+        good = {}
+        for key, sub in subs.items():
+            why = records.problem(sub, records.SUBMISSION)
+            if why is None:
+                good[key] = sub
+            else:
+                self._warn(f"skipped {path}: job {key!r}: {why}")
+        return good
+
+    def _warn(self, message: str) -> None:
+        if message not in self.warnings:
+            self.warnings.append(message)
 
     def add_submissions(self, entries: dict) -> None:
         subs = self.submissions()

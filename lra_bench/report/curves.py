@@ -2,28 +2,30 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pandas as pd
 
+from lra_bench import records
 from lra_bench.report.runs import finished_runs, normalise
 
 
-def learning_curves(runs: pd.DataFrame, results_dir: Path) -> pd.DataFrame:
+def learning_curves(runs: pd.DataFrame, results_dir: Path,
+                    warnings: list[str] | None = None) -> pd.DataFrame:
     """Every evaluation of the finished runs (metrics.jsonl): preset, model, task, seed, step,
-    train_loss, val_accuracy (%)."""
+    train_loss, val_accuracy (%). A damaged line is skipped, with a warning added to
+    `warnings`."""
     done = finished_runs(normalise(runs))
     done = done[done["status"] == "completed"] if not done.empty else done
     frames = []
     for _, r in done.iterrows():
         path = Path(results_dir) / "runs" / str(r["run_id"]) / "metrics.jsonl"
-        try:
-            records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        except (OSError, json.JSONDecodeError):
-            continue  # a run without readable metrics has no curve; the tables still show it
-        if records:
-            f = pd.DataFrame(records)
+        # a run without readable metrics has no curve; the tables still show it
+        lines, skipped = records.read_lines(path, records.METRICS_LINE)
+        if warnings is not None:
+            warnings.extend(skipped)
+        if lines:
+            f = pd.DataFrame(lines)
             f = f[[c for c in ("step", "train_loss", "val_accuracy") if c in f]]
             frames.append(f.assign(preset=r["preset"], model=r["model"], task=r["task"],
                                    seed=r.get("seed")))

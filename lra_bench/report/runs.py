@@ -3,12 +3,11 @@ run of each seed, and the list of every run (`--runs`)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pandas as pd
 
-from lra_bench import results
+from lra_bench import records, results
 
 
 TASK_ORDER = ["listops", "text", "retrieval", "image", "pathfinder", "pathx"]
@@ -141,10 +140,6 @@ def runs_table(runs: pd.DataFrame, selection: str = "run", results_dir: Path | N
 
 def best_eval(run_path: Path) -> dict | None:
     """The evaluation with the highest validation accuracy in a run's metrics.jsonl, if any."""
-    try:
-        lines = (run_path / "metrics.jsonl").read_text().splitlines()
-        evals = [json.loads(line) for line in lines if line.strip()]
-    except (OSError, ValueError):
-        return None
-    evals = [e for e in evals if isinstance(e, dict) and "val_accuracy" in e and "step" in e]
+    evals, _ = records.read_lines(run_path / "metrics.jsonl", records.METRICS_LINE)
+    evals = [e for e in evals if e.get("val_accuracy") is not None]
     return max(evals, key=lambda e: e["val_accuracy"]) if evals else None

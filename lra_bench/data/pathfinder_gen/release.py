@@ -8,6 +8,7 @@ import multiprocessing
 import os
 import signal
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +53,9 @@ def _generate_chunk(args) -> Batch:
     return _batch(*args)[0]
 
 
+_STOPS = {signal.SIGINT, signal.SIGTERM}
+
+
 def _worker_init():
     # Ctrl-C reaches the whole process group: workers ignore it and the parent stops them.
     # SIGTERM keeps its default, so a worker dies with its group (`timeout`, a batch system).
@@ -67,9 +71,21 @@ def _run(function, jobs, workers: int):
     if workers <= 1:
         yield from map(function, jobs)
         return
-    # spawn: the caller may have started threads (JAX), which fork would copy half-alive.
-    pool = multiprocessing.get_context("spawn").Pool(workers, initializer=_worker_init)
+    # spawn: the caller may have started threads (JAX), which fork would copy half-alive. A stop
+    # signal while the pool starts is held until it has started (one that came half-way would
+    # leave a worker failing with a traceback), then delivered: the workers are stopped below.
+    held: list[int] = []
+    main = threading.current_thread() is threading.main_thread()
+    previous = {s: signal.signal(s, lambda signum, frame: held.append(signum))
+                for s in _STOPS} if main else {}
     try:
+        pool = multiprocessing.get_context("spawn").Pool(workers, initializer=_worker_init)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    try:
+        if held:
+            signal.raise_signal(held[0])
         yield from pool.imap(function, jobs)
         pool.close()
     finally:
