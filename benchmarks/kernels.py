@@ -41,6 +41,8 @@ KERNELS = {
     "nystromformer": ("nystromformer", {}),
     "fourier": ("fourier", {}),
     "topk": ("topk", {}),  # blockwise attention + pooling to length / 4 (official first step)
+    "s4d": ("s4d", {}),  # Vandermonde kernel + FFT convolution: O(N L log L)
+    "s5": ("s5", {}),  # parallel scan: O(P L log L) work, O(log L) depth
 }
 
 
