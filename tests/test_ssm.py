@@ -77,8 +77,7 @@ def recurrence(lam_bar, b_bar, c, d, u, conj_sym, backward_c=None, backward_lag=
     return y
 
 
-@pytest.mark.parametrize("disc", ["zoh", "bilinear"])
-@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("disc,bidirectional", [("zoh", True), ("bilinear", False)])
 def test_s4d_fft_convolution_equals_the_recurrence(x64, disc, bidirectional):
     rng = np.random.default_rng(0)
     h, n2, length = 3, 4, 11
@@ -102,8 +101,8 @@ def test_s4d_fft_convolution_equals_the_recurrence(x64, disc, bidirectional):
     np.testing.assert_allclose(np.asarray(got), want, **TOL)
 
 
-@pytest.mark.parametrize("disc", ["zoh", "bilinear"])
-@pytest.mark.parametrize("conj_sym,bidirectional", [(True, True), (False, False)])
+@pytest.mark.parametrize("disc,conj_sym,bidirectional", [("zoh", True, True),
+                                                         ("bilinear", False, False)])
 def test_s5_parallel_scan_equals_the_sequential_recurrence(x64, disc, conj_sym, bidirectional):
     rng = np.random.default_rng(1)
     h, p, length = 3, 4, 13
@@ -164,7 +163,6 @@ SPEC = MixerSpec(dim=6, num_heads=1, qkv_dim=6, attention_dropout=0.0, max_lengt
 
 @pytest.mark.parametrize("kind,options", [
     ("s4d", dict(d_state=8, init="legs", bidirectional=True)),
-    ("s4d", dict(d_state=8, init="lin", disc="bilinear", dt_transform="softplus")),
     ("s5", dict(state_size=8, blocks=2, activation="half_glu2")),
     ("s5", dict(state_size=8, blocks=1, conj_sym=False, activation="full_glu",
                 C_init="complex_normal")),

@@ -156,5 +156,5 @@ class Mixer(nnx.Module):
         y = dense(self.output_linear, y)
         if self.glu:  # nn.GLU(dim=-1): first half * sigmoid(second half)
             a, g = jnp.split(y, 2, axis=-1)
-            y = a * jax.nn.sigmoid(g)
+            y = a * jax.nn.sigmoid(g.astype(island(g.dtype))).astype(g.dtype)  # exp: float32
         return y, mask

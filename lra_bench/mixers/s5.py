@@ -50,18 +50,34 @@ def block_diagonal_init(state_size: int, blocks: int, conj_sym: bool):
     return np.tile(lam, blocks), np.kron(eye, v), np.kron(eye, v.conj().T)
 
 
-def s5_ssm(u, mask, Lambda_bar, B_bar, C, D, *, conj_sym: bool, bidirectional: bool):
+def real_matmul(x, w, dtype):
+    """x @ w for real x (..., n) and real w (n, m), in `dtype` with a float32 accumulator."""
+    return jnp.matmul(x.astype(dtype), w.astype(dtype),
+                      preferred_element_type=jnp.promote_types(dtype, jnp.float32))
+
+
+def s5_ssm(u, mask, Lambda_bar, B_bar, C, D, *, conj_sym: bool, bidirectional: bool,
+           dtype=None):
     """The SSM of the layer (s5/ssm.py apply_ssm + D u), batched.
 
     u: (batch, L, H) real; mask: (batch, L) bool; Lambda_bar: (P',) complex; B_bar: (P', H)
     complex; C: (directions, H, P') complex; D: (H,). Padded u is zeroed first.
+    The projections into and out of the state are real matrix products (real and imaginary
+    parts apart) in `dtype` (default: u's), like any projection under the mixed-precision rule;
+    the scan, the long recurrence, runs in complex64 at least.
     """
+    dtype = dtype or u.dtype
     u = jnp.where(mask[..., None], u, 0.0)
-    bu = jnp.einsum("blh,ph->blp", u.astype(B_bar.dtype), B_bar)
-    y = jnp.einsum("hp,blp->blh", C[0], diagonal_scan(Lambda_bar, bu))
+    bu = real_matmul(u, B_bar.real.T, dtype) + 1j * real_matmul(u, B_bar.imag.T, dtype)
+    bu = bu.astype(Lambda_bar.dtype)
+
+    def read(c, x):  # Re(c x) = Re(c) Re(x) - Im(c) Im(x)
+        return real_matmul(x.real, c.real.T, dtype) - real_matmul(x.imag, c.imag.T, dtype)
+
+    y = read(C[0], diagonal_scan(Lambda_bar, bu))
     if bidirectional:
-        y = y + jnp.einsum("hp,blp->blh", C[1], diagonal_scan(Lambda_bar, bu, reverse=True))
-    return (2.0 if conj_sym else 1.0) * y.real + u * D
+        y = y + read(C[1], diagonal_scan(Lambda_bar, bu, reverse=True))
+    return (2.0 if conj_sym else 1.0) * y + u * D
 
 
 class Mixer(nnx.Module):
@@ -133,13 +149,18 @@ class Mixer(nnx.Module):
         f = island(x.dtype)  # the scan and its sums run in complex64 at least
         Lambda_bar, B_bar, C = self.discretized(x.dtype)
         y = s5_ssm(x.astype(f), mask, Lambda_bar, B_bar, C, self.D[...].astype(f),
-                   conj_sym=self.conj_sym, bidirectional=self.bidirectional).astype(x.dtype)
+                   conj_sym=self.conj_sym, bidirectional=self.bidirectional,
+                   dtype=x.dtype).astype(x.dtype)
         drop = lambda t: self.dropout(t, deterministic=deterministic, rngs=rngs)  # noqa: E731
         g = drop(jax.nn.gelu(y))  # flax nn.gelu: the tanh form
         if self.activation == "gelu":
             return g, mask
+        gate = sigmoid(dense(self.out2, g))
         if self.activation == "full_glu":
-            return dense(self.out1, g) * jax.nn.sigmoid(dense(self.out2, g)), mask
-        if self.activation == "half_glu1":
-            return g * jax.nn.sigmoid(dense(self.out2, g)), mask
-        return y * jax.nn.sigmoid(dense(self.out2, g)), mask  # half_glu2
+            return dense(self.out1, g) * gate, mask
+        return (g if self.activation == "half_glu1" else y) * gate, mask  # half_glu1 | 2
+
+
+def sigmoid(x):
+    """The gate, in a float32 island (an exp), back in x's dtype."""
+    return jax.nn.sigmoid(x.astype(island(x.dtype))).astype(x.dtype)
