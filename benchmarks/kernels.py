@@ -59,6 +59,8 @@ KERNELS = {
     "synthesizer": ("synthesizer", {}),
     "reformer": ("reformer", {}),  # LRA: 1 round, 10 buckets
     "reformer-hf": ("reformer", {"style": "hf", "n_hashes": 2, "chunk_len": 64}),
+    "s4d": ("s4d", {}),  # Vandermonde kernel + FFT convolution: O(N L log L)
+    "s5": ("s5", {}),  # parallel scan: O(P L log L) work, O(log L) depth
 }
 
 

@@ -393,6 +393,9 @@ def validate(rc: RunConfig) -> None:
         (t["cosine_period"] in ("remaining", "total"),
          f"train.cosine_period must be remaining or total, got '{t['cosine_period']}'"),
         (m["gelu"] in ("tanh", "exact"), f"model.gelu must be tanh or exact, got '{m['gelu']}'"),
+        (m["norm"] in ("layer", "batch"), f"model.norm must be layer or batch, got '{m['norm']}'"),
+        (m["mlp"] in ("gelu", "none"), f"model.mlp must be gelu or none, got '{m['mlp']}'"),
+        (0.0 <= m["bn_momentum"] < 1.0, f"model.bn_momentum must be in [0, 1), got {m['bn_momentum']}"),
         # With the test split as validation, the best-validation parameters are chosen on test.
         (d.get("validation") != "test" or t["selection"] == "last",
          "data.validation = test makes the test split the validation split, so "
@@ -402,11 +405,33 @@ def validate(rc: RunConfig) -> None:
         (t["checkpoint_every"] >= 0, "train.checkpoint_every must be >= 0 (0 = only at the end)"),
         (d.get("max_length", 1) > 0, "data.max_length must be > 0"),
     ]
+    groups = param_group_problem(t["param_groups"])
+    checks.append((groups is None, groups))
     downsample = downsample_problem(d)
     checks.append((downsample is None, downsample))
     for ok, msg in checks:
         if not ok:
             raise UserError(f"{rc.model_name}/{rc.task_name}: {msg}")
+
+
+def param_group_problem(groups: list) -> str | None:
+    """What is wrong with train.param_groups, or None (see defaults.toml)."""
+    for i, g in enumerate(groups):
+        where = f"train.param_groups[{i}]"
+        if not isinstance(g, dict):
+            return f"{where} must be a table {{match = [...], learning_rate = ..., weight_decay = ...}}"
+        extra = sorted(set(g) - {"match", "learning_rate", "weight_decay"})
+        if extra:
+            return f"{where}: unknown keys {extra}; a group has match, learning_rate, weight_decay"
+        match = g.get("match")
+        if not (isinstance(match, list) and match and all(isinstance(p, str) for p in match)):
+            return f"{where}.match must be a non-empty list of parameter path patterns"
+        lr, wd = g.get("learning_rate", 1.0), g.get("weight_decay", 0.0)
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or lr < 0:
+            return f"{where}.learning_rate must be a number >= 0, got {lr!r}"
+        if isinstance(wd, bool) or not isinstance(wd, (int, float)) or wd < 0:
+            return f"{where}.weight_decay must be a number >= 0, got {wd!r}"
+    return None
 
 
 def downsample_problem(data: dict[str, Any]) -> str | None:

@@ -65,24 +65,87 @@ def compute_dtype(name: str):
     return jnp.bfloat16 if name == "bfloat16" else jnp.float32
 
 
+class MaskedBatchNorm(nnx.Module):
+    """BatchNorm over the batch and the sequence, counting real tokens only (model.norm = "batch",
+    the S4 and S5 LRA blocks). Training (deterministic=False) normalises with the batch's
+    statistics and moves the running ones (flax's convention: running = momentum * running +
+    (1 - momentum) * batch; PyTorch's momentum 0.1 is 0.9 here); evaluation uses the running ones.
+    Beyond the references (whose BatchNorm counts every position): pads are left out of the
+    statistics, so no padded position changes a real one's output. Statistics run in float32."""
+
+    def __init__(self, dim: int, *, epsilon: float, momentum: float, dtype=None):
+        self.scale = nnx.Param(jnp.ones((dim,)))
+        self.bias = nnx.Param(jnp.zeros((dim,)))
+        self.mean = nnx.BatchStat(jnp.zeros((dim,)))
+        self.var = nnx.BatchStat(jnp.ones((dim,)))
+        self.epsilon, self.momentum, self.dtype = epsilon, momentum, dtype
+
+    def __call__(self, x, mask, *, deterministic: bool):
+        x32 = x.astype(jnp.float32)
+        if deterministic:
+            mean, var = self.mean[...], self.var[...]
+        else:
+            w = mask[..., None].astype(jnp.float32)
+            count = jnp.maximum(w.sum(axis=(0, 1)), 1.0)
+            mean = (x32 * w).sum(axis=(0, 1)) / count
+            var = (jnp.square(x32 - mean) * w).sum(axis=(0, 1)) / count
+            m = self.momentum
+            self.mean[...] = m * self.mean[...] + (1 - m) * jax.lax.stop_gradient(mean)
+            self.var[...] = m * self.var[...] + (1 - m) * jax.lax.stop_gradient(var)
+        y = (x32 - mean) * jax.lax.rsqrt(var + self.epsilon) * self.scale[...] + self.bias[...]
+        return y.astype(x.dtype)
+
+
+def make_norm(m: dict, dtype, rngs: nnx.Rngs) -> nnx.Module:
+    """model.norm: LayerNorm (default) or `MaskedBatchNorm`; apply it with `apply_norm`."""
+    if m["norm"] == "batch":
+        return MaskedBatchNorm(m["emb_dim"], epsilon=m["norm_eps"], momentum=m["bn_momentum"],
+                               dtype=dtype)
+    return nnx.LayerNorm(m["emb_dim"], epsilon=m["norm_eps"], dtype=dtype, rngs=rngs)
+
+
+def apply_norm(norm: nnx.Module, x, mask, deterministic: bool):
+    if isinstance(norm, MaskedBatchNorm):
+        return norm(x, mask, deterministic=deterministic)
+    return norm(x)
+
+
 class Block(nnx.Module):
+    """The block's layout is data (model.prenorm, model.norm, model.mlp, model.tie_dropout):
+
+    pre-norm (default):  x = x + drop(mixer(N1(x)));  x = x + drop(MLP(N2(x)))
+    post-norm:           x = N1(x + drop(mixer(x)));  x = N2(x + drop(MLP(x)))
+
+    with N LayerNorm or BatchNorm, and the MLP sub-block left out with model.mlp = "none" (the
+    S4 and S5 blocks: their mixer ends in its own GLU). The defaults are the LRA Transformer's.
+    """
+
     def __init__(self, rc: RunConfig, spec: mixers.MixerSpec, *, rngs: nnx.Rngs):
         m = rc.model
         dtype = spec.dtype
         options = {k: v for k, v in rc.mixer.items() if k != "kind"}
-        self.norm1 = nnx.LayerNorm(m["emb_dim"], epsilon=m["norm_eps"], dtype=dtype, rngs=rngs)
+        self.prenorm = m["prenorm"]
+        self.norm1 = make_norm(m, dtype, rngs)
         self.mixer = mixers.build(rc.mixer["kind"], spec, options, rngs)
-        self.norm2 = nnx.LayerNorm(m["emb_dim"], epsilon=m["norm_eps"], dtype=dtype, rngs=rngs)
-        # flax's gelu is the tanh form by default (LRA); PyTorch's nn.GELU() the exact erf form.
-        self.gelu_tanh = m["gelu"] == "tanh"
-        init = lra_mlp_init() if m["init"] == "lra" else {}
-        self.mlp_in = nnx.Linear(m["emb_dim"], m["mlp_dim"], dtype=dtype, rngs=rngs, **init)
-        self.mlp_out = nnx.Linear(m["mlp_dim"], m["emb_dim"], dtype=dtype, rngs=rngs, **init)
+        self.has_mlp = m["mlp"] != "none"
+        if self.has_mlp:
+            self.norm2 = make_norm(m, dtype, rngs)
+            # flax's gelu is the tanh form by default (LRA); PyTorch's nn.GELU() the exact erf form.
+            self.gelu_tanh = m["gelu"] == "tanh"
+            init = lra_mlp_init() if m["init"] == "lra" else {}
+            self.mlp_in = nnx.Linear(m["emb_dim"], m["mlp_dim"], dtype=dtype, rngs=rngs, **init)
+            self.mlp_out = nnx.Linear(m["mlp_dim"], m["emb_dim"], dtype=dtype, rngs=rngs, **init)
         self.dropout = nnx.Dropout(m["dropout"])
+        # S4's tie_dropout / S5's broadcast_dims=[0]: one residual-dropout mask per sequence.
+        self.residual_dropout = (nnx.Dropout(m["dropout"], broadcast_dims=(1,))
+                                 if m["tie_dropout"] else None)
 
     def __call__(self, x, mask, *, deterministic: bool, rngs: nnx.Rngs | None):
         drop = lambda t: self.dropout(t, deterministic=deterministic, rngs=rngs)  # noqa: E731
-        h = self.norm1(x)
+        residual_drop = drop if self.residual_dropout is None else (  # noqa: E731
+            lambda t: self.residual_dropout(t, deterministic=deterministic, rngs=rngs))
+        norm = lambda n, t, msk: apply_norm(n, t, msk, deterministic)  # noqa: E731
+        h = norm(self.norm1, x, mask) if self.prenorm else x
         # Shortening mixers say what the residual adds to and what follows the block
         # (see lra_bench.mixers); mixers without these hooks run the plain pre-LN block.
         # `mix` computes both in one pass (the Fourier filter once per layer).
@@ -97,10 +160,16 @@ class Block(nnx.Module):
             if hasattr(self.mixer, "residual_stream"):
                 with plugins.blame(self.mixer, "residual_stream"):
                     x = self.mixer.residual_stream(x, h, mask)
-        x, mask = x + drop(y), out_mask
-        # As matrices (mixers._projections.dense): XLA's CPU weight gradient is 2x faster.
-        h = drop(jax.nn.gelu(dense(self.mlp_in, self.norm2(x)), approximate=self.gelu_tanh))
-        x = x + drop(dense(self.mlp_out, h))
+        x, mask = x + residual_drop(y), out_mask
+        if not self.prenorm:
+            x = norm(self.norm1, x, mask)
+        if self.has_mlp:
+            h = norm(self.norm2, x, mask) if self.prenorm else x
+            # As matrices (mixers._projections.dense): XLA's CPU weight gradient is 2x faster.
+            h = drop(jax.nn.gelu(dense(self.mlp_in, h), approximate=self.gelu_tanh))
+            x = x + residual_drop(dense(self.mlp_out, h))
+            if not self.prenorm:
+                x = norm(self.norm2, x, mask)
         if hasattr(self.mixer, "after_block"):
             with plugins.blame(self.mixer, "after_block"):
                 x, mask = self.mixer.after_block(x, mask)
@@ -138,7 +207,9 @@ class Encoder(nnx.Module):
         self.dropout = nnx.Dropout(m["dropout"])
         blocks = [Block(rc, spec, rngs=rngs) for spec in specs]
         self.blocks = nnx.List(blocks) if hasattr(nnx, "List") else blocks
-        self.norm = nnx.LayerNorm(d, epsilon=m["norm_eps"], dtype=dtype, rngs=rngs)
+        # model.final_norm: the pre-norm stack's closing norm (S4 has it only when pre-norm; S5
+        # never does).
+        self.norm = make_norm(m, dtype, rngs) if m["final_norm"] else None
 
     def __call__(self, tokens, *, deterministic: bool = True, rngs: nnx.Rngs | None = None):
         if self.black_is_padding:
@@ -157,7 +228,9 @@ class Encoder(nnx.Module):
         x = self.dropout(x, deterministic=deterministic, rngs=rngs)
         for block in self.blocks:
             x, mask = block(x, mask, deterministic=deterministic, rngs=rngs)
-        return self.norm(x), mask
+        if self.norm is not None:
+            x = apply_norm(self.norm, x, mask, deterministic)
+        return x, mask
 
     def pool(self, x, mask):
         if self.pooling in ("cls", "first"):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import fnmatch
+
+import jax
 import jax.numpy as jnp
 import optax
 
@@ -69,16 +72,57 @@ def onecycle_momentum(warmup: int, total: int, low: float = MOMENTUM_RANGE[0],
     return _two_phases(high, low, high, warmup, total)
 
 
-def make_optimizer(train: dict) -> optax.GradientTransformation:
+def _adamw(train: dict) -> optax.GradientTransformation:
     """Adam with decoupled weight decay (flax.optim.Adam's weight_decay is optax.adamw's); with
     `cycle_momentum`, b1 is a schedule too, fed in through optax.inject_hyperparams."""
     kwargs = dict(learning_rate=make_schedule(train), b1=train["b1"], b2=train["b2"],
                   eps=train["eps"], weight_decay=train["weight_decay"])
     if train.get("cycle_momentum"):
         kwargs["b1"] = onecycle_momentum(train["warmup_steps"], train["steps"])
-        adam = optax.inject_hyperparams(optax.adamw)(**kwargs)
+        return optax.inject_hyperparams(optax.adamw)(**kwargs)
+    return optax.adamw(**kwargs)
+
+
+def _key_name(key) -> str:
+    for attr in ("key", "name", "idx"):
+        if hasattr(key, attr):
+            return str(getattr(key, attr))
+    return str(key)
+
+
+def param_path(path) -> str:
+    """A parameter's tree path as 'encoder/blocks/0/mixer/B' (nnx's trailing 'value' dropped)."""
+    names = [_key_name(k) for k in path]
+    while names and names[-1] in ("value", "raw_value"):
+        names.pop()
+    return "/".join(names)
+
+
+def group_labels(params, groups: list[dict]):
+    """The tree of labels multi_transform routes by: 'group<i>' for the first group with a
+    pattern that matches the parameter's path (fnmatch), else 'default'."""
+    def label(path, _):
+        name = param_path(path)
+        for i, g in enumerate(groups):
+            if any(fnmatch.fnmatchcase(name, pattern) for pattern in g["match"]):
+                return f"group{i}"
+        return "default"
+    return jax.tree_util.tree_map_with_path(label, params)
+
+
+def make_optimizer(train: dict) -> optax.GradientTransformation:
+    """AdamW (`_adamw`) on every parameter; with `param_groups`, optax.multi_transform gives each
+    group its own AdamW, with its peak rate (the same schedule shape) and weight decay: S4's
+    `register(..., lr, wd=0)` and S5's `ssm` / `regular` optimiser groups."""
+    groups = train.get("param_groups") or []
+    if groups:
+        transforms = {"default": _adamw(train)}
+        for i, g in enumerate(groups):
+            transforms[f"group{i}"] = _adamw({**train, **{k: float(v) for k, v in g.items()
+                                                         if k != "match"}})
+        adam = optax.multi_transform(transforms, lambda params: group_labels(params, groups))
     else:
-        adam = optax.adamw(**kwargs)
+        adam = _adamw(train)
     if train["grad_clip"] > 0:
         return optax.chain(optax.clip_by_global_norm(train["grad_clip"]), adam)
     return adam

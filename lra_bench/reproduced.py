@@ -28,6 +28,7 @@ PUBLISHED_NAMES = {
     "longformer": ("Longformer",),
     "sinkhorn": ("Sinkhorn Transformer",),
     "bigbird": ("BigBird",),
+    "s5": ("S5",),  # lra_frontier.csv's S5 row; its S4 row is S4 (DPLR), not S4D: no s4d mapping
 }
 
 # (protocol, task) -> (mark, footnote): paper and code disagree; we follow the code.

@@ -70,12 +70,17 @@ def build(rc: RunConfig, data_parallel: DataParallel | None = None) -> Steps:
     })
 
     def loss_fn(params, rest, batch, rng):
+        # Rebuilt here, so that BatchNorm's statistics are Variables of this trace level, which
+        # the forward pass may update (nnx refuses to mutate one made outside value_and_grad).
+        rest = jax.tree.map(lambda v: v, rest)
         model = nnx.merge(graphdef, params, rest)
         logits = model(batch["inputs"], deterministic=False, rngs=nnx.Rngs(dropout=rng))
         # float32 logits (Classifier casts them): the loss is a float32 island under bf16.
         loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["labels"]).mean()
         accuracy = (logits.argmax(-1) == batch["labels"]).mean()
-        return loss, accuracy
+        # The non-parameter state after the forward pass: BatchNorm's running statistics move
+        # in training (model.norm = batch); everything else in it comes back unchanged.
+        return loss, (accuracy, nnx.split(model, nnx.Param, ...)[2])
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
@@ -88,25 +93,28 @@ def build(rc: RunConfig, data_parallel: DataParallel | None = None) -> Steps:
             x = x.reshape(x.shape[0] // accum, accum, *x.shape[1:]).swapaxes(0, 1)
             return jax.lax.with_sharding_constraint(x, dp.micro_batch_sharding)
 
-        def add_micro_batch(totals, xs):
+        def add_micro_batch(carry, xs):
+            totals, rest = carry
             i, micro = xs
-            (loss, accuracy), grads = grad_fn(params, rest, micro, jax.random.fold_in(rng, i))
-            return jax.tree.map(jnp.add, totals, (grads, loss, accuracy)), None
+            (loss, (accuracy, rest)), grads = grad_fn(params, rest, micro,
+                                                      jax.random.fold_in(rng, i))
+            return (jax.tree.map(jnp.add, totals, (grads, loss, accuracy)), rest), None
 
         zeros = (jax.tree.map(jnp.zeros_like, params), jnp.zeros(()), jnp.zeros(()))
-        totals, _ = jax.lax.scan(add_micro_batch, zeros,
-                                 (jnp.arange(accum), jax.tree.map(split, batch)))
+        (totals, rest), _ = jax.lax.scan(add_micro_batch, (zeros, rest),
+                                         (jnp.arange(accum), jax.tree.map(split, batch)))
         grads, loss, accuracy = jax.tree.map(lambda t: t / accum, totals)
-        return (loss, accuracy), grads
+        return (loss, (accuracy, rest)), grads
 
     def train_step(state, batch):
         rng = jax.random.fold_in(state["rng"], state["step"])
         gradients = grad_fn if accum == 1 else accumulated_grads
-        (loss, accuracy), grads = gradients(state["params"], state["rest"], batch, rng)
+        (loss, (accuracy, rest)), grads = gradients(state["params"], state["rest"], batch, rng)
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         new_state = {
             **state,
             "params": optax.apply_updates(state["params"], updates),
+            "rest": rest,
             "opt_state": opt_state,
             "step": state["step"] + 1,
         }
@@ -288,8 +296,10 @@ def train_and_evaluate(rc: RunConfig, splits: dict, on_eval: Callable[[dict], No
                                          t["eval_batches"] * t["grad_accum"])
                     record.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
                     if val["accuracy"] > best["accuracy"]:
+                        # With BatchNorm the running statistics belong to the parameters.
                         best = {"accuracy": val["accuracy"], "step": step,
-                                "params": jax.tree.map(jnp.copy, state["params"])}
+                                "params": jax.tree.map(jnp.copy, state["params"]),
+                                "rest": jax.tree.map(jnp.copy, state["rest"])}
                 record["time"] = time.time()
                 evals.append(record)
                 if on_eval is not None:
@@ -309,7 +319,9 @@ def train_and_evaluate(rc: RunConfig, splits: dict, on_eval: Callable[[dict], No
         stream.close()
 
     test_last = evaluate(steps, state["params"], state["rest"], splits["test"], eval_size)
-    test_best = None if val_is_test else evaluate(steps, best["params"], state["rest"],
+    # A resumed run has the best parameters' BatchNorm statistics only if it found them itself.
+    best_rest = best["rest"] if best.get("rest") is not None else state["rest"]
+    test_best = None if val_is_test else evaluate(steps, best["params"], best_rest,
                                                   splits["test"], eval_size)
     # The first steps after compilation still warm caches; leave them out of the median.
     steady = step_times[2:] if len(step_times) > 4 else step_times
