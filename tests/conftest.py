@@ -9,6 +9,9 @@ import gc  # noqa: E402
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
+# Imported here, outside any CliRunner: submitit's logging handler keeps the sys.stderr it found
+# on import, and a CliRunner's stream is closed when its invoke returns.
+import submitit  # noqa: E402,F401
 
 from lra_bench import config  # noqa: E402
 from lra_bench.data import listops  # noqa: E402
