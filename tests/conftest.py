@@ -4,6 +4,7 @@ import os
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import contextlib  # noqa: E402
 import ctypes  # noqa: E402
 import gc  # noqa: E402
 
@@ -47,13 +48,32 @@ def data_dir(tmp_path_factory):
     return root
 
 
+@contextlib.contextmanager
+def most_optimizations_off():
+    """Programs that only have to run, not run fast, compiled without most XLA passes (LLVM's
+    expensive ones): compiling is nearly all of a small test's cost, and this halves it, while the
+    HLO graph, and so what is tested, is the same. The previous setting is restored."""
+    previous = jax.config.values["jax_disable_most_optimizations"]
+    jax.config.update("jax_disable_most_optimizations", True)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_disable_most_optimizations", previous)
+
+
 @pytest.fixture
 def fast_compile():
-    """Steps that only have to run, not run fast: most XLA passes skipped (compiling is nearly
-    all of a one-step test's cost, and this halves it)."""
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", False)
+    """`most_optimizations_off` for one test."""
+    with most_optimizations_off():
+        yield
+
+
+@pytest.fixture(scope="module")
+def fast_compile_module():
+    """`most_optimizations_off` for a whole test file:
+    `pytestmark = pytest.mark.usefixtures("fast_compile_module")`."""
+    with most_optimizations_off():
+        yield
 
 
 @pytest.fixture

@@ -253,15 +253,8 @@ CASES = [
 ]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def quick_compiles():
-    """The memory cases compile a train step to refuse it: skip LLVM's expensive passes."""
-    import jax
-
-    previous = jax.config.values["jax_disable_most_optimizations"]
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", previous)
+# compiled without most XLA passes (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("fast_compile_module")
 
 
 def snapshot(*folders: Path) -> dict[str, int | None]:

@@ -32,14 +32,8 @@ fastrpb = jax.jit(_fastrpb.fastrpb, static_argnames=("base_type", "has_cls", "gr
 MODELS = ("fastformer", "linear", "sikf", "nystromformer")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def quick_compiles():
-    """Compile this module's tiny programs without LLVM's expensive passes (halves their CPU
-    time; the HLO graph, and so what is tested, is the same). Restored for other modules."""
-    previous = jax.config.values["jax_disable_most_optimizations"]
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", previous)
+# compiled without most XLA passes (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("fast_compile_module")
 
 
 def normal(seed, shape, scale=1.0):

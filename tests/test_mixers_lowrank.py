@@ -18,13 +18,8 @@ from lra_bench.mixers import linformer, performer, reformer, synthesizer
 TOL = dict(rtol=1e-10, atol=1e-12)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def quick_compiles():
-    """Jitted and compiled without LLVM's expensive passes (as tests/test_mixers_equations.py)."""
-    previous = jax.config.values["jax_disable_most_optimizations"]
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", previous)
+# compiled without most XLA passes (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("fast_compile_module")
 
 
 @pytest.fixture(autouse=True)

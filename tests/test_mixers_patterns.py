@@ -20,12 +20,8 @@ from lra_bench.mixers import bigbird, local, longformer, sinkhorn, sparse_transf
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def quick_compiles():
-    previous = jax.config.values["jax_disable_most_optimizations"]
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", previous)
+# compiled without most XLA passes (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("fast_compile_module")
 
 
 def fixture(kind):

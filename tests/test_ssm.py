@@ -22,12 +22,8 @@ from lra_bench.trainer import build
 TOL = dict(rtol=1e-10, atol=1e-10)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def fast_compile():
-    # Everything here only has to run, not to run fast: skip most XLA passes.
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", False)
+# compiled without most XLA passes (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("fast_compile_module")
 
 
 def jitted(module, **kwargs):

@@ -25,11 +25,8 @@ FIXTURES = PACKAGE_DIR.parent / "tests" / "fixtures"
 TOL = dict(rtol=1e-9, atol=1e-10)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def fast_compile():
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", False)
+# compiled without most XLA passes (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("fast_compile_module")
 
 
 @pytest.fixture(autouse=True)
