@@ -77,5 +77,18 @@ def fast_compile_module():
 
 
 @pytest.fixture
+def x64():
+    """float64 for one test (the equation and parity tests): `jax.enable_x64` in newer jax, the
+    experimental context manager in older."""
+    if hasattr(jax, "enable_x64"):
+        ctx = jax.enable_x64(True)
+    else:
+        from jax.experimental import enable_x64  # older jax only: absent in newer
+        ctx = enable_x64()
+    with ctx:
+        yield
+
+
+@pytest.fixture
 def results_dir(tmp_path):
     return tmp_path / "results"

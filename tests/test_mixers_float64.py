@@ -19,16 +19,9 @@ from test_mixers_equations import explicit_toeplitz, fastformer_numpy, quadratic
 
 TOL = dict(rtol=1e-12, atol=1e-12)
 
+pytestmark = pytest.mark.usefixtures("x64")  # every test in float64 (tests/conftest.py)
 
-@pytest.fixture(autouse=True)
-def x64():
-    if hasattr(jax, "enable_x64"):  # a config context manager in newer jax
-        ctx = jax.enable_x64(True)
-    else:
-        from jax.experimental import enable_x64
-        ctx = enable_x64()
-    with ctx:
-        yield
+
 
 
 def rand(seed, shape, scale=1.0):

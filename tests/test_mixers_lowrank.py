@@ -19,15 +19,9 @@ TOL = dict(rtol=1e-10, atol=1e-12)
 
 
 # compiled without most XLA passes (tests/conftest.py)
-pytestmark = pytest.mark.usefixtures("fast_compile_module")
+pytestmark = pytest.mark.usefixtures("fast_compile_module", "x64")  # float64: conftest
 
 
-@pytest.fixture(autouse=True)
-def x64():
-    ctx = jax.enable_x64(True) if hasattr(jax, "enable_x64") else \
-        __import__("jax.experimental", fromlist=["enable_x64"]).enable_x64()
-    with ctx:
-        yield
 
 
 def rand(seed, shape, scale=1.0):

@@ -33,15 +33,6 @@ def jitted(module, **kwargs):
     return lambda *args: run(state, *args)
 
 
-@pytest.fixture
-def x64():
-    if hasattr(jax, "enable_x64"):
-        ctx = jax.enable_x64(True)
-    else:
-        from jax.experimental import enable_x64
-        ctx = enable_x64()
-    with ctx:
-        yield
 
 
 def crandn(rng, shape):

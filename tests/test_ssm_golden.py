@@ -26,18 +26,9 @@ TOL = dict(rtol=1e-9, atol=1e-10)
 
 
 # compiled without most XLA passes (tests/conftest.py)
-pytestmark = pytest.mark.usefixtures("fast_compile_module")
+pytestmark = pytest.mark.usefixtures("fast_compile_module", "x64")  # float64: conftest
 
 
-@pytest.fixture(autouse=True)
-def x64():
-    if hasattr(jax, "enable_x64"):
-        ctx = jax.enable_x64(True)
-    else:
-        from jax.experimental import enable_x64
-        ctx = enable_x64()
-    with ctx:
-        yield
 
 
 def load(name):
