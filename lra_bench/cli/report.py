@@ -41,6 +41,9 @@ def report(
                                         "against length into this .png"),
     grid: Optional[str] = typer.Option(None, "--grid", help="only grid ID's runs (`latest`: the "
                                        "newest grid), missing cells marked"),
+    html: Optional[Path] = typer.Option(None, "--html", metavar="DIR", help="also write the "
+                                        "report as a static site into DIR (open DIR/index.html "
+                                        "in a browser; an earlier report there is replaced)"),
 ):
     """Leaderboard of every finished run (one row per model, one column per task, a majority-class
     row per preset), or with --sweep [ID] the efficiency of a sweep (LRA Table 2)."""
@@ -56,6 +59,11 @@ def report(
                                       ("--runs", runs_)) if given]
     if len(modes) > 1:
         raise UserError(f"{' and '.join(modes)} show different reports; give one of them")
+    if html is not None and modes:
+        raise UserError(f"--html writes the whole report (leaderboard, runs, sweeps); give it "
+                        f"without {modes[0]}")
+    if html is not None:  # a folder that cannot hold the site is refused before any output
+        rep.check_target(html)
     # An image path that cannot be written is refused before any table is printed.
     for option, image in (("--plot", plot), ("--curves", curves)):
         if image is None:
@@ -113,18 +121,15 @@ def report(
     if curves is not None:
         from lra_bench.plots import plot_curves  # matplotlib: for --curves only
 
-        # The validation panel's chance line is the validation split's majority (older runs
-        # recorded only the test split's: that one then, and the plot says which).
-        done = rep.finished_runs(rep.normalise(runs))
-        chance = {}
-        for split in ("test", "val"):
-            for _, r in rep.majority_shares(done, split).iterrows():
-                chance[(r["preset"], r["task"])] = (100.0 * r[f"{split}_majority"],
-                                                    "validation" if split == "val" else "test")
         title = "Learning curves: mean over seeds, band = min-max over seeds" + (
             f" ({filters})" if filters else "")
-        written = plot_curves(data, curves, title, chance)
+        written = plot_curves(data, curves, title, rep.chance_lines(runs))
         err.print(f"curves written to {written}", highlight=False)
+    if html is not None:
+        index, site_warnings = rep.write_site(runs, rdir, html, selection, filters)
+        for w in [w for w in site_warnings if w not in warnings]:
+            err.print(f"warning: {w}", highlight=False, markup=False)
+        err.print(f"HTML report written to {index}", highlight=False, markup=False)
 
 
 def _show(shown, format: str) -> None:

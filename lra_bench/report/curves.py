@@ -1,4 +1,5 @@
-"""`lra report --curves`: every evaluation of the finished runs, from their metrics.jsonl."""
+"""`lra report --curves`: every evaluation of the finished runs, from their metrics.jsonl, and
+the majority-class line drawn beside them."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import pandas as pd
 
 from lra_bench import records
 from lra_bench.report.runs import finished_runs, normalise
+from lra_bench.report.tables import majority_shares
 
 
 def learning_curves(runs: pd.DataFrame, results_dir: Path,
@@ -35,3 +37,16 @@ def learning_curves(runs: pd.DataFrame, results_dir: Path,
     out = pd.concat(frames, ignore_index=True)
     out["val_accuracy"] = out["val_accuracy"] * 100.0
     return out
+
+
+def chance_lines(runs: pd.DataFrame) -> dict[tuple[str, str], tuple[float, str]]:
+    """(preset, task) -> (majority-class share (%), its split): the dashed line of a validation
+    panel. The validation split's majority, or, for runs older than that field, the test
+    split's (the panel says which)."""
+    done = finished_runs(normalise(runs))
+    chance = {}
+    for split in ("test", "val"):
+        for _, r in majority_shares(done, split).iterrows():
+            chance[(r["preset"], r["task"])] = (100.0 * r[f"{split}_majority"],
+                                                "validation" if split == "val" else "test")
+    return chance
