@@ -16,14 +16,17 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # The quick preset (docs/quick.md): three models that learn ListOps in a few minutes each on
-# 2 CPU cores, the leaderboard with the test split's majority class, and their learning curves.
+# 2 CPU cores, the leaderboard with the test split's majority class, their learning curves and
+# the same as an HTML report (results/report/index.html).
 DEMO_MODELS := transformer fourier linear
 demo: setup
 	for m in $(DEMO_MODELS); do $(BIN)/lra run --model $$m --task listops --preset quick || exit 1; done
-	$(BIN)/lra report --preset quick --task listops $(DEMO_MODELS:%=-m %) --curves results/demo_curves.png
+	$(BIN)/lra report --preset quick --task listops $(DEMO_MODELS:%=-m %) --curves results/demo_curves.png \
+		--html results/report
 	@echo "quick preset: 300 steps on 64-token ListOps; a model learns when it ends well above the"
 	@echo "'majority class' row (always guessing the commonest answer). Curves: results/demo_curves.png;"
 	@echo "3 seeds of the models: docs/quick.md. Paper-scale runs: --preset lra (GPU)."
+	@echo "HTML report (leaderboard, curves, a page per run): open $(CURDIR)/results/report/index.html"
 
 # Two workers, each test file on one (its module fixtures are built once): 7:42 instead of 9:14-9:48
 # on 2 cores, 452 tests (2026-11-30); 478-480 tests took 8:25-8:59 (fresh clones of 64bc416 and
