@@ -26,7 +26,8 @@ demo: setup
 	@echo "quick preset: 300 steps on 64-token ListOps; a model learns when it ends well above the"
 	@echo "'majority class' row (always guessing the commonest answer). Curves: results/demo_curves.png;"
 	@echo "3 seeds of the models: docs/quick.md. Paper-scale runs: --preset lra (GPU)."
-	@echo "HTML report (leaderboard, curves, a page per run): open $(CURDIR)/results/report/index.html"
+	@echo "HTML report (leaderboard, curves, a page per run), to open in a browser:"
+	@echo "  $(CURDIR)/results/report/index.html"
 
 # Two workers, each test file on one (its module fixtures are built once): 7:42 instead of 9:14-9:48
 # on 2 cores, 452 tests (2026-11-30); 478-480 tests took 8:25-8:59 (fresh clones of 64bc416 and

@@ -25,7 +25,8 @@ h3{font-size:1em}p.title{margin:.4em 0;color:#444}
 table{border-collapse:collapse;margin:.5em 0 1.5em;font-size:13px}
 th,td{border:1px solid #ddd;padding:.25em .55em;text-align:right;vertical-align:top}
 th:first-child,td:first-child,th:nth-child(2),td:nth-child(2){text-align:left}
-th{background:#f4f4f6}table.sortable th{cursor:pointer;user-select:none}table.prose td{text-align:left}
+th{background:#f4f4f6}table.sortable th{cursor:pointer;user-select:none}
+table.prose td{text-align:left}
 table.sortable th[aria-sort=ascending]::after{content:" \\25B2"}
 table.sortable th[aria-sort=descending]::after{content:" \\25BC"}
 tr.baseline td{background:#fff8e1;font-style:italic}tr.ours td{background:#eef6ff}
@@ -42,9 +43,11 @@ SCRIPT = """
 (function(){
 function key(td){var t=td.textContent.trim();var v=parseFloat(t.replace(/,/g,''));
  return isNaN(v)?{n:false,v:t.toLowerCase()}:{n:true,v:v};}
-function sortBy(table,col,dir){var body=table.tBodies[0];var rows=Array.prototype.slice.call(body.rows);
+function sortBy(table,col,dir){var body=table.tBodies[0];
+ var rows=Array.prototype.slice.call(body.rows);
  rows.sort(function(a,b){var x=key(a.cells[col]),y=key(b.cells[col]);
-  if(x.n!==y.n)return x.n?-1:1;var c=x.n?x.v-y.v:(x.v<y.v?-1:x.v>y.v?1:0);return dir==='asc'?c:-c;});
+  if(x.n!==y.n)return x.n?-1:1;var c=x.n?x.v-y.v:(x.v<y.v?-1:x.v>y.v?1:0);
+  return dir==='asc'?c:-c;});
  rows.forEach(function(r){body.appendChild(r);});
  Array.prototype.forEach.call(table.tHead.rows[0].cells,function(th,i){
   if(i===col)th.setAttribute('aria-sort',dir==='asc'?'ascending':'descending');

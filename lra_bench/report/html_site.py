@@ -65,9 +65,14 @@ def check_target(out_dir: Path) -> Path:
         probe = probe.parent
     if not probe.is_dir():
         raise UserError(f"--html {given}: {probe} is a file, not a folder; give another folder")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise UserError(f"--html {given}: {probe} is not writable; give a folder you can write "
-                        "to, e.g. --html ./report")
+    # os.access alone says yes to root on a read-only mount or /proc: make a folder there too
+    try:
+        if not os.access(probe, os.W_OK | os.X_OK):
+            raise PermissionError("not writable")
+        os.rmdir(tempfile.mkdtemp(dir=probe, prefix=".lra-report-probe-"))
+    except OSError as e:
+        raise UserError(f"--html {given}: cannot write into {probe} ({e.strerror or e}); give a "
+                        "folder you can write to, e.g. --html ./report") from None
     if out.is_dir() and any(out.iterdir()) and not _is_ours(out):
         raise UserError(f"--html {given} holds files that are not an lra report (the site "
                         "replaces the folder); give an empty or new folder")
@@ -80,22 +85,41 @@ def write_site(runs: pd.DataFrame, results_dir: Path, out_dir: Path, selection: 
     an earlier report there. Returns index.html's path and the warnings met on the way (damaged
     metrics lines, unreadable sweeps), which the site also shows."""
     out = check_target(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    build = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.build-"))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        build = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.build-"))
+    except OSError as e:
+        raise UserError(f"--html {out_dir}: cannot write into {out.parent} ({e.strerror or e}); "
+                        "give another folder") from None
     try:
         os.chmod(build, 0o755)
         warnings = _build(build, runs, Path(results_dir), selection, filters)
-        if out.exists():
-            old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
-            out.rename(old / "site")
-            build.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            build.rename(out)
-    except BaseException:
+        _move_into_place(build, out)
+    except BaseException as e:
         shutil.rmtree(build, ignore_errors=True)
+        if isinstance(e, OSError):  # a full disk, a folder removed under us: no traceback
+            raise UserError(f"--html {out_dir}: writing the site failed ({e}); nothing was "
+                            "written there; free some space or give another folder") from None
         raise
     return out / "index.html", warnings
+
+
+def _move_into_place(build: Path, out: Path) -> None:
+    """`build` becomes `out`; an earlier report there is removed only once the new one is in
+    its place, and put back if that fails."""
+    if not out.exists():
+        build.rename(out)
+        return
+    old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
+    try:
+        out.rename(old / "site")
+        try:
+            build.rename(out)
+        except OSError:
+            (old / "site").rename(out)
+            raise
+    finally:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _build(folder: Path, runs: pd.DataFrame, results_dir: Path, selection: str,
