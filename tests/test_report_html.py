@@ -72,7 +72,7 @@ def site(tmp_path_factory):
     _run(root, "fourier", "listops", 0.2, seed=1, status="diverged", diverged_step=200)
     _run(root, "<script>alert(1)</script>", "listops", 0.25, run_id="quick-markup-listops-0")
     _sweep(root)
-    out = root.parent / "site"
+    out = tmp_path_factory.mktemp("site") / "report"  # a new folder, as a user would give
     r = runner.invoke(app, ["report", "--results-dir", str(root), "--html", str(out)])
     assert r.exit_code == 0, r.output
     assert f"HTML report written to {out / 'index.html'}" in r.stderr.replace("\n", "")
