@@ -176,6 +176,22 @@ def blame(mixer, method: str):
                         f"{SIGNATURES[method]}; {CONTRACT})") from None
 
 
+@contextmanager
+def blame_gradient(kind: str):
+    """A failure while tracing a plugin model's train step that no `blame` caught (those are
+    UserErrors already) is its gradient's: the forward pass traced, reverse mode did not."""
+    try:
+        yield
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001 -- the rest of the model differentiates; the mixer not
+        _, label = mixer_class(kind)
+        raise UserError(f"{label}: its gradient cannot be traced ({type(e).__name__}"
+                        f"{_where(e)}: {_first_line(e)}); a mixer must be differentiable by "
+                        "jax.grad (reverse mode), e.g. lax.scan or lax.fori_loop with static "
+                        f"bounds instead of lax.while_loop ({CONTRACT})") from None
+
+
 def _fmt(a) -> str:
     return f"{getattr(a, 'dtype', '?')}{list(getattr(a, 'shape', '?'))}"
 

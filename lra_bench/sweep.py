@@ -124,7 +124,7 @@ def plan(task: str, models: str, lengths: str, preset: str = "lra", batch_size: 
             refuse_oversized(rc, length)
         if plugins.is_plugin(rc.mixer["kind"]):  # a broken plugin: one error, not N error rows
             plugin_check.check_in_subprocess(model, task, preset, point_overrides(
-                settings, settings.lengths[0]), seed, worker_env(settings))
+                settings, settings.lengths[0]), seed, worker_env(settings), mode == "train")
     refuse_unrunnable(settings)
     return settings
 
@@ -171,7 +171,7 @@ def refuse_unrunnable(s: Settings) -> None:
     after compiling."""
     points = [{"model": m, "length": n, "overrides": point_overrides(s, n)}
               for m in s.models for n in s.lengths]
-    spec = {"task": s.task, "preset": s.preset, "seed": s.seed, "points": points}
+    spec = {"task": s.task, "preset": s.preset, "seed": s.seed, "mode": s.mode, "points": points}
     with tempfile.TemporaryDirectory(prefix="lra-sweep-check-") as tmp:
         out = Path(tmp) / "check.json"
         cmd = [sys.executable, "-m", "lra_bench.sweep_worker", "--check", "--spec",

@@ -109,7 +109,8 @@ def check_points(spec: dict) -> list[dict]:
     for point in spec["points"]:
         try:
             model.check(config.resolve(point["model"], spec["task"], spec["preset"],
-                                       seed=spec.get("seed", 0), overrides=point["overrides"]))
+                                       seed=spec.get("seed", 0), overrides=point["overrides"]),
+                        gradient=spec.get("mode", "train") == "train")
         except UserError as e:
             refused.append({"model": point["model"], "length": point["length"], "why": str(e)})
     return refused

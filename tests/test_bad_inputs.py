@@ -111,6 +111,24 @@ def config_dir_with(tmp: Path, make) -> dict:
     return {}
 
 
+def plugin_without_gradient(tmp: Path) -> dict:
+    """{tmp}/cfg/models/p_nograd.toml naming a plugin mixer whose forward pass traces but whose
+    gradient cannot (a while_loop with a traced bound), importable from {tmp}/src."""
+    (tmp / "src").mkdir()
+    (tmp / "src" / "plug_nograd.py").write_text(
+        "import jax\nfrom flax import nnx\n\n\nclass Mixer(nnx.Module):\n"
+        "    def __init__(self, spec, *, rngs):\n"
+        "        self.proj = nnx.Linear(spec.dim, spec.dim, dtype=spec.dtype, rngs=rngs)\n\n"
+        "    def __call__(self, x, mask, *, deterministic=True, rngs=None):\n"
+        "        n = mask.sum(axis=1).max()\n"
+        "        _, y = jax.lax.while_loop(lambda c: c[0] < n, lambda c: (c[0] + 1, c[1] * 0.5),\n"
+        "                                  (0, self.proj(x)))\n"
+        "        return y, mask\n")
+    config_dir_with(tmp, lambda m: (m / "p_nograd.toml").write_text(
+        '[mixer]\nkind = "plug_nograd:Mixer"\n'))
+    return {"PYTHONPATH": str(tmp / "src")}
+
+
 # (case, arguments (with {tmp}, {data}, {results} filled in), the fix the error line names,
 #  set-up: a function of the scratch folder that makes files and returns environment variables)
 CASES = [
@@ -250,6 +268,12 @@ CASES = [
     ("download with -1 retries",
      ["data", "download", "--retries", "-1", "--to", "{tmp}/dl"], "--retries must be >= 0",
      None),
+    ("plugin whose gradient fails (preflight)",
+     ["--config-dir", "{tmp}/cfg", "preflight", "-m", "p_nograd", "-t", "listops"],
+     "its gradient cannot be traced", plugin_without_gradient),
+    ("plugin whose gradient fails (run --no-preflight)",
+     ["--config-dir", "{tmp}/cfg", "run", "-m", "p_nograd", "-t", "listops", "--no-preflight",
+      *TINY], "its gradient cannot be traced", plugin_without_gradient),
 ]
 
 
@@ -271,15 +295,19 @@ def test_bad_input_is_one_error_line_exit_2_and_leaves_nothing(case, args, fix, 
         monkeypatch.delenv(var, raising=False)
     for var, value in (setup(tmp_path) if setup else {}).items():
         monkeypatch.setenv(var, value)
+        if var == "PYTHONPATH":  # a plugin's module, imported by this process
+            monkeypatch.syspath_prepend(value)
     fill = {"tmp": tmp_path, "data": data, "results": results}
     args = [a.format(**fill) for a in args]
-    if "--data-dir" not in args and (args[0] == "run" or args[:2] == ["data", "prepare"]):
+    command = args[2] if args[0] == "--config-dir" else args[0]
+    if "--data-dir" not in args and (command == "run" or args[:2] == ["data", "prepare"]):
         args += ["--data-dir", str(data)]
-    if args[0] in ("run", "report", "sweep") and "--results-dir" not in args:
+    if command in ("run", "report", "sweep") and "--results-dir" not in args:
         args += ["--results-dir", str(results)]
     before = snapshot(tmp_path)
 
     r = runner.invoke(app, args)
+    paths.set_config_dirs([])  # --config-dir sets process state: leave none to other tests
 
     errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
     assert r.exit_code == 2, r.output

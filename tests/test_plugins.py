@@ -27,6 +27,13 @@ class Mixer(nnx.Module):
         return self.proj(x) * self.scale, mask
 '''
 
+# forward traces; reverse mode refuses a while_loop whose bound is traced (issue 28, case 5)
+NO_GRADIENT = GOOD.replace("import jax.numpy", "import jax\nimport jax.numpy").replace(
+    "return self.proj(x) * self.scale, mask", """n = mask.sum(axis=1).max()  # a traced bound
+        _, y = jax.lax.while_loop(lambda c: c[0] < n, lambda c: (c[0] + 1, c[1] * 0.5),
+                                  (0, self.proj(x)))
+        return y, mask""")
+
 # name -> (module source, class, what the one error line must say)
 BROKEN = {
     "missing_module": (None, "Mixer", "cannot import plug_missing_module (ModuleNotFoundError"),
@@ -46,6 +53,8 @@ BROKEN = {
     "no_tuple": (GOOD.replace(", mask\n", "\n"), "Mixer", "it must return the tuple (y, mask)"),
     "wrong_dtype": (GOOD.replace("* self.scale, mask", "* self.scale, mask.astype(jnp.int32)"),
                     "Mixer", "the mask must be bool"),
+    "no_gradient": (NO_GRADIENT, "Mixer",
+                    "its gradient cannot be traced (ValueError: Reverse-mode differentiation"),
 }
 
 
@@ -158,6 +167,26 @@ def test_preflight_and_sweep_stop_on_a_broken_plugin(plugin_home, results_dir):
     one_error_line(r, "mixer 'plug_call_signature:Mixer': __call__ raised TypeError",
                    "(self, x, mask, *, deterministic, rngs) -> (y, mask)")
     assert not results_dir.exists()
+
+
+@pytest.mark.parametrize("args", [["preflight"], ["run", "--no-preflight", "--preset", "smoke",
+                                                  "--steps", "1"]])
+def test_a_plugin_whose_gradient_fails_is_one_line_before_anything_runs(args, plugin_home,
+                                                                       tmp_path):
+    """The check traces the whole train step, gradient included: `lra preflight` and `lra run
+    --no-preflight` stop with one line, and the run generates no data and leaves no folder."""
+    data, results = tmp_path / "data", tmp_path / "results"
+    folders = ["--data-dir", str(data), "--results-dir", str(results)] if args[0] == "run" else []
+    r = runner.invoke(app, ["--config-dir", str(plugin_home), *args, "--model", "p_no_gradient",
+                            "--task", "listops", *folders])
+    one_error_line(r, "mixer 'plug_no_gradient:Mixer': its gradient cannot be traced",
+                   "lax.scan or lax.fori_loop with static bounds")
+    assert not data.exists() and not results.exists()
+    # a forward-only check (`lra preflight --mode forward`, a forward sweep) lets it through
+    from lra_bench.model import check
+
+    paths.set_config_dirs([plugin_home])
+    check(config.resolve("p_no_gradient", "listops", "smoke"), gradient=False)
 
 
 def test_entry_points_are_models_and_a_broken_one_is_one_line(tmp_path, monkeypatch):

@@ -25,9 +25,12 @@ def preflight_cmd(
 ):
     """Compile the step on abstract shapes (nothing allocated): estimated peak memory, FLOPs per
     step, and whether it fits. Exit 0 when it fits, 1 when it does not."""
-    from lra_bench import preflight as pf  # jax: loaded when the command runs
+    # jax: loaded when the command runs
+    from lra_bench import preflight as pf
+    from lra_bench.model import check
 
     rc = config.resolve(model, task, preset, overrides=set_)
+    check(rc, gradient=mode == "train")  # a plugin traced through its step: one line if broken
     step = pf.compile_abstract(rc, mode)
     capacity = pf.device_capacity(memory_limit)
     fits = pf.fits(step, capacity)
