@@ -111,6 +111,13 @@ def config_dir_with(tmp: Path, make) -> dict:
     return {}
 
 
+def user_task(tmp: Path, name: str, text: str) -> dict:
+    """{tmp}/cfg/tasks/{name}.toml holding `text`, for --config-dir {tmp}/cfg."""
+    (tmp / "cfg" / "tasks").mkdir(parents=True)
+    (tmp / "cfg" / "tasks" / f"{name}.toml").write_text(text)
+    return {}
+
+
 def plugin_without_gradient(tmp: Path) -> dict:
     """{tmp}/cfg/models/p_nograd.toml naming a plugin mixer whose forward pass traces but whose
     gradient cannot (a while_loop with a traced bound), importable from {tmp}/src."""
@@ -177,7 +184,7 @@ CASES = [
      lambda t: write_aan(t / "tsv", "1\tonly\tfour\tfields") and {}),
     ("retrieval label 7",
      ["data", "prepare", "retrieval", "--preset", "smoke", "--source", "{tmp}/tsv"],
-     "new_aan_pairs.eval.tsv:2: the label must be 0 or 1",
+     "new_aan_pairs.eval.tsv:2: the label must be 0 or 1, got '7'",
      lambda t: write_aan(t / "tsv", "7\ta\tb\tc\td") and {}),
     ("pathfinder label 7",
      ["data", "prepare", "pathfinder", "--preset", "smoke", "--source", "{tmp}/release"],
@@ -268,6 +275,25 @@ CASES = [
     ("download with -1 retries",
      ["data", "download", "--retries", "-1", "--to", "{tmp}/dl"], "--retries must be >= 0",
      None),
+    # issue 28, case 14: messages that named the wrong thing
+    ("--source is a folder, not the archive",
+     ["data", "prepare", "text", "--preset", "smoke", "--source", "{tmp}"],
+     "--source {tmp} is a folder, not the aclImdb_v1.tar.gz archive; give the archive file", None),
+    ("--source is the folder holding the archive",
+     ["data", "prepare", "text", "--preset", "smoke", "--source", "{tmp}/dl"],
+     "give the archive itself: --source {tmp}/dl/aclImdb_v1.tar.gz",
+     lambda t: (t / "dl").mkdir() or corrupt_tar(t / "dl" / "aclImdb_v1.tar.gz") and {}),
+    ("unknown loader in a user's task",
+     ["--config-dir", "{tmp}/cfg", "run", "-m", "transformer", "-t", "mine"],
+     "cfg/tasks/mine.toml: unknown data loader 'csvfile'; [data] loader must be one of: image, "
+     "listops, pathfinder, retrieval, synthetic, text",
+     lambda t: user_task(t, "mine", '[data]\nloader = "csvfile"\nmax_length = 8\n'
+                         'vocab_size = 4\nnum_classes = 2\n')),
+    ("wrong type in a --config-dir task",
+     ["--config-dir", "{tmp}/cfg", "preflight", "-m", "transformer", "-t", "listops"],
+     "{tmp}/cfg/tasks/listops.toml: 'data.max_length' must be a whole number, got 'long'",
+     lambda t: user_task(t, "listops", (paths.tasks_dir() / "listops.toml").read_text().replace(
+         "max_length = 2000", 'max_length = "long"', 1))),
     ("plugin whose gradient fails (preflight)",
      ["--config-dir", "{tmp}/cfg", "preflight", "-m", "p_nograd", "-t", "listops"],
      "its gradient cannot be traced", plugin_without_gradient),

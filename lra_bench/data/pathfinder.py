@@ -195,7 +195,9 @@ def build(source: str, data: dict, writer, log) -> dict:
     del pixels
     skipped = {name: int((status == code).sum()) for code, name in STATUS.items()}
     if any(skipped.values()):
-        log(f"pathfinder: skipped {skipped}")
+        counts = ", ".join(f"{n:,} {name}" for name, n in skipped.items() if n)
+        log(f"pathfinder: skipped {sum(skipped.values()):,} of {len(status):,} images "
+            f"({counts})")
     return {
         "skipped": skipped,
         "listed": len(paths),
