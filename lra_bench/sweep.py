@@ -38,6 +38,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from lra_bench import config, interruption, paths, plugin_check, plugins, results
 from lra_bench.errors import UserError
+from lra_bench.sizes import format_bytes, parse_bytes
 
 MODES = ("train", "forward")
 STATUSES = ("ok", "OOM", "error", "timeout")
@@ -110,10 +111,7 @@ def plan(task: str, models: str, lengths: str, preset: str = "lra", batch_size: 
     if timeout_s <= 0:
         raise UserError(f"--timeout must be > 0 seconds, got {timeout_s}")
     if memory_limit is not None:
-        # jax (preflight imports it): the parent loads it only to check a --memory-limit
-        from lra_bench.preflight import parse_bytes  # raises the UserError for a bad size
-
-        parse_bytes(memory_limit)
+        parse_bytes(memory_limit)  # a bad size: its UserError, before anything runs
     settings = Settings(task, preset, names, parse_lengths(lengths), batch_size, steps, warmup,
                         mode, list(overrides), timeout_s, memory_limit, seed,
                         [str(d) for d in paths.user_config_dirs()])
@@ -144,8 +142,8 @@ def refuse_oversized(rc: config.RunConfig, length: int) -> None:
     need, have = 4 * b * length * d, host_memory_bytes()
     if need > have:
         raise UserError(f"--lengths {length}: one activation of {rc.model_name} ({b} x {length} "
-                        f"tokens x {d} features, float32) is {need / 2**30:,.0f} GiB, more than "
-                        f"this machine's {have / 2**30:,.0f} GiB; give shorter --lengths or a "
+                        f"tokens x {d} features, float32) is {format_bytes(need)}, more than "
+                        f"this machine's {format_bytes(have)}; give shorter --lengths or a "
                         "smaller --batch-size")
 
 
@@ -364,7 +362,7 @@ def progress_line(i: int, n: int, row: dict) -> str:
     mem = row.get("peak_memory_bytes")
     return (f"{head}  {row['steps_per_second']:.3g} steps/s  "
             f"{_fmt_si(row['tokens_per_second'], 'tok/s')}  peak "
-            f"{mem / 2**30 if mem else float('nan'):.3g} GiB ({row.get('memory_source')})  "
+            f"{format_bytes(mem)} ({row.get('memory_source')})  "
             f"{_fmt_si(row.get('flops_per_step'), 'FLOP')}/step  compile "
             f"{row.get('compile_time_s', float('nan')):.1f} s"
             + (f"  {row['message']}" if row.get("message") else ""))

@@ -8,6 +8,7 @@ import typer
 
 from lra_bench import config
 from lra_bench.cli.common import out, user_errors
+from lra_bench.sizes import format_bytes
 
 
 @user_errors
@@ -40,11 +41,11 @@ def preflight_cmd(
     lines = [
         f"{model}/{task} ({preset} preset), {mode} step, batch {b}, length {length}, "
         f"{step.params:,} parameters",
-        f"estimated peak memory  {pf.format_bytes(step.peak_bytes)} (XLA compiled estimate: "
+        f"estimated peak memory  {format_bytes(step.peak_bytes)} (XLA compiled estimate: "
         "temp + arguments + outputs - donated)",
         f"FLOPs per step         {flops} (XLA cost analysis)",
         f"softmax attention      {pf.describe_attention(step.attention)}",
-        f"available              {pf.format_bytes(capacity.bytes)} ({capacity.source})",
+        f"available              {format_bytes(capacity.bytes)} ({capacity.source})",
         f"verdict                {verdict}",
     ]
     if fits is False:
