@@ -2,6 +2,7 @@
 tests/test_install.py). A broken plugin is one `error:` line naming it and the fix, exit 2."""
 
 import json
+import sys
 import textwrap
 
 import jax
@@ -216,6 +217,11 @@ def test_entry_points_are_models_and_a_broken_one_is_one_line(tmp_path, monkeypa
     assert config.load_spec("models", "transformer")["mixer"]["kind"] == "softmax"
     r = runner.invoke(app, ["list", "models"])
     assert r.exit_code == 0 and "plugin someplug" in r.stdout
+    # with the defaults its __init__ declares, read from the source, not imported (issue 28)
+    r = runner.invoke(app, ["list", "models", "--format", "json"])
+    rows = {row["model"]: row for row in json.loads(r.stdout)["models"]}
+    assert rows["softmax"]["options"] == {"scale": 1.0} and rows["ghost"]["options"] == {}
+    assert "plug_ep" not in sys.modules
     r = runner.invoke(app, ["preflight", "--model", "ghost", "--task", "listops"])
     one_error_line(r, "mixer plugin 'ghost' (no_such_module_xyz:Mixer, from someplug): cannot "
                    "import no_such_module_xyz", "fix the 'ghost' entry point")
@@ -248,3 +254,16 @@ def test_the_install_docs_user_model_and_task_resolve(tmp_path):
     assert rc.model["num_layers"] == 2 and rc.train["steps"] == 200
     assert config.resolve("nystrom-32", "listops", "smoke").model["num_layers"] == 1
     check(rc)
+
+
+def test_the_docs_plugin_lists_its_default_options(tmp_path, monkeypatch):
+    """docs/plugins.md says `lra list models` shows the mean mixer with its default options:
+    its module, as written there, gives gate=True without being imported."""
+    import re
+
+    doc = (paths.PACKAGE_DIR.parent / "docs" / "plugins.md").read_text()
+    (code,) = re.findall(r"```python\n# lra-mean-mixer/mean_mixer.py\n(.*?)```", doc, re.S)
+    (tmp_path / "mean_mixer.py").write_text(code)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert plugins.declared_defaults("mean_mixer:MeanMixer") == {"gate": True}
+    assert "mean_mixer" not in sys.modules
