@@ -36,7 +36,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from lra_bench import config, interruption, paths, plugin_check, plugins, results
+from lra_bench import config, interruption, paths, plugin_check, plugins, records, results
 from lra_bench.errors import UserError
 from lra_bench.sizes import format_bytes, parse_bytes
 
@@ -248,58 +248,19 @@ def save(results_dir: Path, sweep_id: str, settings: Settings, rows: list[dict])
 
 
 def load(results_dir: Path, sweep_id: str) -> tuple[Settings, list[dict]]:
+    """A sweep's settings and rows, checked against records.SWEEP: a damaged or crafted file is
+    one error line, never a setting or column of another type."""
     path = sweeps_dir(results_dir) / f"{sweep_id}.json"
-    try:
-        doc = json.loads(path.read_text())
-        settings, rows = Settings(**doc["settings"]), doc["rows"]
-        # every setting keeps the type of its default: a crafted file cannot smuggle another
-        for f in fields(Settings):
-            value, default = getattr(settings, f.name), getattr(Settings(), f.name)
-            if not _same_kind(default, value, f.name == "memory_limit"):
-                raise TypeError(f"setting {f.name} has the wrong type")
-        bad = next((i for i, r in enumerate(rows) if row_problem(r)), None) \
-            if isinstance(rows, list) else -1
-        if bad is not None:
-            raise TypeError(f"row {bad}: {row_problem(rows[bad]) if bad >= 0 else 'no rows list'}")
-        return settings, list(rows)
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise UserError(f"cannot read sweep {path} ({e}); start a new sweep instead") from None
-
-
-TEXT_COLUMNS = ("sweep_id", "model", "task", "preset", "mode", "dtype", "status", "memory_source",
-                "device_kind", "platform", "host", "jax_version", "git_commit", "message",
-                "started_at", "finished_at", "attention")
-
-
-def row_problem(r) -> str | None:
-    """Why a stored sweep row cannot be reported, or None: every column the report reads has its
-    type (numbers may be missing: null or "")."""
-    if not isinstance(r, dict):
-        return "not an object"
-    if not isinstance(r.get("model"), str) or not isinstance(r.get("length"), int) \
-            or r.get("status") not in STATUSES:
-        return "model, length and status must be text, an int and one of " + ", ".join(STATUSES)
-    for c in COLUMNS:
-        v = r.get(c)
-        if v is None or v == "":
-            continue
-        if isinstance(v, bool) or not isinstance(v, str if c in TEXT_COLUMNS else (int, float)):
-            return f"column {c} has the wrong type"
-    return None
-
-
-def _same_kind(default, value, optional: bool) -> bool:
-    if value is None:
-        return optional
-    if isinstance(default, bool) or isinstance(value, bool):
-        return False  # no setting is a bool
-    if isinstance(default, float):
-        return isinstance(value, (int, float))
-    if isinstance(default, list):
-        kind = int if default and isinstance(default[0], int) else str
-        return isinstance(value, list) and all(
-            isinstance(v, kind) and not isinstance(v, bool) for v in value)
-    return isinstance(value, str if default is None else type(default))
+    doc, why = records.read(path, records.SWEEP)
+    if why is None:
+        known = {f.name for f in fields(Settings)}
+        unknown = sorted(set(doc["settings"]) - known)
+        why = f"unknown settings {', '.join(unknown)}" if unknown else None
+    if why is not None:
+        raise UserError(f"cannot read sweep {path} ({why}); start a new sweep instead")
+    # missing or null: the default (a sweep written before the setting existed)
+    settings = Settings(**{k: v for k, v in doc["settings"].items() if v is not None})
+    return settings, list(doc["rows"])
 
 
 def worker_env(s: Settings | None = None) -> dict:
