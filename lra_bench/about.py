@@ -11,7 +11,7 @@ from typing import Any
 
 from rich.table import Table
 
-from lra_bench import __version__, config
+from lra_bench import __version__, config, plugins
 
 LIST_FORMATS = ("table", "json", "csv")
 
@@ -49,6 +49,8 @@ def listing(kinds: tuple[str, ...]) -> dict[str, list[dict[str, Any]]]:
         for name, entry in config.available("models").items():
             doc = config.load_spec("models", name)
             mixer = dict(doc["mixer"])
+            if entry.path is None:  # an entry point's model: its mixer's own defaults
+                mixer.update(plugins.declared_defaults(mixer["kind"]))
             out["models"].append({"model": name, "mixer": mixer.pop("kind"), "options": mixer,
                                   "description": doc.get("description", ""),
                                   "source": entry.source})

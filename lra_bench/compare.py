@@ -10,9 +10,10 @@ import pandas as pd
 
 from lra_bench import records
 from lra_bench.errors import UserError
+from lra_bench.sizes import format_bytes
 from lra_bench.report import Shown
 
-# (summary key, label, scale): what a reader compares first.
+# (summary key, label, scale or formatter): what a reader compares first.
 METRICS = (("status", "status", None), ("test_accuracy", "test accuracy (run's rule) %", 100.0),
            ("selection", "selection rule", None),
            ("test_accuracy_best_val", "test accuracy, best-val params %", 100.0),
@@ -21,7 +22,7 @@ METRICS = (("status", "status", None), ("test_accuracy", "test accuracy (run's r
            ("test_majority", "majority class of test split %", 100.0),
            ("final_train_loss", "final train loss", None), ("steps", "steps", None),
            ("step_time_ms", "median step ms", None), ("wall_time_s", "wall time s", None),
-           ("peak_memory_bytes", "peak memory MiB", 2.0 ** -20), ("params", "parameters", None),
+           ("peak_memory_bytes", "peak memory", format_bytes), ("params", "parameters", None),
            ("device_kind", "device", None), ("git_commit", "commit", None),
            ("started_at", "started", None))
 
@@ -65,6 +66,8 @@ def flatten(d: dict, prefix: str = "") -> dict[str, object]:
 def _cell(v, scale=None) -> str:
     if v is None or (isinstance(v, float) and pd.isna(v)):
         return "-"
+    if callable(scale):
+        return scale(v)
     if scale is not None and isinstance(v, (int, float)) and not isinstance(v, bool):
         v = v * scale
     if isinstance(v, float):

@@ -25,7 +25,7 @@ from lra_bench.errors import UserError
 # The value rules (ranges, checks tying keys together) live in config_rules; re-exported here.
 from lra_bench.config_rules import (RANGES, SECTIONS, check_generated_length,  # noqa: F401
                                     downsample_problem, in_range, param_group_problem,
-                                    range_errors, validate)
+                                    range_errors, type_problem, validate)
 
 
 @dataclass(frozen=True)
@@ -104,6 +104,10 @@ def available(kind: str) -> dict[str, Entry]:
     return dict(sorted(found.items()))
 
 
+# The data loaders a task's [data] loader may name: the modules of lra_bench/data/ that read or
+# make a task's splits (the package's other modules are their machinery).
+LOADERS = ("image", "listops", "pathfinder", "retrieval", "synthetic", "text")
+
 # What a task or model TOML must declare for anything to read it.
 REQUIRED = {"tasks": ("data", ("loader", "max_length", "vocab_size", "num_classes")),
             "models": ("mixer", ("kind",))}
@@ -136,6 +140,9 @@ def load_spec(kind: str, name: str) -> dict[str, Any]:
         what = f"a [{section}] table" if missing is None else f"[{section}] {', '.join(missing)}"
         raise UserError(f"{entry.path or entry.name}: lacks {what} (every {kind[:-1]} declares "
                         f"[{section}] {', '.join(keys)}); fix or remove the file")
+    if kind == "tasks" and table["loader"] not in LOADERS:
+        raise UserError(f"{entry.path or entry.name}: unknown data loader {table['loader']!r}; "
+                        f"[data] loader must be one of: {', '.join(LOADERS)}")
     return doc
 
 
@@ -156,6 +163,9 @@ def _apply(cfg: dict, layer: dict, where: str, declares: tuple[str, ...] = ()) -
         target = cfg[section]
         for key, value in values.items():
             if section in declares:
+                why = type_problem(f"{section}.{key}", value)
+                if why:
+                    raise UserError(f"{where}: {why}")
                 target[key] = value
                 continue
             if key not in target:

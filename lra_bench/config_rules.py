@@ -90,6 +90,19 @@ def range_errors(sections: dict[str, dict[str, Any]]) -> list[str]:
     return out
 
 
+def type_problem(key: str, value: Any) -> str | None:
+    """A value a layer declares (a task's [data], a model's [mixer]: no default to compare its
+    type with) that cannot be what its RANGES entry bounds: a count that is not a whole number,
+    another setting that is not a number. None when it can, or when the key has no range."""
+    interval = RANGES.get(key)
+    if interval is None:
+        return None
+    count = interval.endswith("2147483647]")
+    if isinstance(value, bool) or not isinstance(value, int if count else (int, float)):
+        return f"'{key}' must be {'a whole number' if count else 'a number'}, got {value!r}"
+    return None
+
+
 def _describe(interval: str, value: float | None = None) -> str:
     """'[1, inf)' -> '>= 1', '(0, inf)' -> '> 0', '[0, 1)' -> 'in [0, 1)'; a count's bound
     '[1, 2147483647]' names the side `value` is on: '>= 1', or '<= 2147483647 (2**31 - 1)'."""

@@ -238,21 +238,28 @@ class Encoder(nnx.Module):
         return masked_mean(x, mask, self.pad_pooling)
 
 
-def check(rc: RunConfig) -> None:
+def check(rc: RunConfig, gradient: bool = True) -> None:
     """Build the model abstractly (shapes only, nothing allocated) so that a bad mixer option or
     schedule raises its UserError before any data is loaded or anything is written. A user's
-    (plugin) mixer also runs a forward pass on abstract inputs of the task's shapes, so that
-    any breach of the mixer contract is one line before anything else happens."""
+    (plugin) mixer is also traced through a whole train step on abstract inputs of the task's
+    shapes: the forward pass and, unless `gradient` is False (a forward-only sweep), its gradient,
+    so that a breach of the mixer contract, or a mixer reverse mode cannot differentiate (a
+    `lax.while_loop` with a traced bound), is one line before anything else happens."""
     if not plugins.is_plugin(rc.mixer["kind"]):
         nnx.eval_shape(lambda: Classifier(rc, rngs=nnx.Rngs(params=rc.seed)))
         return
-    inputs = synthetic.make_split(rc.data, 2, seed=0)["inputs"]
+    inputs = jnp.asarray(synthetic.make_split(rc.data, 2, seed=0)["inputs"])
 
-    def forward():
+    def loss(model):
+        logits = model(inputs, deterministic=False, rngs=nnx.Rngs(dropout=0))
+        return logits.astype(jnp.float32).sum()
+
+    def step():
         model = Classifier(rc, rngs=nnx.Rngs(params=rc.seed))
-        return model(jnp.asarray(inputs), deterministic=False, rngs=nnx.Rngs(dropout=0))
+        return nnx.grad(loss)(model) if gradient else loss(model)
 
-    jax.eval_shape(forward)
+    with plugins.blame_gradient(rc.mixer["kind"]):
+        jax.eval_shape(step)
 
 
 class Classifier(nnx.Module):

@@ -9,9 +9,10 @@ import numpy as np
 import pandas as pd
 
 from lra_bench.errors import UserError
+from lra_bench.sizes import unit_for
 
 PANELS = (("step_time_ms", "time per step (ms)", 1.0),
-          ("peak_memory_bytes", "peak memory (GiB)", 2**30))
+          ("peak_memory_bytes", "peak memory ({unit})", None))  # None: the unit fits the data
 
 
 def _length_label(n: int) -> str:
@@ -37,7 +38,11 @@ def plot_sweep(df: pd.DataFrame, path: Path, title: str, baseline: str = "transf
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), constrained_layout=True)
     any_oom = (df["status"] == "OOM").any()
     for ax, (column, label, scale) in zip(axes, PANELS):
-        values = pd.to_numeric(df[column], errors="coerce") / scale
+        values = pd.to_numeric(df[column], errors="coerce")
+        if scale is None:  # the unit that shows the largest point as 1 or more: MiB, not 0.001 GiB
+            unit, scale = unit_for(values.max() if values.notna().any() else 0)
+            label = label.format(unit=unit)
+        values = values / scale
         ok = df.assign(value=values)[(df["status"] == "OOM").eq(False) & values.gt(0)]
         ok = ok[ok["status"] == "ok"]
         top = ok["value"].max() if len(ok) else 1.0

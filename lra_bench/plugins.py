@@ -16,7 +16,9 @@ flax at import time: `lra list` and the sweep's parent process use it.
 
 from __future__ import annotations
 
+import ast
 import importlib
+import importlib.machinery
 import importlib.metadata
 import inspect
 import os
@@ -101,6 +103,44 @@ def _where(e: BaseException) -> str:
     return f" at {frames[-1].filename}:{frames[-1].lineno}" if frames else ""
 
 
+def declared_defaults(kind: str) -> dict[str, Any]:
+    """The options a plugin mixer's `__init__` declares with literal defaults (`gate: bool =
+    True` -> {"gate": True}), read from its source without running it: `lra list` shows an entry
+    point's model with its defaults and never imports a plugin. {} when the source cannot be
+    found or read (a compiled module, a class made at run time): the column is then empty."""
+    eps = entry_points() if ":" not in str(kind) else {}
+    target = kind if ":" in str(kind) else getattr(eps.get(kind), "value", "")
+    module_name, _, attr = target.partition(":")
+    try:
+        # PathFinder locates each package's folder without running its __init__
+        spec, locations = None, None
+        for i, part in enumerate(module_name.strip().split(".")):
+            name = ".".join(module_name.strip().split(".")[:i + 1])
+            spec = importlib.machinery.PathFinder.find_spec(name, locations)
+            locations = spec.submodule_search_locations if spec else None
+        tree = ast.parse(open(spec.origin, encoding="utf-8").read())
+    except Exception:  # noqa: BLE001 -- not found or not Python source: nothing to show
+        return {}
+    cls = next((n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == attr.strip()),
+               None)
+    init = next((n for n in (cls.body if cls else []) if isinstance(n, ast.FunctionDef)
+                 and n.name == "__init__"), None)
+    if init is None:
+        return {}
+    a = init.args
+    named = list(zip(a.args[len(a.args) - len(a.defaults):], a.defaults)) + [
+        (arg, d) for arg, d in zip(a.kwonlyargs, a.kw_defaults) if d is not None]
+    out = {}
+    for arg, default in named:
+        if arg.arg in ("self", "spec", "rngs"):
+            continue
+        try:
+            out[arg.arg] = ast.literal_eval(default)
+        except ValueError:
+            continue  # a default computed at run time: not shown
+    return out
+
+
 def mixer_class(kind: str) -> tuple[type, str]:
     """The class a non-built-in `kind` names, and the label its errors carry."""
     if not isinstance(kind, str):
@@ -174,6 +214,22 @@ def blame(mixer, method: str):
         raise UserError(f"{label}: {method} raised {type(e).__name__}{_where(e)}: "
                         f"{_first_line(e)}; fix the mixer (it must be {method}"
                         f"{SIGNATURES[method]}; {CONTRACT})") from None
+
+
+@contextmanager
+def blame_gradient(kind: str):
+    """A failure while tracing a plugin model's train step that no `blame` caught (those are
+    UserErrors already) is its gradient's: the forward pass traced, reverse mode did not."""
+    try:
+        yield
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001 -- the rest of the model differentiates; the mixer not
+        _, label = mixer_class(kind)
+        raise UserError(f"{label}: its gradient cannot be traced ({type(e).__name__}"
+                        f"{_where(e)}: {_first_line(e)}); a mixer must be differentiable by "
+                        "jax.grad (reverse mode), e.g. lax.scan or lax.fori_loop with static "
+                        f"bounds instead of lax.while_loop ({CONTRACT})") from None
 
 
 def _fmt(a) -> str:

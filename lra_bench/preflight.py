@@ -11,7 +11,6 @@ can even be called on concrete arrays afterwards (the sweep does).
 from __future__ import annotations
 
 import os
-import re
 import time
 from collections import Counter
 from dataclasses import dataclass, replace
@@ -22,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lra_bench import measure
+from lra_bench.sizes import format_bytes, parse_bytes
 from lra_bench.config import RunConfig
 from lra_bench.data import synthetic
 from lra_bench.errors import UserError
@@ -61,7 +61,7 @@ def abstract_batch(rc: RunConfig, mode: str = "train") -> dict:
 
 
 def compile_abstract(rc: RunConfig, mode: str = "train") -> AbstractStep:
-    # flax (the mixers, the trainer): keep `import lra_bench.preflight` light for parse_bytes
+    # flax (the mixers, the trainer): loaded by the step check only
     from lra_bench.mixers._attention import recording
     from lra_bench.trainer import build
 
@@ -98,27 +98,6 @@ def describe_attention(forms) -> str:
         return "none (this mixer does not use softmax attention)"
     return "; ".join(f"{form} x {n}" + (f" ({why})" if why else "")
                      for (form, why), n in Counter(forms).items())
-
-
-_UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "m": 1e6, "mb": 1e6, "g": 1e9, "gb": 1e9,
-          "t": 1e12, "tb": 1e12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
-
-
-def parse_bytes(text: str) -> int:
-    """'512MB', '1.5GiB', '2g', '1000000' -> bytes."""
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(text))
-    if not m or m.group(2).lower() not in _UNITS:
-        raise UserError(f"cannot read memory size '{text}'; write e.g. 512MB, 16GiB or 2e9")
-    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
-
-
-def format_bytes(n: float | None) -> str:
-    if n is None:
-        return "unknown"
-    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if abs(n) >= size:
-            return f"{n / size:.2f} {unit}"
-    return f"{int(n)} B"
 
 
 def free_ram_bytes() -> int | None:

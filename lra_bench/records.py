@@ -10,6 +10,7 @@ hand, so every reader checks it here before it reaches arithmetic, an index or a
     grids/<id>/plan.json          PLAN         (`lra grid status|resume|cancel`, `--grid`)
     grids/<id>/submissions.json   SUBMISSIONS
     grids/<id>/jobs/<key>.json    JOB_STATE
+    sweeps/<id>.json              SWEEP        (`lra report --sweep`, `lra sweep --resume`)
 
 `problem(value, schema)` is None when the record fits, else one phrase saying where it does not
 ("'jobs' must be a list, found str"). A reader either skips the record with a warning naming the
@@ -219,3 +220,21 @@ SUBMISSION = {"job_id": Text(r"\d+(_\d+)?"), Opt("stdout"): str, Opt("stderr"): 
               Opt("host"): str, Opt("submitted_at"): str}
 SUBMISSIONS = Map(SUBMISSION)
 JOB_STATE = {Opt("state"): str, Opt("attempts"): int, Opt("error"): str}
+
+# sweeps/<id>.json: the settings `lra sweep --resume` continues with, and one row per finished
+# point (lra_bench.sweep.COLUMNS; numbers may be null: a point that failed measured nothing)
+SWEEP_TEXT = ("sweep_id", "task", "preset", "mode", "dtype", "memory_source", "device_kind",
+              "platform", "host", "jax_version", "git_commit", "message", "started_at",
+              "finished_at", "attention")
+SWEEP_NUMBERS = ("batch_size", "steps_per_second", "step_time_ms", "step_time_min_ms",
+                 "step_time_max_ms", "timed_steps", "tokens_per_second", "compile_time_s",
+                 "peak_memory_bytes", "xla_estimate_bytes", "device_memory_bytes",
+                 "flops_per_step", "params", "device_count", "wall_time_s")
+SWEEP_ROW = {"model": str, "length": int, "status": Text("ok|OOM|error|timeout"),
+             **{Opt(k): str for k in SWEEP_TEXT}, **{Opt(k): float for k in SWEEP_NUMBERS}}
+# a setting a sweep from an older version lacks takes its default (lra_bench.sweep.Settings)
+SWEEP_SETTINGS = {"task": str, "preset": str, "models": [str], "lengths": [int],
+                  "batch_size": int, "steps": int, "warmup": int, "mode": Text("train|forward"),
+                  "overrides": [str], "timeout_s": float, Opt("memory_limit"): str,
+                  Opt("seed"): int, Opt("config_dirs"): [str]}
+SWEEP = {"settings": SWEEP_SETTINGS, "rows": [SWEEP_ROW]}

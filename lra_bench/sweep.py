@@ -36,8 +36,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from lra_bench import config, interruption, paths, plugin_check, plugins, results
+from lra_bench import config, interruption, paths, plugin_check, plugins, records, results
 from lra_bench.errors import UserError
+from lra_bench.sizes import format_bytes, parse_bytes
 
 MODES = ("train", "forward")
 STATUSES = ("ok", "OOM", "error", "timeout")
@@ -110,10 +111,7 @@ def plan(task: str, models: str, lengths: str, preset: str = "lra", batch_size: 
     if timeout_s <= 0:
         raise UserError(f"--timeout must be > 0 seconds, got {timeout_s}")
     if memory_limit is not None:
-        # jax (preflight imports it): the parent loads it only to check a --memory-limit
-        from lra_bench.preflight import parse_bytes  # raises the UserError for a bad size
-
-        parse_bytes(memory_limit)
+        parse_bytes(memory_limit)  # a bad size: its UserError, before anything runs
     settings = Settings(task, preset, names, parse_lengths(lengths), batch_size, steps, warmup,
                         mode, list(overrides), timeout_s, memory_limit, seed,
                         [str(d) for d in paths.user_config_dirs()])
@@ -124,7 +122,7 @@ def plan(task: str, models: str, lengths: str, preset: str = "lra", batch_size: 
             refuse_oversized(rc, length)
         if plugins.is_plugin(rc.mixer["kind"]):  # a broken plugin: one error, not N error rows
             plugin_check.check_in_subprocess(model, task, preset, point_overrides(
-                settings, settings.lengths[0]), seed, worker_env(settings))
+                settings, settings.lengths[0]), seed, worker_env(settings), mode == "train")
     refuse_unrunnable(settings)
     return settings
 
@@ -144,8 +142,8 @@ def refuse_oversized(rc: config.RunConfig, length: int) -> None:
     need, have = 4 * b * length * d, host_memory_bytes()
     if need > have:
         raise UserError(f"--lengths {length}: one activation of {rc.model_name} ({b} x {length} "
-                        f"tokens x {d} features, float32) is {need / 2**30:,.0f} GiB, more than "
-                        f"this machine's {have / 2**30:,.0f} GiB; give shorter --lengths or a "
+                        f"tokens x {d} features, float32) is {format_bytes(need)}, more than "
+                        f"this machine's {format_bytes(have)}; give shorter --lengths or a "
                         "smaller --batch-size")
 
 
@@ -171,7 +169,7 @@ def refuse_unrunnable(s: Settings) -> None:
     after compiling."""
     points = [{"model": m, "length": n, "overrides": point_overrides(s, n)}
               for m in s.models for n in s.lengths]
-    spec = {"task": s.task, "preset": s.preset, "seed": s.seed, "points": points}
+    spec = {"task": s.task, "preset": s.preset, "seed": s.seed, "mode": s.mode, "points": points}
     with tempfile.TemporaryDirectory(prefix="lra-sweep-check-") as tmp:
         out = Path(tmp) / "check.json"
         cmd = [sys.executable, "-m", "lra_bench.sweep_worker", "--check", "--spec",
@@ -250,58 +248,19 @@ def save(results_dir: Path, sweep_id: str, settings: Settings, rows: list[dict])
 
 
 def load(results_dir: Path, sweep_id: str) -> tuple[Settings, list[dict]]:
+    """A sweep's settings and rows, checked against records.SWEEP: a damaged or crafted file is
+    one error line, never a setting or column of another type."""
     path = sweeps_dir(results_dir) / f"{sweep_id}.json"
-    try:
-        doc = json.loads(path.read_text())
-        settings, rows = Settings(**doc["settings"]), doc["rows"]
-        # every setting keeps the type of its default: a crafted file cannot smuggle another
-        for f in fields(Settings):
-            value, default = getattr(settings, f.name), getattr(Settings(), f.name)
-            if not _same_kind(default, value, f.name == "memory_limit"):
-                raise TypeError(f"setting {f.name} has the wrong type")
-        bad = next((i for i, r in enumerate(rows) if row_problem(r)), None) \
-            if isinstance(rows, list) else -1
-        if bad is not None:
-            raise TypeError(f"row {bad}: {row_problem(rows[bad]) if bad >= 0 else 'no rows list'}")
-        return settings, list(rows)
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise UserError(f"cannot read sweep {path} ({e}); start a new sweep instead") from None
-
-
-TEXT_COLUMNS = ("sweep_id", "model", "task", "preset", "mode", "dtype", "status", "memory_source",
-                "device_kind", "platform", "host", "jax_version", "git_commit", "message",
-                "started_at", "finished_at", "attention")
-
-
-def row_problem(r) -> str | None:
-    """Why a stored sweep row cannot be reported, or None: every column the report reads has its
-    type (numbers may be missing: null or "")."""
-    if not isinstance(r, dict):
-        return "not an object"
-    if not isinstance(r.get("model"), str) or not isinstance(r.get("length"), int) \
-            or r.get("status") not in STATUSES:
-        return "model, length and status must be text, an int and one of " + ", ".join(STATUSES)
-    for c in COLUMNS:
-        v = r.get(c)
-        if v is None or v == "":
-            continue
-        if isinstance(v, bool) or not isinstance(v, str if c in TEXT_COLUMNS else (int, float)):
-            return f"column {c} has the wrong type"
-    return None
-
-
-def _same_kind(default, value, optional: bool) -> bool:
-    if value is None:
-        return optional
-    if isinstance(default, bool) or isinstance(value, bool):
-        return False  # no setting is a bool
-    if isinstance(default, float):
-        return isinstance(value, (int, float))
-    if isinstance(default, list):
-        kind = int if default and isinstance(default[0], int) else str
-        return isinstance(value, list) and all(
-            isinstance(v, kind) and not isinstance(v, bool) for v in value)
-    return isinstance(value, str if default is None else type(default))
+    doc, why = records.read(path, records.SWEEP)
+    if why is None:
+        known = {f.name for f in fields(Settings)}
+        unknown = sorted(set(doc["settings"]) - known)
+        why = f"unknown settings {', '.join(unknown)}" if unknown else None
+    if why is not None:
+        raise UserError(f"cannot read sweep {path} ({why}); start a new sweep instead")
+    # missing or null: the default (a sweep written before the setting existed)
+    settings = Settings(**{k: v for k, v in doc["settings"].items() if v is not None})
+    return settings, list(doc["rows"])
 
 
 def worker_env(s: Settings | None = None) -> dict:
@@ -364,7 +323,7 @@ def progress_line(i: int, n: int, row: dict) -> str:
     mem = row.get("peak_memory_bytes")
     return (f"{head}  {row['steps_per_second']:.3g} steps/s  "
             f"{_fmt_si(row['tokens_per_second'], 'tok/s')}  peak "
-            f"{mem / 2**30 if mem else float('nan'):.3g} GiB ({row.get('memory_source')})  "
+            f"{format_bytes(mem)} ({row.get('memory_source')})  "
             f"{_fmt_si(row.get('flops_per_step'), 'FLOP')}/step  compile "
             f"{row.get('compile_time_s', float('nan')):.1f} s"
             + (f"  {row['message']}" if row.get("message") else ""))

@@ -1,7 +1,8 @@
 """`lra report --sweep`: a sweep in the LRA paper's Table 2 layout.
 
 One row per model; steps per second at each length with the speed-up over `transformer` in
-brackets, then peak memory at each length with its ratio to `transformer`. A point that ran out
+brackets, then peak memory at each length with its ratio to `transformer` (no brackets when no
+transformer was swept). A point that ran out
 of memory reads OOM. The published Table 2 rows use the same layout, marked with their source
 and hardware.
 """
@@ -14,6 +15,7 @@ import pandas as pd
 from rich.table import Table
 
 from lra_bench import paths, sweep
+from lra_bench.sizes import format_bytes
 
 BASELINE = "transformer"
 PUBLISHED_BASELINE = "Transformer"
@@ -41,21 +43,23 @@ def _model_order(models, baseline: str) -> list[str]:
 
 
 def table2_rows(df: pd.DataFrame, speed: str, memory: str, baseline: str,
-                memory_unit: str, extra: tuple[str, ...] = ()) -> tuple[list[str], list[list[str]]]:
+                memory_unit: str, extra: tuple[str, ...] = (),
+                memory_format=None) -> tuple[list[str], list[list[str]]]:
     """df: one row per (model, length) with columns model, length, status, `speed`, `memory`
-    (memory already in `memory_unit`) and the `extra` columns, shown first."""
+    (in `memory_unit`, or bytes shown by `memory_format`) and the `extra` columns, shown
+    first."""
     lengths = sorted(df["length"].unique())
     header = ["model", *extra, *[f"steps/s {length_label(n)}" for n in lengths],
               *[f"{memory_unit} {length_label(n)}" for n in lengths]]
     by = {(r["model"], int(r["length"])): r for _, r in df.iterrows()}
 
-    def cell(model, n, column):
+    def cell(model, n, column, show=_num):
         r = by.get((model, n))
         if r is None:
             return "-"
         if r["status"] != "ok" or pd.isna(r[column]):
             return str(r["status"]) if r["status"] != "ok" else "-"
-        text = _num(float(r[column]))
+        text = show(float(r[column]))
         base = by.get((baseline, n))
         if model != baseline and base is not None and base["status"] == "ok" \
                 and not pd.isna(base[column]) and float(base[column]) > 0:
@@ -67,19 +71,20 @@ def table2_rows(df: pd.DataFrame, speed: str, memory: str, baseline: str,
         first = df[df["model"] == model].iloc[0]
         rows.append([model, *[str(first[e]) for e in extra],
                      *[cell(model, n, speed) for n in lengths],
-                     *[cell(model, n, memory) for n in lengths]])
+                     *[cell(model, n, memory, memory_format or _num) for n in lengths]])
     return header, rows
 
 
 def measured_table(df: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
-    view = df.assign(memory_gib=pd.to_numeric(df["peak_memory_bytes"], errors="coerce") / 2**30)
-    return table2_rows(view, "steps_per_second", "memory_gib", BASELINE, "GiB")
+    view = df.assign(memory=pd.to_numeric(df["peak_memory_bytes"], errors="coerce"))
+    return table2_rows(view, "steps_per_second", "memory", BASELINE, "memory",
+                       memory_format=format_bytes)
 
 
 def points_table(df: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     """Every measure of every point, for reading beyond Table 2."""
     header = ["model", "length", "status", "step ms", "tokens/s", "GFLOP/step", "compile s",
-              "peak GiB", "memory source", "XLA estimate GiB", "message"]
+              "peak memory", "memory source", "XLA estimate", "message"]
 
     def f(v, scale=1.0, digits=3):
         if v is None or pd.isna(v):
@@ -94,11 +99,15 @@ def points_table(df: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
         rows.append([r["model"], str(int(r["length"])), str(r["status"]), f(r["step_time_ms"]),
                      "-" if pd.isna(r["tokens_per_second"]) else f"{r['tokens_per_second']:,.0f}",
                      f(r["flops_per_step"], 1e9, 4),
-                     f(r["compile_time_s"]), f(r["peak_memory_bytes"], 2**30),
+                     f(r["compile_time_s"]), _bytes(r["peak_memory_bytes"]),
                      "-" if pd.isna(r["memory_source"]) else str(r["memory_source"]),
-                     f(r["xla_estimate_bytes"], 2**30),
+                     _bytes(r["xla_estimate_bytes"]),
                      "" if pd.isna(r["message"]) else str(r["message"])[:120]])
     return header, rows
+
+
+def _bytes(v) -> str:
+    return "-" if v is None or pd.isna(v) else format_bytes(float(v))
 
 
 def published_efficiency() -> pd.DataFrame:
@@ -133,6 +142,10 @@ def rich_table(title: str, header: list[str], rows: list[list[str]]):
 def title(sweep_id: str, s: sweep.Settings, df: pd.DataFrame) -> str:
     kinds = ", ".join(sorted({str(k) for k in df["device_kind"].dropna().unique()})) or "?"
     sources = ", ".join(sorted({str(k) for k in df["memory_source"].dropna().unique()})) or "-"
+    # the brackets are relative to the baseline: named only when it was swept
+    ratios = BASELINE in set(df["model"])
+    speed = f"steps/s (speed-up over {BASELINE})" if ratios else "steps/s"
     return (f"Sweep {sweep_id}: {s.task} ({s.preset} preset), {s.mode} step, batch {s.batch_size}, "
-            f"median of {s.steps} timed steps, on {kinds}; steps/s (speed-up over {BASELINE}), "
-            f"peak memory GiB (ratio); memory source: {sources}")
+            f"median of {s.steps} timed steps, on {kinds}; {speed}, peak memory"
+            f"{' (ratio)' if ratios else ''}; memory source: {sources}"
+            + ("" if ratios else f"; no {BASELINE} in this sweep, so no speed-ups or ratios"))

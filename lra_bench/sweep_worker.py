@@ -21,6 +21,7 @@ from pathlib import Path
 
 from lra_bench import config, host, results
 from lra_bench.errors import UserError
+from lra_bench.sizes import format_bytes
 
 OOM_MARKERS = ("resource_exhausted", "out of memory", "oom when allocating", "failed to allocate")
 
@@ -64,8 +65,8 @@ def measure_point(spec: dict, row: dict) -> None:
                attention=preflight.describe_attention(step.attention))
     if preflight.fits(step, capacity) is False:
         row.update(status="OOM", message=(
-            f"not run: needs {preflight.format_bytes(step.peak_bytes)} (XLA estimate), has "
-            f"{preflight.format_bytes(capacity.bytes)} ({capacity.source})"))
+            f"not run: needs {format_bytes(step.peak_bytes)} (XLA estimate), has "
+            f"{format_bytes(capacity.bytes)} ({capacity.source})"))
         return
 
     built = build(rc)
@@ -109,7 +110,8 @@ def check_points(spec: dict) -> list[dict]:
     for point in spec["points"]:
         try:
             model.check(config.resolve(point["model"], spec["task"], spec["preset"],
-                                       seed=spec.get("seed", 0), overrides=point["overrides"]))
+                                       seed=spec.get("seed", 0), overrides=point["overrides"]),
+                        gradient=spec.get("mode", "train") == "train")
         except UserError as e:
             refused.append({"model": point["model"], "length": point["length"], "why": str(e)})
     return refused

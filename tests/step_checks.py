@@ -48,3 +48,17 @@ def check_train_step(rc, steps, batch):
     want = (len(batch["labels"]), rc.data["num_classes"])
     assert tuple(out.shape) == want, f"{what}: output shape {tuple(out.shape)}, expected {want}"
     return state, metrics
+
+
+def check_test_accuracies(summary: dict, test_rows: int) -> None:
+    """A finished run's test accuracies are counts over the whole test split, which a bound such
+    as 0 <= accuracy <= 1 never checks: `test_examples` is the split's size (no padding row of
+    the last batch counted, none dropped), each accuracy is a whole number of correct examples
+    over it, and `test_accuracy` is the one `train.selection` names."""
+    n = summary["test_examples"]
+    assert n == test_rows, (n, test_rows)
+    for key in ("test_accuracy", "test_accuracy_last", "test_accuracy_best_val"):
+        correct = summary[key] * n
+        assert abs(correct - round(correct)) < 1e-4 and 0 <= round(correct) <= n, (key, correct)
+    named = "test_accuracy_last" if summary["selection"] == "last" else "test_accuracy_best_val"
+    assert summary["test_accuracy"] == summary[named]

@@ -111,6 +111,31 @@ def config_dir_with(tmp: Path, make) -> dict:
     return {}
 
 
+def user_task(tmp: Path, name: str, text: str) -> dict:
+    """{tmp}/cfg/tasks/{name}.toml holding `text`, for --config-dir {tmp}/cfg."""
+    (tmp / "cfg" / "tasks").mkdir(parents=True)
+    (tmp / "cfg" / "tasks" / f"{name}.toml").write_text(text)
+    return {}
+
+
+def plugin_without_gradient(tmp: Path) -> dict:
+    """{tmp}/cfg/models/p_nograd.toml naming a plugin mixer whose forward pass traces but whose
+    gradient cannot (a while_loop with a traced bound), importable from {tmp}/src."""
+    (tmp / "src").mkdir()
+    (tmp / "src" / "plug_nograd.py").write_text(
+        "import jax\nfrom flax import nnx\n\n\nclass Mixer(nnx.Module):\n"
+        "    def __init__(self, spec, *, rngs):\n"
+        "        self.proj = nnx.Linear(spec.dim, spec.dim, dtype=spec.dtype, rngs=rngs)\n\n"
+        "    def __call__(self, x, mask, *, deterministic=True, rngs=None):\n"
+        "        n = mask.sum(axis=1).max()\n"
+        "        _, y = jax.lax.while_loop(lambda c: c[0] < n, lambda c: (c[0] + 1, c[1] * 0.5),\n"
+        "                                  (0, self.proj(x)))\n"
+        "        return y, mask\n")
+    config_dir_with(tmp, lambda m: (m / "p_nograd.toml").write_text(
+        '[mixer]\nkind = "plug_nograd:Mixer"\n'))
+    return {"PYTHONPATH": str(tmp / "src")}
+
+
 # (case, arguments (with {tmp}, {data}, {results} filled in), the fix the error line names,
 #  set-up: a function of the scratch folder that makes files and returns environment variables)
 CASES = [
@@ -159,7 +184,7 @@ CASES = [
      lambda t: write_aan(t / "tsv", "1\tonly\tfour\tfields") and {}),
     ("retrieval label 7",
      ["data", "prepare", "retrieval", "--preset", "smoke", "--source", "{tmp}/tsv"],
-     "new_aan_pairs.eval.tsv:2: the label must be 0 or 1",
+     "new_aan_pairs.eval.tsv:2: the label must be 0 or 1, got '7'",
      lambda t: write_aan(t / "tsv", "7\ta\tb\tc\td") and {}),
     ("pathfinder label 7",
      ["data", "prepare", "pathfinder", "--preset", "smoke", "--source", "{tmp}/release"],
@@ -250,6 +275,31 @@ CASES = [
     ("download with -1 retries",
      ["data", "download", "--retries", "-1", "--to", "{tmp}/dl"], "--retries must be >= 0",
      None),
+    # issue 28, case 14: messages that named the wrong thing
+    ("--source is a folder, not the archive",
+     ["data", "prepare", "text", "--preset", "smoke", "--source", "{tmp}"],
+     "--source {tmp} is a folder, not the aclImdb_v1.tar.gz archive; give the archive file", None),
+    ("--source is the folder holding the archive",
+     ["data", "prepare", "text", "--preset", "smoke", "--source", "{tmp}/dl"],
+     "give the archive itself: --source {tmp}/dl/aclImdb_v1.tar.gz",
+     lambda t: (t / "dl").mkdir() or corrupt_tar(t / "dl" / "aclImdb_v1.tar.gz") and {}),
+    ("unknown loader in a user's task",
+     ["--config-dir", "{tmp}/cfg", "run", "-m", "transformer", "-t", "mine"],
+     "cfg/tasks/mine.toml: unknown data loader 'csvfile'; [data] loader must be one of: image, "
+     "listops, pathfinder, retrieval, synthetic, text",
+     lambda t: user_task(t, "mine", '[data]\nloader = "csvfile"\nmax_length = 8\n'
+                         'vocab_size = 4\nnum_classes = 2\n')),
+    ("wrong type in a --config-dir task",
+     ["--config-dir", "{tmp}/cfg", "preflight", "-m", "transformer", "-t", "listops"],
+     "{tmp}/cfg/tasks/listops.toml: 'data.max_length' must be a whole number, got 'long'",
+     lambda t: user_task(t, "listops", (paths.tasks_dir() / "listops.toml").read_text().replace(
+         "max_length = 2000", 'max_length = "long"', 1))),
+    ("plugin whose gradient fails (preflight)",
+     ["--config-dir", "{tmp}/cfg", "preflight", "-m", "p_nograd", "-t", "listops"],
+     "its gradient cannot be traced", plugin_without_gradient),
+    ("plugin whose gradient fails (run --no-preflight)",
+     ["--config-dir", "{tmp}/cfg", "run", "-m", "p_nograd", "-t", "listops", "--no-preflight",
+      *TINY], "its gradient cannot be traced", plugin_without_gradient),
 ]
 
 
@@ -271,15 +321,19 @@ def test_bad_input_is_one_error_line_exit_2_and_leaves_nothing(case, args, fix, 
         monkeypatch.delenv(var, raising=False)
     for var, value in (setup(tmp_path) if setup else {}).items():
         monkeypatch.setenv(var, value)
+        if var == "PYTHONPATH":  # a plugin's module, imported by this process
+            monkeypatch.syspath_prepend(value)
     fill = {"tmp": tmp_path, "data": data, "results": results}
     args = [a.format(**fill) for a in args]
-    if "--data-dir" not in args and (args[0] == "run" or args[:2] == ["data", "prepare"]):
+    command = args[2] if args[0] == "--config-dir" else args[0]
+    if "--data-dir" not in args and (command == "run" or args[:2] == ["data", "prepare"]):
         args += ["--data-dir", str(data)]
-    if args[0] in ("run", "report", "sweep") and "--results-dir" not in args:
+    if command in ("run", "report", "sweep") and "--results-dir" not in args:
         args += ["--results-dir", str(results)]
     before = snapshot(tmp_path)
 
     r = runner.invoke(app, args)
+    paths.set_config_dirs([])  # --config-dir sets process state: leave none to other tests
 
     errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
     assert r.exit_code == 2, r.output

@@ -60,6 +60,34 @@ def test_run_then_report(data_dir, results_dir):
     assert (results_dir / "tables" / "efficiency.csv").exists()
 
 
+def test_the_environment_sets_the_default_folders(tmp_path, monkeypatch):
+    """$LRA_DATA_DIR and $LRA_RESULTS_DIR are where a command without --data-dir/--results-dir
+    reads and writes (not ./data, ./results), and an explicit option beats them (issue 28)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LRA_DATA_DIR", str(tmp_path / "env-data"))
+    monkeypatch.setenv("LRA_RESULTS_DIR", str(tmp_path / "env-results"))
+    r = invoke("data", "prepare", "listops", "--preset", "smoke", "--set", "data.num_train=16",
+               "--set", "data.num_val=8", "--set", "data.num_test=8")
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "env-data" / "prepared" / "listops").is_dir()
+    run = tmp_path / "env-results" / "runs" / "transformer-listops-1"
+    run.mkdir(parents=True)
+    (run / "summary.json").write_text(json.dumps({
+        "run_id": run.name, "model": "transformer", "task": "listops", "preset": "smoke",
+        "seed": 0, "status": "interrupted", "started_at": "2026"}))
+    r = invoke("report", "--runs", "--format", "json")
+    assert [row["run_id"] for row in json.loads(r.stdout)["runs"]] == [run.name], r.output
+    assert not (tmp_path / "data").exists() and not (tmp_path / "results").exists()
+    r = invoke("report", "--runs", "--results-dir", tmp_path / "other")
+    assert r.exit_code == 2 and str(tmp_path / "other") in r.stderr  # the option wins
+    (tmp_path / "file").write_text("x")
+    for var in ("LRA_DATA_DIR", "LRA_RESULTS_DIR"):  # `lra run` reads each, checked up front
+        with monkeypatch.context() as m:
+            m.setenv(var, str(tmp_path / "file"))
+            r = invoke("run", "--model", "transformer", "--task", "listops", "--steps", "2")
+            assert r.exit_code == 2 and f"${var} {tmp_path / 'file'} is a file" in r.stderr
+
+
 def test_configs_are_found_from_any_working_directory(tmp_path):
     import subprocess
     import sys

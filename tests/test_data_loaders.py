@@ -312,9 +312,15 @@ def make_pathfinder_tree(root: Path, n=40, res=32, damage=True, rgb_every=7) -> 
 
 def test_pathfinder_reads_release_layout_splits_80_10_10_and_counts_skips(tmp_path):
     make_pathfinder_tree(tmp_path / "release")
-    splits, manifest = run_prepare("pathfinder", tmp_path, source=tmp_path / "release")
+    said = []
+    data = config.resolve_data("pathfinder", "smoke")
+    dest, manifest, _ = prepare.prepare("pathfinder", "smoke", data, tmp_path / "data",
+                                        log=said.append, source=tmp_path / "release")
+    splits = cache.read(dest, manifest)
     assert manifest["skipped"] == {"missing": 1, "empty": 1, "corrupt": 2, "unsafe": 0,
                                    "oversized": 0}
+    # said in words, not as a Python dict (issue 28, case 14)
+    assert "pathfinder: skipped 4 of 40 images (1 missing, 1 empty, 2 corrupt)" in said, said
     sizes = [len(splits[s]["labels"]) for s in ("train", "val", "test")]
     assert sizes == [29, 3, 4]  # round(0.8 * 36), round(0.9 * 36) - 29, the rest
     for s in ("train", "val", "test"):

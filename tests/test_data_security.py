@@ -495,11 +495,15 @@ def test_saved_config_accepts_what_a_run_writes(saved):
 
 
 @pytest.mark.parametrize("edit, words", [
-    (lambda d: d["settings"].update(lengths=["1024; rm -rf"]), "setting lengths"),
-    (lambda d: d["settings"].update(batch_size="32"), "setting batch_size"),
-    (lambda d: d["rows"][0].update(length="big"), "row 0"),
-    (lambda d: d["rows"][0].update(steps_per_second="fast"), "column steps_per_second"),
-    (lambda d: d.update(rows={"a": 1}), "no rows list"),
+    (lambda d: d["settings"].update(lengths=["1024; rm -rf"]), "'settings.lengths[0]' must be"),
+    (lambda d: d["settings"].update(batch_size="32"), "'settings.batch_size' must be"),
+    (lambda d: d["settings"].update(mode="backward"), "'settings.mode' must be"),
+    (lambda d: d["settings"].update(shell="rm -rf"), "unknown settings shell"),
+    (lambda d: d["rows"][0].update(length="big"), "'rows[0].length' must be a whole number"),
+    (lambda d: d["rows"][0].update(status="great"), "'rows[0].status' must be"),
+    (lambda d: d["rows"][0].update(steps_per_second="fast"), "'rows[0].steps_per_second'"),
+    (lambda d: d.update(rows={"a": 1}), "'rows' must be a list"),
+    (lambda d: d.clear(), "'settings' is missing"),
 ])
 def test_a_crafted_sweep_file_is_refused_in_one_line(tmp_path, edit, words):
     from lra_bench import sweep
@@ -512,6 +516,19 @@ def test_a_crafted_sweep_file_is_refused_in_one_line(tmp_path, edit, words):
     path.write_text(json.dumps(doc))
     r = lra("report", "--sweep", "--results-dir", tmp_path)
     assert words in one_error_line(r)
+
+
+def test_the_sweep_schema_covers_every_column_and_setting():
+    """records.SWEEP (where sweep files are checked, with every other record) names each column
+    and setting lra_bench.sweep writes, so none goes unchecked."""
+    from dataclasses import fields
+
+    from lra_bench import records, sweep
+
+    row = {"model", "length", "status", *records.SWEEP_TEXT, *records.SWEEP_NUMBERS}
+    assert row == set(sweep.COLUMNS)
+    named = {getattr(k, "schema", k) for k in records.SWEEP_SETTINGS}
+    assert named == {f.name for f in fields(sweep.Settings)}
 
 
 def test_a_crafted_checkpoint_progress_is_refused(tmp_path):

@@ -194,8 +194,10 @@ def test_bad_schedule_is_one_line_error_before_anything_runs(tmp_path):
         "--data-dir", str(tmp_path / "no-data"), "--results-dir", str(tmp_path / "results")])
     assert result.exit_code == 2
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "pool_lengths" in lines[0] and "power-of-two" in lines[0]
-    assert not (tmp_path / "results").exists()
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    assert "pool_lengths" in lines[0] and "power-of-two" in lines[0]
+    assert "Traceback" not in result.output and result.stdout == ""
+    assert not (tmp_path / "results").exists() and not (tmp_path / "no-data").exists()
 
 
 def test_topk_trains_in_a_smoke_run_and_is_reported(tmp_path, fast_compile):

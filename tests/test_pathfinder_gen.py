@@ -5,11 +5,13 @@ docs/pathfinder-generator.md), its quirks, determinism, balance, release layout;
 
 import hashlib
 import json
+import math
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw
+from scipy import ndimage
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
@@ -109,16 +111,75 @@ def test_labels_rest_on_continuation_not_connectivity(hard32):
     assert linked[hard32.labels == 0].mean() > 0.3  # many negatives are joined by ink
 
 
+def seed_orientations(resolution: int, paddle_length: int, thickness: float, margin: int,
+                      antialias: int) -> list[int]:
+    """The orientations (whole degrees, -180..179) from which snakes2 (drewlinsley/pathfinder
+    ab9c130, snakes.py seed_snake) can seed a contour, counted here from its geometry rules and
+    not by the port (lra_bench.data.pathfinder_gen), which must agree:
+
+    1. The paddle's mask (draw_line_n_mask): on a canvas `antialias` times finer, of side
+       2 * half * aa + 1 with half = L + ceil(thickness) + margin, a line from the centre c to
+       (ceil(c + L aa sin a), ceil(c + L aa cos a)) of width round(thickness aa), value 255;
+       grey-dilated by a disc of radius margin * aa; cast to uint8; Lanczos-resized to
+       2 * half + 1 (scipy.misc.imresize: PIL's LANCZOS on the uint8 image); divided by 255.
+    2. seed_snake's dilation kernel: that mask pasted, centred, on an n x n canvas,
+       n = 2 (L + margin) + 1, at (L + margin + 1, L + margin + 1), one pixel past the centre,
+       clipped; cast to uint8, so only pixels of the full value 255 (1.0) are taps.
+    3. cv2.dilate with the anchor at the kernel's centre: an output pixel is the maximum of the
+       source at (pixel + tap - anchor); taps outside the image count as -DBL_MAX. A pixel all of
+       whose taps fall outside stays -DBL_MAX, find_available_coordinates sees a value below 0
+       and returns no coordinate: the seed fails. So an orientation can seed exactly when every
+       pixel of the image has at least one tap inside it.
+    """
+    L, m, aa, r = paddle_length, margin, antialias, resolution
+    half = L + math.ceil(thickness) + m
+    fine, c, side, n = 2 * half * aa + 1, half * aa, 2 * half + 1, 2 * (L + m) + 1
+    y, x = np.ogrid[-m * aa:m * aa + 1, -m * aa:m * aa + 1]
+    disc = x * x + y * y <= (m * aa) ** 2
+    usable = []
+    for deg in range(-180, 180):
+        a = deg * math.pi / 180
+        im = Image.new("F", (fine, fine), 0.0)
+        head = (math.ceil(c + L * aa * math.cos(a)), math.ceil(c + L * aa * math.sin(a)))
+        ImageDraw.Draw(im).line([(c, c), head], fill=255.0, width=round(thickness * aa))
+        grown = ndimage.grey_dilation(np.asarray(im), footprint=disc, mode="constant", cval=0.0)
+        mask = np.asarray(Image.fromarray(grown.astype(np.uint8)).resize(
+            (side, side), Image.Resampling.LANCZOS))
+        kernel = np.zeros((n, n), np.uint8)
+        at = L + m + 1
+        rows, cols = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
+        si, sj = rows - at + half, cols - at + half
+        inside = (si >= 0) & (si < side) & (sj >= 0) & (sj < side)
+        kernel[inside] = mask[si[inside], sj[inside]]
+        taps = np.argwhere(kernel == 255) - n // 2
+        covered = np.zeros((r, r), bool)
+        for dy, dx in taps:  # the pixels p with p + (dy, dx) inside the image
+            covered[max(0, -dy):min(r, r - dy), max(0, -dx):min(r, r - dx)] = True
+        if len(taps) and covered.all():
+            usable.append(deg)
+    return usable
+
+
 def test_seed_kernel_quirk():
     """snakes2's seed dilation kernel misses its anchor for most orientations, so most seeds
-    fail: at 32 px only 30 of 360 orientations can seed a contour."""
+    fail: at 32 px only 30 of 360 orientations can seed a contour (counted from snakes2's rules
+    in `seed_orientations`); at 128 px 354 at margin 2 and all 360 at margin 3. The port's
+    verdicts are those orientations."""
     st = pg.settings(32, "curv_contour_length_14")
+    assert (st.paddle_length, st.thickness, st.margins, st.antialias) == (2, 0.5, (1,), 2)
+    usable = seed_orientations(32, 2, 0.5, 1, 2)
+    assert usable == list(range(-150, -120))  # 30 neighbouring orientations
     s = pg.stamps(st, 1)
-    assert len(s.valid_degrees) == 30
-    taps = s.seed_kernel(int(s.valid_degrees[0]))
-    assert len(taps) > 0
+    assert [int(d) for d in s.valid_degrees] == usable
+    assert len(s.seed_kernel(usable[0])) > 0
     bad = next(d for d in range(-180, 180) if s.seed_kernel(d) is None)
-    assert bad not in s.valid_degrees
+    assert bad not in usable
+    big = pg.settings(128, "curv_contour_length_14")
+    assert (big.paddle_length, big.thickness, big.margins) == (5, 1.5, (2, 3))
+    for margin, count in ((2, 354), (3, 360)):
+        usable = seed_orientations(128, 5, 1.5, margin, 2)
+        assert len(usable) == count
+        assert [int(d) for d in pg.stamps(big, margin).valid_degrees] == usable
 
 
 @pytest.mark.parametrize("case", sorted(FIXTURE["stamps"]["cases"]))

@@ -2,6 +2,7 @@
 tests/test_install.py). A broken plugin is one `error:` line naming it and the fix, exit 2."""
 
 import json
+import sys
 import textwrap
 
 import jax
@@ -27,6 +28,13 @@ class Mixer(nnx.Module):
         return self.proj(x) * self.scale, mask
 '''
 
+# forward traces; reverse mode refuses a while_loop whose bound is traced (issue 28, case 5)
+NO_GRADIENT = GOOD.replace("import jax.numpy", "import jax\nimport jax.numpy").replace(
+    "return self.proj(x) * self.scale, mask", """n = mask.sum(axis=1).max()  # a traced bound
+        _, y = jax.lax.while_loop(lambda c: c[0] < n, lambda c: (c[0] + 1, c[1] * 0.5),
+                                  (0, self.proj(x)))
+        return y, mask""")
+
 # name -> (module source, class, what the one error line must say)
 BROKEN = {
     "missing_module": (None, "Mixer", "cannot import plug_missing_module (ModuleNotFoundError"),
@@ -46,6 +54,8 @@ BROKEN = {
     "no_tuple": (GOOD.replace(", mask\n", "\n"), "Mixer", "it must return the tuple (y, mask)"),
     "wrong_dtype": (GOOD.replace("* self.scale, mask", "* self.scale, mask.astype(jnp.int32)"),
                     "Mixer", "the mask must be bool"),
+    "no_gradient": (NO_GRADIENT, "Mixer",
+                    "its gradient cannot be traced (ValueError: Reverse-mode differentiation"),
 }
 
 
@@ -160,6 +170,26 @@ def test_preflight_and_sweep_stop_on_a_broken_plugin(plugin_home, results_dir):
     assert not results_dir.exists()
 
 
+@pytest.mark.parametrize("args", [["preflight"], ["run", "--no-preflight", "--preset", "smoke",
+                                                  "--steps", "1"]])
+def test_a_plugin_whose_gradient_fails_is_one_line_before_anything_runs(args, plugin_home,
+                                                                       tmp_path):
+    """The check traces the whole train step, gradient included: `lra preflight` and `lra run
+    --no-preflight` stop with one line, and the run generates no data and leaves no folder."""
+    data, results = tmp_path / "data", tmp_path / "results"
+    folders = ["--data-dir", str(data), "--results-dir", str(results)] if args[0] == "run" else []
+    r = runner.invoke(app, ["--config-dir", str(plugin_home), *args, "--model", "p_no_gradient",
+                            "--task", "listops", *folders])
+    one_error_line(r, "mixer 'plug_no_gradient:Mixer': its gradient cannot be traced",
+                   "lax.scan or lax.fori_loop with static bounds")
+    assert not data.exists() and not results.exists()
+    # a forward-only check (`lra preflight --mode forward`, a forward sweep) lets it through
+    from lra_bench.model import check
+
+    paths.set_config_dirs([plugin_home])
+    check(config.resolve("p_no_gradient", "listops", "smoke"), gradient=False)
+
+
 def test_entry_points_are_models_and_a_broken_one_is_one_line(tmp_path, monkeypatch):
     """An installed distribution's `lra_bench.mixers` entry points (a dist-info folder on
     sys.path is what pip leaves), one broken."""
@@ -187,6 +217,11 @@ def test_entry_points_are_models_and_a_broken_one_is_one_line(tmp_path, monkeypa
     assert config.load_spec("models", "transformer")["mixer"]["kind"] == "softmax"
     r = runner.invoke(app, ["list", "models"])
     assert r.exit_code == 0 and "plugin someplug" in r.stdout
+    # with the defaults its __init__ declares, read from the source, not imported (issue 28)
+    r = runner.invoke(app, ["list", "models", "--format", "json"])
+    rows = {row["model"]: row for row in json.loads(r.stdout)["models"]}
+    assert rows["softmax"]["options"] == {"scale": 1.0} and rows["ghost"]["options"] == {}
+    assert "plug_ep" not in sys.modules
     r = runner.invoke(app, ["preflight", "--model", "ghost", "--task", "listops"])
     one_error_line(r, "mixer plugin 'ghost' (no_such_module_xyz:Mixer, from someplug): cannot "
                    "import no_such_module_xyz", "fix the 'ghost' entry point")
@@ -219,3 +254,16 @@ def test_the_install_docs_user_model_and_task_resolve(tmp_path):
     assert rc.model["num_layers"] == 2 and rc.train["steps"] == 200
     assert config.resolve("nystrom-32", "listops", "smoke").model["num_layers"] == 1
     check(rc)
+
+
+def test_the_docs_plugin_lists_its_default_options(tmp_path, monkeypatch):
+    """docs/plugins.md says `lra list models` shows the mean mixer with its default options:
+    its module, as written there, gives gate=True without being imported."""
+    import re
+
+    doc = (paths.PACKAGE_DIR.parent / "docs" / "plugins.md").read_text()
+    (code,) = re.findall(r"```python\n# lra-mean-mixer/mean_mixer.py\n(.*?)```", doc, re.S)
+    (tmp_path / "mean_mixer.py").write_text(code)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert plugins.declared_defaults("mean_mixer:MeanMixer") == {"gate": True}
+    assert "mean_mixer" not in sys.modules

@@ -2,7 +2,7 @@ import jax
 import pytest
 from typer.testing import CliRunner
 
-from lra_bench import config, measure, preflight
+from lra_bench import config, measure, preflight, sizes
 from lra_bench.cli import app
 from lra_bench.data import synthetic
 from lra_bench.errors import UserError
@@ -39,12 +39,20 @@ def test_abstract_compile_allocates_nothing_and_matches_the_real_step():
     ("512MB", 512_000_000), ("1.5GiB", 3 * 2**29), ("2g", 2_000_000_000), ("1000", 1000),
     ("16 KiB", 16384)])
 def test_memory_sizes_parse(text, expected):
-    assert preflight.parse_bytes(text) == expected
+    assert sizes.parse_bytes(text) == expected
+
+
+@pytest.mark.parametrize("n, shown", [
+    (1_436_549, "1.37 MiB"), (1500, "1.46 KiB"), (512, "512 B"), (3 * 2**30, "3.00 GiB"),
+    (None, "unknown"), (float("nan"), "unknown")])
+def test_memory_sizes_print_in_the_unit_that_fits(n, shown):
+    """Never "0.00137 GiB" (issue 28, case 14): the one helper every command prints with."""
+    assert sizes.format_bytes(n) == shown
 
 
 def test_memory_size_typos_are_user_errors():
     with pytest.raises(UserError, match="cannot read memory size '2 parsecs'"):
-        preflight.parse_bytes("2 parsecs")
+        sizes.parse_bytes("2 parsecs")
 
 
 def test_capacity_is_the_limit_else_free_ram_on_cpu(monkeypatch):

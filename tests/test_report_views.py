@@ -40,6 +40,26 @@ def test_majority_share_is_the_most_frequent_class():
     assert majority_share(np.array([0, 1, 1, 2, 1])) == pytest.approx(0.6)
 
 
+def test_the_majority_row_is_the_test_splits_majority(tmp_path):
+    """A new run records the majority share of its test split (and its validation split's),
+    not the training split's: here the three differ (train 90% class 0, val 75% class 1, test
+    60% class 2), so reading any other split fails (issue 28, case 16)."""
+    from lra_bench import config, run
+
+    rc = config.resolve("transformer", "listops", "smoke")
+
+    def split(labels):
+        return {"inputs": np.ones((len(labels), 4), np.int32), "labels": np.asarray(labels)}
+
+    splits = {"train": split([0] * 9 + [1]), "val": split([1, 1, 1, 0]),
+              "test": split([2, 2, 2, 0, 1])}
+    _, summary = run._new_run(rc, splits, tmp_path, None)
+    assert summary["test_majority"] == pytest.approx(0.6)
+    assert summary["val_majority"] == pytest.approx(0.75)
+    saved = json.loads(next((tmp_path / "runs").glob("*/summary.json")).read_text())
+    assert saved["test_majority"] == pytest.approx(0.6)
+
+
 def test_each_split_has_its_own_majority(tmp_path):
     _run(tmp_path, "transformer", "listops", 0.40, majority=0.163, val_majority=0.112)
     runs = report.finished_runs(report.normalise(report.load_runs(tmp_path)[0]))

@@ -93,3 +93,38 @@ def test_a_sweep_stopped_by_sigterm_exits_143_with_a_resume_command_that_finds_i
     last = err.read_text().strip().splitlines()[-1]
     assert last.startswith("SIGTERM: stopped; finished points are kept"), last
     assert last.endswith(f"lra sweep --resume {saved.stem} --results-dir {results}"), last
+
+
+def test_a_background_grid_stopped_as_its_job_starts_leaves_nothing_running(tmp_path):
+    """`lra grid ... &` (SIGINT inherited as ignored) gets SIGINT right after it submitted its
+    job, while submitit is still starting the job's supervisor (no pid recorded yet, SIGINT
+    ignored there): exit 130 with the resume command, and no supervisor or run left running
+    after it (one was: it trained on, unseen, after the grid had ended; 200 steps bound what
+    such a regression leaves behind)."""
+    import json
+
+    from lra_bench import results
+    from lra_bench.grid.record import local_alive
+
+    err, rdir = tmp_path / "err.txt", tmp_path / "r"
+    shell = background(["grid", "--models", "linear", "--tasks", "listops", "--set",
+                        "train.steps=200", "--set", "model.num_layers=1", "--set",
+                        "'data.loader=\"synthetic\"'", "--no-preflight", "--results-dir",
+                        str(rdir), "--data-dir", str(tmp_path / "d")], err)
+    pid = int(shell.stdout.readline())
+    end = time.time() + 60
+    while not list(rdir.glob("grids/*/submissions.json")) and time.time() < end:
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGINT)
+    rest, _ = shell.communicate(timeout=120)
+    assert rest.strip() == "rc=130", err.read_text()
+    text = err.read_text()
+    assert "Traceback" not in text
+    (grid,) = (rdir / "grids").iterdir()
+    assert text.strip().splitlines()[-1].endswith(
+        f"lra grid resume {grid.name} --results-dir {rdir}"), text
+    (job,) = (grid / "jobs").glob("*.json")
+    record = json.loads(job.read_text())
+    assert record["state"] in ("interrupted", "cancelled"), record
+    assert not local_alive(record.get("pid"), record.get("host"))
+    assert not any(results.is_active(run) for run in rdir.glob("runs/*"))

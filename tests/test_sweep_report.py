@@ -45,19 +45,35 @@ def test_table2_layout_with_speedups_ratios_and_oom(results):
     assert "Sweep 20300101-000000-text-train-bbbbbb: text (lra preset), train step, batch 32" in r.stdout
     assert "memory source: device peak_bytes_in_use" in r.stdout
     lines = r.stdout.splitlines()
-    header = lines.index("| model | steps/s 1K | steps/s 2K | GiB 1K | GiB 2K |")
+    header = lines.index("| model | steps/s 1K | steps/s 2K | memory 1K | memory 2K |")
     # The baseline first, without brackets; others relative to it where it has a value.
-    assert lines[header + 2] == "| transformer | 8 | OOM | 1 | OOM |"
-    assert lines[header + 3] == "| linear | 16 (2.00x) | 15 | 0.5 (0.50x) | 0.75 |"
+    assert lines[header + 2] == "| transformer | 8 | OOM | 1.00 GiB | OOM |"
+    assert lines[header + 3] == "| linear | 16 (2.00x) | 15 | 512.00 MiB (0.50x) | 768.00 MiB |"
+    assert "speed-up over transformer" in r.stdout
     assert "| linear | 2048 | ok | 66.7 |" in r.stdout  # the per-point table: step ms
 
 
 def test_an_older_sweep_by_id_and_unknown_ids(results):
     r = invoke("--sweep", "20200101-000000-text-train-aaaaaa", "--results-dir", results,
                "--format", "markdown")
-    assert r.exit_code == 0 and "| transformer | 1 | 1 |" in r.stdout
+    assert r.exit_code == 0 and "| transformer | 1 | 1.00 GiB |" in r.stdout
     r = invoke("--sweep", "nope", "--results-dir", results)
     assert r.exit_code == 2 and "no sweep 'nope'" in r.stderr and "20300101" in r.stderr
+
+
+def test_without_a_transformer_no_speed_ups_and_small_memory_in_small_units(tmp_path):
+    """Issue 28, case 14: no "speed-up over transformer" when none was swept, and a peak of
+    1.4 MB is "1.37 MiB", not "0.00137 GiB", in the tables, as in the progress line."""
+    s = sweep.Settings(models=["linear"], lengths=[16])
+    sweep.save(tmp_path, "20300101-000000-text-train-cccccc", s,
+               [_row("linear", 16, sps=100.0, gib=1_436_549 / GIB)])
+    r = invoke("--sweep", "--results-dir", tmp_path, "--format", "markdown")
+    assert r.exit_code == 0, r.output
+    assert "speed-up over" not in r.stdout and "(ratio)" not in r.stdout
+    assert "no transformer in this sweep" in r.stdout
+    assert "| linear | 100 | 1.37 MiB |" in r.stdout and "GiB" not in r.stdout
+    row = _row("linear", 16, sps=100.0, gib=1_436_549 / GIB)
+    assert "peak 1.37 MiB (" in sweep.progress_line(1, 1, row)
 
 
 def test_published_rows_are_marked_with_source_and_hardware(results):

@@ -11,6 +11,7 @@ from rich.table import Table
 from lra_bench import config, paths
 from lra_bench.cli.common import err, log, out, user_errors
 from lra_bench.errors import UserError
+from lra_bench.sizes import format_bytes
 
 
 app = typer.Typer(no_args_is_help=True, help="Get, prepare and inspect the task data.")
@@ -120,7 +121,7 @@ def data_info(
         src = m["source"]
         what = ("generated" if src.get("generated") else src.get("kind", "")) or "files"
         where = src.get("root") or src.get("data_dir") or (src.get("files") or [[""]])[0][0]
-        size = f"{cache.disk_bytes(path) / 2**20:.1f} MiB"
+        size = format_bytes(cache.disk_bytes(path))
         if verify:
             bad = cache.verify(path, m)
             bad_any |= bool(bad)

@@ -8,6 +8,7 @@ import typer
 
 from lra_bench import config
 from lra_bench.cli.common import out, user_errors
+from lra_bench.sizes import format_bytes
 
 
 @user_errors
@@ -25,9 +26,12 @@ def preflight_cmd(
 ):
     """Compile the step on abstract shapes (nothing allocated): estimated peak memory, FLOPs per
     step, and whether it fits. Exit 0 when it fits, 1 when it does not."""
-    from lra_bench import preflight as pf  # jax: loaded when the command runs
+    # jax: loaded when the command runs
+    from lra_bench import preflight as pf
+    from lra_bench.model import check
 
     rc = config.resolve(model, task, preset, overrides=set_)
+    check(rc, gradient=mode == "train")  # a plugin traced through its step: one line if broken
     step = pf.compile_abstract(rc, mode)
     capacity = pf.device_capacity(memory_limit)
     fits = pf.fits(step, capacity)
@@ -37,11 +41,11 @@ def preflight_cmd(
     lines = [
         f"{model}/{task} ({preset} preset), {mode} step, batch {b}, length {length}, "
         f"{step.params:,} parameters",
-        f"estimated peak memory  {pf.format_bytes(step.peak_bytes)} (XLA compiled estimate: "
+        f"estimated peak memory  {format_bytes(step.peak_bytes)} (XLA compiled estimate: "
         "temp + arguments + outputs - donated)",
         f"FLOPs per step         {flops} (XLA cost analysis)",
         f"softmax attention      {pf.describe_attention(step.attention)}",
-        f"available              {pf.format_bytes(capacity.bytes)} ({capacity.source})",
+        f"available              {format_bytes(capacity.bytes)} ({capacity.source})",
         f"verdict                {verdict}",
     ]
     if fits is False:

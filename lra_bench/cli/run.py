@@ -12,6 +12,7 @@ import typer
 from lra_bench import config, interruption, paths, results
 from lra_bench.cli.common import err, out, parse_seeds, user_errors
 from lra_bench.errors import UserError
+from lra_bench.sizes import format_bytes, parse_bytes
 
 
 def resume_conflicts(given: dict):
@@ -45,7 +46,7 @@ def _print_outcome(summary: dict, folders: list[str] = ()) -> None:
             f"({summary.get('selection', 'best_val')}; best val "
             f"{100 * summary['val_accuracy']:.2f}% @ step {summary['best_step']}, last "
             f"{100 * summary['test_accuracy_last']:.2f}%)  step {summary['step_time_ms']:.1f} ms  "
-            f"peak {mem / 2**20 if mem else float('nan'):.1f} MiB ({summary['memory_source']})"
+            f"peak {format_bytes(mem)} ({summary['memory_source']})"
             + (f"  resumed from step {resumed[-1]}" if resumed else ""),
             highlight=False,
         )
@@ -112,8 +113,6 @@ def run(
         set_.append(f"train.grad_accum={grad_accum}")
     ddir, rdir = paths.data_dir(data_dir), paths.results_dir(results_dir)
     if memory_limit is not None:
-        from lra_bench.preflight import parse_bytes  # jax, as above
-
         parse_bytes(memory_limit)  # a typo fails now, not after the data is made
     distributed.initialize(coordinator, num_processes, process_id)
     folders = [f"--{k.replace('_', '-')} {v}" for k, v in

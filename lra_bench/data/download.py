@@ -37,7 +37,8 @@ from rich.progress import (BarColumn, DownloadColumn, Progress, TimeRemainingCol
                            TransferSpeedColumn)
 
 from lra_bench.data.cache import sha256_file
-from lra_bench.data.safety import TarGuard, data_filter_ok, ensure_free, gib, limits
+from lra_bench.data.safety import TarGuard, data_filter_ok, ensure_free, limits
+from lra_bench.sizes import format_bytes
 from lra_bench.errors import UserError
 from lra_bench.paths import made_dirs
 
@@ -141,8 +142,8 @@ def _fetch(url: str, dest: Path, part: Path, retries: int, timeout: float, log: 
            max_bytes: int) -> int:
     def too_big(n: int) -> UserError:
         part.unlink(missing_ok=True)
-        return UserError(f"{url} sends {gib(n)} or more, more than the LRA release can be (cap "
-                         f"{gib(max_bytes)}); is it the right URL?")
+        return UserError(f"{url} sends {format_bytes(n)} or more, more than the LRA release can be (cap "
+                         f"{format_bytes(max_bytes)}); is it the right URL?")
 
     failures = 0
     while True:
@@ -313,7 +314,7 @@ def extract(archive: Path, out: Path, include: tuple[str, ...] = NEEDED,
 
 def archive_record(archive: Path, url: str, sha256: str | None, log: Log) -> dict:
     """The archive's size and SHA-256, checked against `sha256` when one is given."""
-    log(f"computing the SHA-256 of {archive.name} ({gib(archive.stat().st_size)})")
+    log(f"computing the SHA-256 of {archive.name} ({format_bytes(archive.stat().st_size)})")
     digest = sha256_file(archive)
     if sha256 is not None and digest != sha256.lower():
         raise UserError(f"{archive} has SHA-256 {digest}, not the {sha256} given with --sha256; "

@@ -31,7 +31,8 @@ import numpy as np
 from lra_bench import config
 from lra_bench.data.cache import token_dtype
 from lra_bench.data.prepare import files_fingerprint
-from lra_bench.data.safety import gib, limits
+from lra_bench.data.safety import limits
+from lra_bench.sizes import format_bytes
 from lra_bench.errors import UserError
 
 OPERATORS = ("[MIN", "[MAX", "[MED", "[SM")
@@ -127,8 +128,8 @@ def write_tsv(path: Path, rows: list[tuple[str, int]]) -> None:
 def read_tsv(path: Path) -> list[tuple[str, int]]:
     cap = limits("listops")["tsv_bytes"]
     if Path(path).stat().st_size > cap:  # it is read whole: refuse what cannot be real
-        raise UserError(f"{path} is {gib(Path(path).stat().st_size)}, more than any ListOps "
-                        f"split (cap {gib(cap)}); is it the right file?")
+        raise UserError(f"{path} is {format_bytes(Path(path).stat().st_size)}, more than any ListOps "
+                        f"split (cap {format_bytes(cap)}); is it the right file?")
     rows = []
     lineno = 1
     try:

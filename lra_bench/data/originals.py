@@ -81,6 +81,12 @@ def fingerprint(original: Original, source: str) -> dict:
     if is_tfds:
         return {"kind": "tfds", "name": original.tfds_name, "data_dir": tfds_dir}
     path = Path(source)
+    if path.is_dir():  # the folder that holds the archive, most likely: name the file in it
+        inside = path / original.file
+        fix = (f"give the archive itself: --source {inside}" if inside.is_file() else
+               f"give the archive file, --source PATH/{original.file}, or --source tfds:{path} "
+               "if it is a prepared tfds folder")
+        raise UserError(f"--source {path} is a folder, not the {original.file} archive; {fix}")
     if not path.is_file():
         raise UserError(f"{path} not found; {original.hint()}")
     return {"kind": original.kind, "reader": ARCHIVE_READER, **files_fingerprint([path])}

@@ -32,7 +32,8 @@ from PIL import Image
 
 from lra_bench.data.image import downsample, downsample_record, rgb_to_grayscale
 from lra_bench.data.prepare import fraction_boundary
-from lra_bench.data.safety import gib, inside, limits
+from lra_bench.data.safety import inside, limits
+from lra_bench.sizes import format_bytes
 from lra_bench.errors import UserError
 
 SOURCE_HINT = ("the release images arrive with `lra data download`; --source takes the folder "
@@ -69,8 +70,8 @@ def read_metadata(folder: Path) -> tuple[list[str], np.ndarray]:
     cap = limits("pathfinder")
     for meta in metadata_files(folder):
         if meta.stat().st_size > cap["metadata_bytes"]:
-            raise UserError(f"{meta}: {gib(meta.stat().st_size)} of metadata, more than any "
-                            f"release file (cap {gib(cap['metadata_bytes'])}); is it damaged?")
+            raise UserError(f"{meta}: {format_bytes(meta.stat().st_size)} of metadata, more than any "
+                            f"release file (cap {format_bytes(cap['metadata_bytes'])}); is it damaged?")
         try:
             lines = meta.read_text(encoding="utf-8").splitlines()
         except (OSError, UnicodeDecodeError) as e:
@@ -195,7 +196,9 @@ def build(source: str, data: dict, writer, log) -> dict:
     del pixels
     skipped = {name: int((status == code).sum()) for code, name in STATUS.items()}
     if any(skipped.values()):
-        log(f"pathfinder: skipped {skipped}")
+        counts = ", ".join(f"{n:,} {name}" for name, n in skipped.items() if n)
+        log(f"pathfinder: skipped {sum(skipped.values()):,} of {len(status):,} images "
+            f"({counts})")
     return {
         "skipped": skipped,
         "listed": len(paths),

@@ -26,7 +26,6 @@ import hashlib
 import importlib
 import json
 import os
-import pkgutil
 import shutil
 import signal
 import sys
@@ -37,7 +36,7 @@ from typing import Any, Callable
 import numpy as np
 
 from lra_bench import interruption
-from lra_bench.config import check_generated_length, resolve_data
+from lra_bench.config import LOADERS, check_generated_length, resolve_data
 from lra_bench.data.cache import CacheWriter, DamagedCache, prep_config, read_manifest, sha256_file
 from lra_bench.errors import UserError
 from lra_bench.paths import folder_name, made_dirs
@@ -50,18 +49,9 @@ def stderr_log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-# Modules of this package that are machinery, not loaders.
-HELPERS = frozenset({"pipeline", "cache", "prepare", "download", "pathfinder_gen"})
-
-
-def loaders() -> list[str]:
-    return sorted(m.name for m in pkgutil.iter_modules([str(Path(__file__).parent)])
-                  if not m.name.startswith("_") and m.name not in HELPERS)
-
-
 def loader_module(name: str):
-    if name not in loaders():
-        raise UserError(f"unknown data loader '{name}'; choose one of: {', '.join(loaders())}")
+    if name not in LOADERS:
+        raise UserError(f"unknown data loader '{name}'; choose one of: {', '.join(LOADERS)}")
     return importlib.import_module(f"lra_bench.data.{name}")
 
 

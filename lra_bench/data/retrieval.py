@@ -32,7 +32,8 @@ def parse_line(line: bytes, where: str) -> tuple[int, bytes, bytes]:
     except ValueError:
         label = -1.0
     if label not in (0.0, 1.0):
-        raise UserError(f"{where}: the label must be 0 or 1, got {fields[0][:20]!r}")
+        got = fields[0][:20].decode("utf-8", "replace")  # the text as the file shows it
+        raise UserError(f"{where}: the label must be 0 or 1, got {got!r}")
     return int(label), fields[3], fields[4]
 
 

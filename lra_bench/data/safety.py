@@ -19,6 +19,7 @@ from pathlib import Path, PurePosixPath
 from typing import Callable
 
 from lra_bench.errors import UserError
+from lra_bench.sizes import format_bytes
 
 LIMITS_FILE = Path(__file__).with_name("limits.toml")
 
@@ -31,10 +32,6 @@ def _all_limits() -> dict:
 
 def limits(source: str) -> dict[str, int]:
     return dict(_all_limits()[source])
-
-
-def gib(n: int) -> str:
-    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
 
 def unsafe_name(name: str) -> str | None:
@@ -69,8 +66,8 @@ def ensure_free(folder: Path, nbytes: int, what: str) -> None:
         folder = folder.parent
     free = shutil.disk_usage(folder).free
     if nbytes + reserve > free:
-        raise UserError(f"{what} needs {gib(nbytes)} but {folder} has {gib(free)} free (and "
-                        f"{gib(reserve)} must stay free); free some space or choose another "
+        raise UserError(f"{what} needs {format_bytes(nbytes)} but {folder} has {format_bytes(free)} free (and "
+                        f"{format_bytes(reserve)} must stay free); free some space or choose another "
                         "folder (--data-dir / --to)")
 
 
@@ -93,19 +90,19 @@ class TarGuard:
     def check_archive(self) -> int:
         size = self.archive.stat().st_size
         if size > self.limits["archive_bytes"]:
-            raise UserError(f"{self.archive} is {gib(size)}, more than any real {self.source} "
-                            f"archive (cap {gib(self.limits['archive_bytes'])}); is it the right file?")
+            raise UserError(f"{self.archive} is {format_bytes(size)}, more than any real {self.source} "
+                            f"archive (cap {format_bytes(self.limits['archive_bytes'])}); is it the right file?")
         return size
 
     def _refuse(self, m: tarfile.TarInfo, what: str, cap: int) -> None:
-        raise UserError(f"{self.archive}: member {m.name[:200]!r} {what} (cap {gib(cap)} for "
+        raise UserError(f"{self.archive}: member {m.name[:200]!r} {what} (cap {format_bytes(cap)} for "
                         f"{self.source}); refusing the archive as a decompression bomb or "
                         "damaged file")
 
     def admit(self, m: tarfile.TarInfo) -> str | None:
         end = m.offset_data + max(m.size, 0)
         if end > self.limits["expanded_bytes"]:
-            self._refuse(m, f"would expand the archive past {gib(end)}",
+            self._refuse(m, f"would expand the archive past {format_bytes(end)}",
                          self.limits["expanded_bytes"])
         if m.isdir():
             return None
@@ -118,10 +115,10 @@ class TarGuard:
     def take(self, m: tarfile.TarInfo) -> None:
         """Call before reading or writing a member's bytes."""
         if m.size > self.limits["member_bytes"]:
-            self._refuse(m, f"declares {gib(m.size)}", self.limits["member_bytes"])
+            self._refuse(m, f"declares {format_bytes(m.size)}", self.limits["member_bytes"])
         self.taken += m.size
         if self.taken > self.limits["taken_bytes"]:
-            self._refuse(m, f"brings what is read to {gib(self.taken)}", self.limits["taken_bytes"])
+            self._refuse(m, f"brings what is read to {format_bytes(self.taken)}", self.limits["taken_bytes"])
 
     def report(self, log: Callable[[str], None]) -> dict[str, int]:
         """The skipped counts (for the manifest), logged once when there are any."""

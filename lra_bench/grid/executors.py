@@ -130,7 +130,7 @@ def run_local(grid: Grid, keys: list[str], parallel: int, say) -> str | None:
                 time.sleep(0.5)
             if stop.requested():
                 say(f"stopping {len(running)} running job(s) with a checkpoint")
-                stop_local(grid, list(running))
+                stop_when_started(grid, {k: job for k, (job, _) in running.items()})
                 wait_stopped(grid, list(running))
                 return stop.name
     except KeyboardInterrupt:  # the second signal: the jobs were told once; do not wait
@@ -188,6 +188,25 @@ def cancel(grid: Grid) -> list[str]:
     if not slurm:
         wait_stopped(grid, hit)
     return hit
+
+
+def stop_when_started(grid: Grid, jobs: dict, timeout: float = STOP_WAIT_S) -> None:
+    """`stop_local` for jobs that may still be starting: a job submitted a moment before the
+    signal has no supervisor pid in its record yet (submitit is still starting it, with SIGINT
+    ignored), and signalled then it would be missed and run on after the grid has ended. Each
+    supervisor is signalled once it has recorded its pid (its handler is in place by then), or
+    left alone once its submitit job has ended."""
+    waiting, deadline = dict(jobs), time.time() + timeout
+    while waiting and time.time() < deadline:
+        for key, job in list(waiting.items()):
+            rec = read_json(job_file(grid.path, key)) or {}
+            if local_alive(rec.get("pid"), rec.get("host")):
+                os.kill(int(rec["pid"]), signal.SIGINT)
+                waiting.pop(key)
+            elif job.done():
+                waiting.pop(key)
+        if waiting:
+            time.sleep(0.2)
 
 
 def stop_local(grid: Grid, keys: list[str]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pandas as pd
 
 from lra_bench.report.tables import AVERAGES, average_cell
+from lra_bench.sizes import format_bytes
 
 
 def _fmt(v, digits=2) -> str:
@@ -85,12 +86,17 @@ def run_rows(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+def _peak(mb) -> str:
+    """The table keeps MiB (its CSV column); shown as every size is (lra_bench.sizes)."""
+    return "-" if mb is None or pd.isna(mb) else format_bytes(float(mb) * 2**20)
+
+
 def efficiency_rows(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
-    header = ["preset", "model", "task", "step ms", "wall s", "peak MiB", "memory source",
+    header = ["preset", "model", "task", "step ms", "wall s", "peak memory", "memory source",
               "params", "compile s", "device"]
     rows = [[r["preset"], r["model"], r["task"], _fmt(r.get("step_time_ms")),
              _fmt(r.get("wall_time_s"), 0),
-             _fmt(r.get("peak_memory_mb"), 1), _fmt(r.get("memory_source")),
+             _peak(r.get("peak_memory_mb")), _fmt(r.get("memory_source")),
              "-" if pd.isna(r.get("params")) else f"{int(r['params']):,}",
              _fmt(r.get("compile_time_s")), _fmt(r.get("device_kind"))]
             for _, r in table.iterrows()]
