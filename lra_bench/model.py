@@ -135,7 +135,7 @@ class Block(nnx.Module):
             # flax's gelu is the tanh form by default (LRA); PyTorch's nn.GELU() the exact erf form.
             self.gelu_tanh = m["gelu"] == "tanh"
             init = lra_mlp_init() if m["init"] == "lra" else {}
-            # GLU: LinearActivation doubles a 'glu' layer's outputs, the gate's half.
+            # glu: twice the width, the second half the gate (state-spaces/s4's LinearActivation).
             width = m["mlp_dim"] * (2 if self.mlp == "glu" else 1)
             self.mlp_in = nnx.Linear(m["emb_dim"], width, dtype=dtype, rngs=rngs, **init)
             self.mlp_out = nnx.Linear(m["mlp_dim"], m["emb_dim"], dtype=dtype, rngs=rngs, **init)
