@@ -155,7 +155,8 @@ def validate(rc) -> None:
          f"train.cosine_period must be remaining or total, got '{t['cosine_period']}'"),
         (m["gelu"] in ("tanh", "exact"), f"model.gelu must be tanh or exact, got '{m['gelu']}'"),
         (m["norm"] in ("layer", "batch"), f"model.norm must be layer or batch, got '{m['norm']}'"),
-        (m["mlp"] in ("gelu", "none"), f"model.mlp must be gelu or none, got '{m['mlp']}'"),
+        (m["mlp"] in ("gelu", "glu", "none"),
+         f"model.mlp must be gelu, glu or none, got '{m['mlp']}'"),
         (0.0 <= m["bn_momentum"] < 1.0, f"model.bn_momentum must be in [0, 1), got {m['bn_momentum']}"),
         # With the test split as validation, the best-validation parameters are chosen on test.
         (d.get("validation") != "test" or t["selection"] == "last",

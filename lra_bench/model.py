@@ -27,7 +27,7 @@ import numpy as np
 from flax import nnx
 
 from lra_bench import mixers, plugins
-from lra_bench.mixers._projections import dense
+from lra_bench.mixers._projections import dense, glu
 from lra_bench.config import RunConfig
 from lra_bench.data import synthetic
 
@@ -116,8 +116,10 @@ class Block(nnx.Module):
     pre-norm (default):  x = x + drop(mixer(N1(x)));  x = x + drop(MLP(N2(x)))
     post-norm:           x = N1(x + drop(mixer(x)));  x = N2(x + drop(MLP(x)))
 
-    with N LayerNorm or BatchNorm, and the MLP sub-block left out with model.mlp = "none" (the
-    S4 and S5 blocks: their mixer ends in its own GLU). The defaults are the LRA Transformer's.
+    with N LayerNorm or BatchNorm. MLP(h) = Dense(mlp) -> GELU -> dropout -> Dense (model.mlp =
+    "gelu", LRA's MlpBlock), or Dense(2 mlp) -> GLU -> dropout -> Dense ("glu": state-spaces/s4's
+    FFN with activation 'glu', src/models/sequence/modules/ffn.py), or left out ("none": the S4
+    and S5 blocks, whose mixer ends in its own GLU). The defaults are the LRA Transformer's.
     """
 
     def __init__(self, rc: RunConfig, spec: mixers.MixerSpec, *, rngs: nnx.Rngs):
@@ -127,13 +129,15 @@ class Block(nnx.Module):
         self.prenorm = m["prenorm"]
         self.norm1 = make_norm(m, dtype, rngs)
         self.mixer = mixers.build(rc.mixer["kind"], spec, options, rngs)
-        self.has_mlp = m["mlp"] != "none"
-        if self.has_mlp:
+        self.mlp = m["mlp"]
+        if self.mlp != "none":
             self.norm2 = make_norm(m, dtype, rngs)
             # flax's gelu is the tanh form by default (LRA); PyTorch's nn.GELU() the exact erf form.
             self.gelu_tanh = m["gelu"] == "tanh"
             init = lra_mlp_init() if m["init"] == "lra" else {}
-            self.mlp_in = nnx.Linear(m["emb_dim"], m["mlp_dim"], dtype=dtype, rngs=rngs, **init)
+            # glu: twice the width, the second half the gate (state-spaces/s4's LinearActivation).
+            width = m["mlp_dim"] * (2 if self.mlp == "glu" else 1)
+            self.mlp_in = nnx.Linear(m["emb_dim"], width, dtype=dtype, rngs=rngs, **init)
             self.mlp_out = nnx.Linear(m["mlp_dim"], m["emb_dim"], dtype=dtype, rngs=rngs, **init)
         self.dropout = nnx.Dropout(m["dropout"])
         # S4's tie_dropout / S5's broadcast_dims=[0]: one residual-dropout mask per sequence.
@@ -163,10 +167,12 @@ class Block(nnx.Module):
         x, mask = x + residual_drop(y), out_mask
         if not self.prenorm:
             x = norm(self.norm1, x, mask)
-        if self.has_mlp:
+        if self.mlp != "none":
             h = norm(self.norm2, x, mask) if self.prenorm else x
             # As matrices (mixers._projections.dense): XLA's CPU weight gradient is 2x faster.
-            h = drop(jax.nn.gelu(dense(self.mlp_in, h), approximate=self.gelu_tanh))
+            h = dense(self.mlp_in, h)
+            h = drop(glu(h) if self.mlp == "glu" else
+                     jax.nn.gelu(h, approximate=self.gelu_tanh))
             x = x + residual_drop(dense(self.mlp_out, h))
             if not self.prenorm:
                 x = norm(self.norm2, x, mask)

@@ -28,7 +28,8 @@ PUBLISHED_NAMES = {
     "longformer": ("Longformer",),
     "sinkhorn": ("Sinkhorn Transformer",),
     "bigbird": ("BigBird",),
-    "s5": ("S5",),  # lra_frontier.csv's S5 row; its S4 row is S4 (DPLR), not S4D: no s4d mapping
+    "s5": ("S5",),  # lra_frontier.csv's S5 row
+    "s4d": ("S4",),  # its S4 row is S4 (DPLR), not S4D: marked, see MODEL_MARKS
 }
 
 # (protocol, task) -> (mark, footnote): paper and code disagree; we follow the code.
@@ -47,6 +48,12 @@ DISAGREEMENTS = {
                             "(ee6649e), not 4954d9f's base config"),
     ("lra", "pathfinder"): ("§", "Pathfinder model size: ee6649e's config (Aug 2021), not "
                                  "4954d9f's"),
+}
+# (protocol, model) -> (mark, footnote): the published row is of a related model, not ours.
+MODEL_MARKS = {
+    ("s4", "s4d"): ("≈", "S4D beside S4: the published row is the S4 paper's (the DPLR kernel); "
+                         "lra-bench runs S4D, the diagonal kernel, with the same configs "
+                         "(state-spaces/s4 configs/experiment/lra, mode diag)"),
 }
 OWN_SETTINGS = ("*", "run with lra-bench's settings for this model: LRA published a config for "
                      "the Transformer only")
@@ -91,6 +98,9 @@ def comparison(ours: pd.DataFrame, pub: pd.DataFrame, protocol: str
             if (protocol, task) in DISAGREEMENTS:
                 note += DISAGREEMENTS[(protocol, task)][0]
                 marks[DISAGREEMENTS[(protocol, task)][0]] = DISAGREEMENTS[(protocol, task)][1]
+            if (protocol, r["model"]) in MODEL_MARKS:
+                mark, text = MODEL_MARKS[(protocol, r["model"])]
+                note, marks[mark] = note + mark, text
             if protocol == "lra" and r["model"] != "transformer":
                 note += OWN_SETTINGS[0]
                 marks[OWN_SETTINGS[0]] = OWN_SETTINGS[1]

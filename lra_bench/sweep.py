@@ -287,11 +287,16 @@ def dead_worker_row(returncode: int, stderr: str) -> dict:
     return {"status": status, "message": f"worker exited with code {returncode}: {tail}"}
 
 
-def run_point(s: Settings, model: str, length: int) -> dict:
-    spec = {"model": model, "task": s.task, "preset": s.preset, "length": length,
+def point_spec(s: Settings, model: str, length: int) -> dict:
+    """What the worker of one point is given (`sweep_worker.measure_point`'s spec)."""
+    return {"model": model, "task": s.task, "preset": s.preset, "length": length,
             "batch_size": s.batch_size, "steps": s.steps, "warmup": s.warmup, "mode": s.mode,
             "overrides": point_overrides(s, length), "memory_limit": s.memory_limit,
             "seed": s.seed}
+
+
+def run_point(s: Settings, model: str, length: int) -> dict:
+    spec = point_spec(s, model, length)
     with tempfile.TemporaryDirectory(prefix="lra-sweep-") as tmp:
         out = Path(tmp) / "row.json"
         cmd = [sys.executable, "-m", "lra_bench.sweep_worker", "--spec", json.dumps(spec),

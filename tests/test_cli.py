@@ -1,8 +1,12 @@
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 from typer.testing import CliRunner
 
+from lra_bench import protocols
 from lra_bench.cli import app
 
 runner = CliRunner()
@@ -145,3 +149,35 @@ def test_version_list_formats_completion_and_plain_help():
         text = invoke(*command, "--help").stdout
         assert "<bool>" not in text and "--help" in text, command
     assert "--preflight / --no-preflight" in invoke("run", "--help").stdout
+
+
+def _squeezed(text: str) -> str:
+    """Help text without whitespace: rich wraps it at any width, hyphens included."""
+    return "".join(text.split())
+
+
+def test_preset_help_lists_the_presets_of_the_data_with_their_descriptions():
+    described = protocols.preset_descriptions()
+    assert {"smoke", "quick", "lra", "nystrom", "s4", "s5"} <= set(described)
+    assert all(described.values()), described  # every shipped preset says what it is
+    assert described["s4"] == protocols.load("s4")["title"]
+    for command in ("run", "sweep", "grid", "preflight"):
+        text = _squeezed(invoke(command, "--help").stdout)
+        for name, description in described.items():
+            assert _squeezed(f"{name}: {description}") in text, (command, name)
+
+
+def test_a_preset_added_to_the_data_shows_in_help(tmp_path):
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "mine.toml").write_text(
+        '[data]\nloader = "synthetic"\nmax_length = 8\nvocab_size = 4\nnum_classes = 2\n'
+        '[presets.brand_new]\ndescription = "made for this test only"\n'
+        '[presets.brand_new.train]\nsteps = 2\n')
+    # A fresh process: the help is read from the data when the CLI is built.
+    env = {**os.environ, "LRA_CONFIG_PATH": str(tmp_path), "COLUMNS": "200"}
+    r = subprocess.run([sys.executable, "-m", "lra_bench", "run", "--help"], env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    text = _squeezed(r.stdout)
+    assert _squeezed("brand_new: made for this test only") in text
+    assert _squeezed("smoke: " + protocols.preset_descriptions()["smoke"]) in text

@@ -10,7 +10,7 @@ import pytest
 from submitit.core.utils import DelayedSubmission
 from typer.testing import CliRunner
 
-from lra_bench import grid, results
+from lra_bench import config, grid, results
 from lra_bench.grid import planning
 from lra_bench.cli import app
 
@@ -64,6 +64,30 @@ def test_parsers():
         {"mail-type": "END", "constraint": "a100|h100"}
     with pytest.raises(Exception, match="--run-id"):
         results.check_new_run_id("/nonexistent", "../escape")
+
+
+# LRA Table 1's nine attentions and the two state space models (issues 30 and 32).
+NEW_MODELS = ("local", "sparse_transformer", "longformer", "linformer", "reformer", "sinkhorn",
+              "synthesizer", "bigbird", "performer", "s4d", "s5")
+
+
+def test_models_all_plans_every_registered_model_and_trains_nothing(tmp_path, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("a dry run must not check data, create, submit or run anything")
+
+    for name in ("check_data", "create", "run_local", "submit_slurm"):
+        monkeypatch.setattr(grid, name, refuse)
+    registered = list(config.available("models"))
+    assert set(NEW_MODELS) <= set(registered)
+    r = invoke("grid", "--models", "all", "--tasks", "listops", "--seeds", "0", "--dry-run",
+               "--results-dir", tmp_path / "results", "--data-dir", tmp_path / "data")
+    assert r.exit_code == 0, r.output
+    shown = [m for m in registered if f"{m}-listops-s0" in r.stdout]
+    assert shown == registered and f"{len(registered)} jobs" in r.stdout
+    plan = grid.plan("all", "listops", [0], "smoke", [], grid.Resources(), 0, tmp_path / "data",
+                     tmp_path / "results")
+    assert [j["model"] for j in plan["jobs"]] == registered == plan["models"]
+    assert not (tmp_path / "results").exists() and not (tmp_path / "data").exists()
 
 
 def test_dry_run_prints_the_plan_and_sbatch_directives_and_writes_nothing(tmp_path):

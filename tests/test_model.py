@@ -5,6 +5,7 @@ import pytest
 from flax import nnx
 
 from lra_bench import config
+from lra_bench.mixers._projections import glu
 from lra_bench.mixers.softmax import softmax_attention
 from lra_bench.model import Classifier, sinusoidal_table
 
@@ -88,3 +89,37 @@ def test_dual_encoder_shares_one_encoder_and_builds_paired_features():
     swapped = model(jnp.asarray(tokens[:, ::-1]))
     # [x1, x2, x1*x2, x1-x2] is not symmetric in the pair: swapping documents changes logits.
     assert not np.allclose(np.asarray(logits), np.asarray(swapped))
+
+
+def test_glu_is_the_first_half_gated_by_the_sigmoid_of_the_second(x64):
+    """nn.GLU(dim=-1) (state-spaces/s4 src/models/nn/activation.py): [a, g] -> a * sigmoid(g),
+    in float64 (shared by S4D's output, S5's gates and model.mlp = "glu")."""
+    y = np.random.default_rng(0).standard_normal((2, 5, 6))
+    got = np.asarray(glu(jnp.asarray(y)))
+    assert got.dtype == np.float64 and got.shape == (2, 5, 3)
+    np.testing.assert_allclose(got, y[..., :3] / (1.0 + np.exp(-y[..., 3:])), rtol=1e-13)
+
+
+def test_glu_mlp_block_is_dense_glu_dense_after_the_mixer():
+    """model.mlp = "glu": the block's MLP is Dense(H, 2F) -> GLU -> dropout -> Dense(F, H)
+    (state-spaces/s4's FFN with activation 'glu'), applied to the pre-LN'd mixer output."""
+    rc, model = _model("mean", **{"model.mlp": '"glu"', "model.mlp_dim": 6, "model.num_layers": 1})
+    block = model.encoder.blocks[0]
+    d = rc.model["emb_dim"]
+    assert block.mlp_in.kernel.shape == (d, 12) and block.mlp_out.kernel.shape == (6, d)
+    tokens, _ = _padded_batch(rc)
+    x = model.encoder.embed(jnp.asarray(tokens))
+    mask = jnp.asarray(tokens != 0)
+    out, _ = block(x, mask, deterministic=True, rngs=None)
+    # The mixer half as the block computes it; the MLP half re-typed in numpy.
+    mixed = np.asarray(x + block.mixer(block.norm1(x), mask)[0], np.float64)
+    h = np.asarray(block.norm2(jnp.asarray(mixed, jnp.float32)), np.float64)
+    p = lambda v: np.asarray(v[...], np.float64)  # noqa: E731
+    z = h @ p(block.mlp_in.kernel) + p(block.mlp_in.bias)
+    want = mixed + (z[..., :6] / (1.0 + np.exp(-z[..., 6:]))) @ p(block.mlp_out.kernel) \
+        + p(block.mlp_out.bias)
+    np.testing.assert_allclose(np.asarray(out), want, rtol=1e-4, atol=1e-5)
+    logits = model(jnp.asarray(tokens))
+    assert logits.shape == (3, rc.data["num_classes"]) and np.isfinite(np.asarray(logits)).all()
+    with pytest.raises(Exception, match="model.mlp must be gelu, glu or none"):
+        config.resolve("transformer", "listops", "smoke", overrides=['model.mlp="swiglu"'])

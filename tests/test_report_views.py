@@ -104,7 +104,7 @@ def test_published_blocks_hold_only_runs_of_their_protocol(tmp_path):
     runs, _ = report.load_runs(tmp_path)
     blocks = {name: (title, rows) for name, title, _, (_, rows) in report.published_blocks(runs)}
     assert set(blocks) == {"published_lra", "reproduced_lra", "published_nystrom",
-                           "published_later"}
+                           "published_s4", "published_s5", "published_later"}
     lra_title, lra_rows = blocks["published_lra"]
     assert "last parameters" in lra_title
     ours = [r for r in lra_rows if r[0].startswith("lra-bench, --preset lra")]
@@ -136,6 +136,36 @@ def test_runs_beside_their_published_figure(tmp_path):
     assert by_model["linear‡*"][3].startswith("16.13") and "* run with lra-bench's settings" in title
 
 
+def test_s4d_and_s5_runs_beside_the_published_s4_and_s5_rows(tmp_path):
+    """Runs of the s4 and s5 presets stand in their protocol's block beside the S4 and S5 rows of
+    lra_frontier.csv, under the best-validation rule; S4D beside S4 carries its mark."""
+    for seed, acc in enumerate((0.58, 0.60)):
+        _run(tmp_path, "s4d", "listops", acc, seed=seed, preset="s4", last=0.10,
+             selection="best_val", test_accuracy_best_val=acc)
+    _run(tmp_path, "s5", "text", 0.88, preset="s5", last=0.10, selection="best_val",
+         test_accuracy_best_val=0.88)
+    _run(tmp_path, "s5", "listops", 0.61, preset="quick")  # another preset: not in the blocks
+    runs, _ = report.load_runs(tmp_path)
+    blocks = {name: (title, rows) for name, title, _, (_, rows) in report.published_blocks(runs)}
+    assert {"published_s4", "reproduced_s4", "published_s5", "reproduced_s5"} <= set(blocks)
+    title, rows = blocks["published_s4"]
+    assert "best-validation" in title
+    assert [r[1] for r in rows if r[0].startswith("S4 paper")] == ["S4"]
+    (ours,) = [r for r in rows if r[0] == "lra-bench, --preset s4"]
+    assert ours[1] == "s4d" and ours[2].startswith("59.00")  # best-validation, not the last 10.00
+    title, rows = blocks["reproduced_s4"]
+    (s4d,) = rows
+    assert s4d[:3] == ["s4d≈", "listops", "59.00 ± 1.41 (n=2)"]
+    assert s4d[3].startswith("59.60 (S4 paper Table 4") and s4d[4] == "-0.60"
+    assert s4d[5] == "inside the spread (|d| = 0.4 sd)" and "≈ S4D beside S4" in title
+    title, rows = blocks["reproduced_s5"]
+    (s5,) = rows
+    assert s5[:3] == ["s5", "text", "88.00 (n=1)"] and s5[3].startswith("89.31 (S5 paper")
+    assert s5[4:] == ["-1.31", "n = 1: no spread"]
+    assert not any(r[1] in ("S4", "S5") for r in blocks["published_later"][1])
+    assert not any("quick" in r[0] for r in blocks["published_s5"][1])
+
+
 def test_selection_falls_back_for_summaries_without_the_field(tmp_path):
     _run(tmp_path, "transformer", "listops", 0.40, last=0.30)  # old: test_accuracy = best val
     _run(tmp_path, "linear", "listops", 0.20, last=0.20, selection="last",
@@ -155,7 +185,7 @@ def test_every_format_holds_every_table(tmp_path, fmt):
                                  "--format", fmt])
     assert result.exit_code == 0, result.output
     names = ["accuracy", "efficiency", "published_lra", "reproduced_lra", "published_nystrom",
-             "published_later"]
+             "published_s4", "published_s5", "published_later"]
     text = result.stdout
     if fmt == "csv":
         assert [line.split(":")[0][2:] for line in text.splitlines()
@@ -163,7 +193,8 @@ def test_every_format_holds_every_table(tmp_path, fmt):
         assert "Transformer" in text and "S4" in text and report.BASELINE in text
     elif fmt == "json":
         data = json.loads(text)
-        assert list(data) == names and any(r["model"] == "S4" for r in data["published_later"])
+        assert list(data) == names and any(r["model"] == "S4" for r in data["published_s4"])
+        assert not any(r["model"] in ("S4", "S5") for r in data["published_later"])
     elif fmt == "latex":
         assert text.count(r"\begin{tabular}") == len(names) and r"\toprule" in text
         assert "±" not in text and "_" not in text.replace(r"\_", "")

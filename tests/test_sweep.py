@@ -201,3 +201,44 @@ def test_a_points_warnings_reach_its_row_and_progress_line():
            "flops_per_step": 1e12, "compile_time_s": 15.0,
            "message": "warning: fused attention rejected"}
     assert sweep.progress_line(1, 2, row).endswith("compile 15.0 s  warning: fused attention rejected")
+
+
+# LRA Table 1's nine attentions and the two state space models (issues 30 and 32).
+NEW_MODELS = ("local", "sparse_transformer", "longformer", "linformer", "reformer", "sinkhorn",
+              "synthesizer", "bigbird", "performer", "s4d", "s5")
+
+
+def test_models_all_includes_the_table1_attentions_and_the_state_space_models(monkeypatch):
+    monkeypatch.setattr(sweep, "refuse_unrunnable", lambda s: None)  # names only: no child process
+    settings = sweep.plan("listops", "all", "32", "smoke", batch_size=1, steps=1, warmup=0,
+                          overrides=TINY)
+    assert set(NEW_MODELS) <= set(settings.models)
+
+
+def test_each_new_mixer_gives_a_sweep_row_at_a_tiny_length(tmp_path, monkeypatch, fast_compile):
+    """`lra sweep` over the eleven: the up-front check in its child process, then each point
+    measured and recorded as an ok row. Kept cheap: the points run in this process (one jax
+    import instead of eleven; process isolation is the `swept` tests' subject), forward only
+    (every model's train step is compiled by tests/test_matrix.py), with most XLA passes off:
+    about 1 s of CPU a model, 15 s of CPU in all (34 s wall on 2 cores at load 11)."""
+    from lra_bench import sweep_worker  # jax: the parent sweep module never imports it
+
+    def in_process(s, model, length):
+        row = {"status": "error", "message": ""}
+        sweep_worker.measure_point(sweep.point_spec(s, model, length), row)
+        return row
+
+    monkeypatch.setattr(sweep, "run_point", in_process)
+    sets = [x for s in TINY for x in ("--set", s)]
+    r = runner.invoke(app, ["sweep", "--task", "listops", "--preset", "smoke", "--models",
+                            ",".join(NEW_MODELS), "--lengths", "32", "--batch-size", "1",
+                            "--steps", "1", "--warmup", "0", "--mode", "forward", *sets,
+                            "--results-dir",
+                            str(tmp_path)])
+    assert r.exit_code == 0, r.output
+    (json_path,) = (tmp_path / "sweeps").glob("*.json")
+    rows = _rows(tmp_path, json_path.stem)
+    assert sorted(m for m, _ in rows) == sorted(NEW_MODELS)
+    for (model, length), row in rows.items():
+        assert length == 32 and row["status"] == "ok", (model, row["message"])
+        assert float(row["steps_per_second"]) > 0 and int(row["params"]) > 0, model

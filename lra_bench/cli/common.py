@@ -13,12 +13,21 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from lra_bench import interruption
+from lra_bench import interruption, protocols
 from lra_bench.errors import UserError
 
 # Piped output is read by people and scripts alike: do not squeeze tables to 80 columns.
 out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True, soft_wrap=True)
+
+
+def preset_help(lead: str) -> str:
+    """A --preset option's help: `lead`, then each preset the task TOMLs define with its
+    one-line description (the protocol's title or the preset's `description`), read from the
+    data when the CLI is built, so a preset added there is listed without touching the CLI."""
+    listed = "; ".join(f"{name}: {text}" if text else name
+                       for name, text in protocols.preset_descriptions().items())
+    return f"{lead}. {listed or '(none defined)'}"
 
 
 def user_errors(fn):

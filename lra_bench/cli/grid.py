@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 
 from lra_bench import interruption, paths
-from lra_bench.cli.common import err, log, out, parse_seeds, user_errors
+from lra_bench.cli.common import err, log, out, parse_seeds, preset_help, user_errors
 from lra_bench.errors import UserError
 
 
@@ -28,8 +28,7 @@ def grid_cmd(
     models: Optional[str] = typer.Option(None, "--models", "-m", help="comma-separated, or all"),
     tasks: Optional[str] = typer.Option(None, "--tasks", "-t", help="comma-separated, or all"),
     seeds: str = typer.Option("0", help="comma-separated seeds, e.g. 0,1,2"),
-    preset: str = typer.Option("smoke", help="the tasks' preset: smoke, quick, lra or nystrom "
-                                "(`lra list tasks`)"),
+    preset: str = typer.Option("smoke", help=preset_help("the tasks' preset (`lra list tasks`)")),
     set_: List[str] = typer.Option([], "--set", help="override a config value in every job: "
                                    "section.key=value"),
     executor: str = typer.Option("local", help="local (this machine) or slurm"),

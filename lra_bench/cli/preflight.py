@@ -7,7 +7,7 @@ from typing import List, Optional
 import typer
 
 from lra_bench import config
-from lra_bench.cli.common import out, user_errors
+from lra_bench.cli.common import out, preset_help, user_errors
 from lra_bench.sizes import format_bytes
 
 
@@ -15,8 +15,7 @@ from lra_bench.sizes import format_bytes
 def preflight_cmd(
     model: str = typer.Option(..., "--model", "-m", help="a name from `lra list models`"),
     task: str = typer.Option(..., "--task", "-t", help="a name from `lra list tasks`"),
-    preset: str = typer.Option("smoke", help="the task's preset: smoke, quick, lra or nystrom "
-                                "(`lra list tasks`)"),
+    preset: str = typer.Option("smoke", help=preset_help("the task's preset (`lra list tasks`)")),
     set_: List[str] = typer.Option([], "--set", metavar="SECTION.KEY=VALUE",
                                    help="override a config value (repeatable)"),
     mode: str = typer.Option("train", help="train or forward"),

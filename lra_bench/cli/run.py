@@ -10,7 +10,7 @@ from typing import List, Optional
 import typer
 
 from lra_bench import config, interruption, paths, results
-from lra_bench.cli.common import err, out, parse_seeds, user_errors
+from lra_bench.cli.common import err, out, parse_seeds, preset_help, user_errors
 from lra_bench.errors import UserError
 from lra_bench.sizes import format_bytes, parse_bytes
 
@@ -65,9 +65,8 @@ def _print_outcome(summary: dict, folders: list[str] = ()) -> None:
 def run(
     model: Optional[str] = typer.Option(None, "--model", "-m", help="a name from `lra list models`"),
     task: Optional[str] = typer.Option(None, "--task", "-t", help="a name from `lra list tasks`"),
-    preset: Optional[str] = typer.Option(None, help="the task's preset (a whole protocol): smoke "
-                                         "(default), quick, lra or nystrom; `lra list tasks` "
-                                         "shows each task's"),
+    preset: Optional[str] = typer.Option(None, help=preset_help(
+        "the task's preset (a whole protocol; default smoke; `lra list tasks` shows each task's)")),
     steps: Optional[int] = typer.Option(None, help="override train.steps"),
     seed: Optional[int] = typer.Option(None, help="seed for parameters, dropout and data order "
                                        "(default 0)"),

@@ -10,7 +10,7 @@ import typer
 
 from lra_bench import interruption, paths
 from lra_bench import sweep as sw
-from lra_bench.cli.common import err, print_tables, user_errors
+from lra_bench.cli.common import err, preset_help, print_tables, user_errors
 
 
 @user_errors
@@ -22,7 +22,8 @@ def sweep(
     steps: int = typer.Option(10, help="timed steps per point (the median is reported)"),
     warmup: int = typer.Option(2, help="untimed steps after compilation"),
     mode: str = typer.Option("train", help="train (forward + backward + update) or forward"),
-    preset: str = typer.Option("lra", help="the task preset whose model config is timed"),
+    preset: str = typer.Option("lra", help=preset_help("the task preset whose model config is "
+                                                       "timed")),
     set_: List[str] = typer.Option([], "--set", metavar="SECTION.KEY=VALUE",
                                    help="override a config value (repeatable)"),
     timeout: float = typer.Option(900.0, help="seconds per point before it counts as a timeout"),

@@ -4,14 +4,19 @@ A mixer that subclasses `HeadProjections` and calls `init_projections` first get
 `query`, `key`, `value`, `out` (nnx.Linear, compute dtype `spec.dtype`, created in that order, so
 their initial values do not depend on which mixer holds them), `qkv(x)` giving (batch, length,
 heads, head_dim) arrays and `merge(y)` applying the output projection to such an array.
-`dense` applies any of these layers (or any affine map over the last axis) the fast way on CPU.
+`dense` applies any of these layers (or any affine map over the last axis) the fast way on CPU;
+`glu` and `sigmoid` gate a layer's output (S4D's output GLU, S5's gates, the block's
+`model.mlp = "glu"`), one implementation for all three.
 """
 
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from lra_bench.mixers import MixerSpec
+from lra_bench.mixers._precision import island
 
 
 def dense(layer, x):
@@ -24,6 +29,19 @@ def dense(layer, x):
     """
     y = layer(x.reshape(-1, x.shape[-1]))
     return y.reshape(*x.shape[:-1], y.shape[-1])
+
+
+def sigmoid(x):
+    """The gate, in a float32 island (an exp), back in x's dtype."""
+    return jax.nn.sigmoid(x.astype(island(x.dtype))).astype(x.dtype)
+
+
+def glu(y):
+    """PyTorch's nn.GLU(dim=-1), as state-spaces/s4 uses it (src/models/nn/activation.py,
+    Activation('glu')): the features split in halves [a, g], out = a * sigmoid(g). (B, L, 2F) ->
+    (B, L, F); after a Linear(H, 2F) it is (x W_a + b_a) * sigmoid(x W_g + b_g)."""
+    a, g = jnp.split(y, 2, axis=-1)
+    return a * sigmoid(g)
 
 
 class HeadProjections(nnx.Module):

@@ -31,7 +31,7 @@ from flax import nnx
 from lra_bench.errors import UserError
 from lra_bench.mixers import MixerSpec
 from lra_bench.mixers._precision import island
-from lra_bench.mixers._projections import dense
+from lra_bench.mixers._projections import dense, glu
 from lra_bench.mixers._ssm import TiedDropout, hippo_legs_normal
 
 INITS = ("lin", "legs")
@@ -154,7 +154,4 @@ class Mixer(nnx.Module):
         y = self.dropout(jax.nn.gelu(y, approximate=False).astype(x.dtype),
                          deterministic=deterministic, rngs=rngs)
         y = dense(self.output_linear, y)
-        if self.glu:  # nn.GLU(dim=-1): first half * sigmoid(second half)
-            a, g = jnp.split(y, 2, axis=-1)
-            y = a * jax.nn.sigmoid(g.astype(island(g.dtype))).astype(g.dtype)  # exp: float32
-        return y, mask
+        return (glu(y) if self.glu else y), mask

@@ -32,7 +32,7 @@ from flax import nnx
 from lra_bench.errors import UserError
 from lra_bench.mixers import MixerSpec
 from lra_bench.mixers._precision import island
-from lra_bench.mixers._projections import dense
+from lra_bench.mixers._projections import dense, sigmoid
 from lra_bench.mixers._ssm import DISCRETIZATIONS, TiedDropout, diagonal_scan, hippo_legs_normal
 
 ACTIVATIONS = ("gelu", "half_glu1", "half_glu2", "full_glu")
@@ -159,8 +159,3 @@ class Mixer(nnx.Module):
         if self.activation == "full_glu":
             return dense(self.out1, g) * gate, mask
         return (g if self.activation == "half_glu1" else y) * gate, mask  # half_glu1 | 2
-
-
-def sigmoid(x):
-    """The gate, in a float32 island (an exp), back in x's dtype."""
-    return jax.nn.sigmoid(x.astype(island(x.dtype))).astype(x.dtype)

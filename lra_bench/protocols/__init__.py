@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from lra_bench import config
+from lra_bench.errors import UserError
 
 FOLDER = Path(__file__).parent
 
@@ -24,6 +25,26 @@ def names() -> list[str]:
 def load(name: str) -> dict[str, Any]:
     with open(FOLDER / f"{name}.toml", "rb") as f:
         return tomllib.load(f)
+
+
+def preset_descriptions() -> dict[str, str]:
+    """Every preset the task TOMLs define, in the order they first appear (tasks by name), with
+    its one-line description: the title of the protocol of that name, else the `description` of
+    the first task whose [presets.<name>] table gives one, else "". The CLI's --preset help is
+    made from this, so it reads the data and a broken user TOML is passed over here (the
+    command that uses it names the file), never raised from `--help`."""
+    titles = {doc["preset"]: doc["title"] for doc in map(load, names())}
+    out: dict[str, str] = {}
+    for task in config.available("tasks"):
+        try:
+            presets = config.load_spec("tasks", task).get("presets", {})
+        except UserError:
+            continue
+        for preset, table in presets.items():
+            text = table.get("description", "") if isinstance(table, dict) else ""
+            if not out.get(preset):
+                out[preset] = titles.get(preset) or str(text)
+    return out
 
 
 def mismatches(name: str) -> list[str]:

@@ -48,9 +48,10 @@ def published_rows(tasks: list[str], pub: pd.DataFrame | None = None
 
 def published_blocks(runs: pd.DataFrame, selection: str | None = None
                      ) -> list[tuple[str, str, pd.DataFrame, tuple[list[str], list[list[str]]]]]:
-    """`--published`: one block per protocol with comparable runs possible (lra, nystrom): its
-    published rows, then our runs of the preset of the same name, tested under the protocol's
-    selection rule (or `selection` when given), then that preset's majority-class row. Then one
+    """`--published`: one block per protocol with comparable runs possible (protocols.csv's
+    runs_comparable: lra, nystrom, s4, s5): its published rows, then our runs of the preset of
+    the same name, tested under the protocol's selection rule (or `selection` when given), then
+    that preset's majority-class row, and the `reproduced_<protocol>` comparison. Then one
     block of later results, each under its own protocol, beside which no run of ours stands.
     Returns (name, title, frame, (header, rows)) per block."""
     pub, prot = published_accuracy(), protocols()
