@@ -1,8 +1,19 @@
 import os
+import shutil
+import tempfile
 
 # Tests run on the CPU, deterministic and quiet, whatever machine they are on.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# One persistent compilation cache for the session: the same small programs (a smoke model's
+# train step, the CLI's runs in subprocesses) are compiled in many files, two workers and dozens
+# of `lra` processes; all but the first load the executable. A cache hit is the same program, so
+# no result changes. Made here, before jax is imported, by the first process to load this file
+# (pytest-xdist's controller), so its workers and every subprocess inherit it.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="lra-tests-jax-cache-")
+    os.environ["LRA_TESTS_OWN_JAX_CACHE"] = os.environ["JAX_COMPILATION_CACHE_DIR"]
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 import contextlib  # noqa: E402
 import ctypes  # noqa: E402
@@ -16,6 +27,13 @@ import submitit  # noqa: E402,F401
 
 from lra_bench import config  # noqa: E402
 from lra_bench.data import listops  # noqa: E402
+
+
+def pytest_unconfigure(config):
+    # the process that made the cache removes it (a worker's pytest_unconfigure runs first)
+    own = os.environ.get("LRA_TESTS_OWN_JAX_CACHE")
+    if own and not hasattr(config, "workerinput"):
+        shutil.rmtree(own, ignore_errors=True)
 
 
 @pytest.fixture(scope="module", autouse=True)

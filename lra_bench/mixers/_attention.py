@@ -17,8 +17,9 @@ kernel (zero features change no logit): in training JAX's cuDNN wrapper refuses 
 CLS token makes 4097; Pathfinder's LRA heads have 4 features.
 Otherwise (GPU in float32/float64, with attention dropout, heads over 128 features, or a call
 cuDNN rejected), where the N x N logits would pass 16 MiB: blocks of keys with an online softmax
-(`lra_bench.mixers._key_blocks`), memory linear in the length, attention dropout's mask drawn per
-key block from a folded key in the forward pass and again in the backward pass, never stored.
+(`lra_bench.mixers._key_blocks`), memory linear in the length, attention dropout's mask hashed per
+key block from its position in the forward pass and again in the backward pass, never stored.
+Every form draws the same dropout mask from the same key (`_dropout_mask`).
 Below that the lean explicit form: two einsums, a `where` for the key mask and `jax.nn.softmax`.
 
 `tests/test_attention_lowering.py` lowers whole train steps for CUDA on a CPU host and checks that
@@ -43,7 +44,7 @@ import os
 import jax
 import jax.numpy as jnp
 
-from lra_bench.mixers import _key_blocks
+from lra_bench.mixers import _dropout_mask, _key_blocks
 from lra_bench.mixers._blocks import SMALL_BYTES, mean_values, pays, query_blocks
 from lra_bench.mixers._precision import island
 
@@ -167,9 +168,10 @@ def _attention(q, k, v, mask, dropout_rate, dropout_rng, scale):
         why = _why_not_fused(q, dropout)
     if backend() == "cpu" and not _explicit_only():
         if pays(q, k):
-            keep = _keep_mask(q, k, dropout_rate, dropout_rng) if dropout else None
+            words = _dropout_mask.words(dropout_rng, (q.shape[0], q.shape[2], q.shape[1]),
+                                        k.shape[1]) if dropout else None
             _note("query blocks")
-            return query_blocks(q, k, v, key_mask, scale, keep, dropout_rate)
+            return query_blocks(q, k, v, key_mask, scale, words, dropout_rate)
         why = f"small: under {SMALL_BYTES // 1024} KiB of logits the explicit form is faster"
     elif not _explicit_only() and _key_blocks.pays(q, k):
         # not fused on a GPU, and the N x N form would hold real memory: blocks of keys with an
@@ -207,25 +209,10 @@ def _fused(q, k, v, mask, scale, implementation=None):
     return jnp.where((lengths == 0)[:, None, None, None], mean_values(v), y)
 
 
-def _keep_mask(q, k, rate, rng):
-    """Attention dropout's (batch, heads, queries, keys) keep mask, the same draw in every form.
-
-    Each 32-bit threefry word serves two weights (16 bits each, kept when below
-    round((1 - rate) * 2^16)): the bits are the costliest part of attention dropout on CPU, more
-    than the attention's own maths. A text Transformer step at 1K tokens, batch 8, took 4.1 s
-    with `jax.random.bernoulli`'s mask and 2.8 s without dropout; a 4M-weight mask took 33 ms
-    this way against 66 ms (one thread, 2026-11-30). The keep probability is quantised to
-    1/65536 (0.9 -> 0.899994). The mask is drawn once and kept (1 byte per weight): drawing it
-    again in the backward pass would double that cost.
-    """
-    b, n, h = q.shape[:3]
-    return _key_blocks.keep_bits(rng, (b, h, n, k.shape[1]), rate)
-
-
 def _explicit(q, k, v, key_mask, scale, dropout_rate: float = 0.0, dropout_rng=None, bias=None,
               keep=None):
     """keep: a (batch, heads, queries, keys) keep mask to use instead of drawing one from
-    dropout_rng (the tests give it the key blocks' mask, `_key_blocks.keep_mask`)."""
+    dropout_rng."""
     acc = island(q.dtype)
     # Scaling q (n x d) instead of the logits (n x n) saves a pass over the largest array.
     logits = jnp.einsum("bqhd,bkhd->bhqk", q * scale, k, preferred_element_type=acc)
@@ -234,7 +221,8 @@ def _explicit(q, k, v, key_mask, scale, dropout_rate: float = 0.0, dropout_rng=N
     logits = jnp.where(key_mask, logits, jnp.finfo(acc).min)
     weights = jax.nn.softmax(logits, axis=-1)
     if dropout_rng is not None and keep is None:
-        keep = _keep_mask(q, k, dropout_rate, dropout_rng)
+        keep = _dropout_mask.full(dropout_rng, (q.shape[0], q.shape[2], q.shape[1], k.shape[1]),
+                                  dropout_rate)
     if keep is not None:
         weights = jnp.where(keep, weights / (1.0 - dropout_rate), 0.0)
     return jnp.einsum("bhqk,bkhd->bqhd", weights.astype(v.dtype), v)

@@ -5,7 +5,9 @@ sequence, top-k's chunks, Nyströmformer's landmark softmaxes). Each block of qu
 logits, their maximum and normaliser; the backward pass recomputes a block's weights from the
 saved maximum and normaliser, so no (queries x keys) float array is ever stored. The arrays are
 heads-major with k and v transposed once per step, so every product in a block is a plain
-matrix product. Attention dropout runs inside the blocks from a keep mask drawn once.
+matrix product. Attention dropout runs inside the blocks: each block hashes its own part of the
+keep mask from the mask's row and column words (`_dropout_mask`), in the forward pass and again
+in the backward pass, so no (queries x keys) mask is stored either.
 
 Precision follows `lra_bench.mixers`: logits, maxima, normalisers and the softmax gradient in
 `island(dtype)`; the (unnormalised) weights go back to the compute dtype for the products.
@@ -18,6 +20,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from lra_bench.mixers import _dropout_mask
 from lra_bench.mixers._precision import island
 
 QUERY_BLOCK = 128  # the most queries of one row per block (see block_shape)
@@ -45,7 +48,7 @@ def _logits_bytes(q, k, queries=None):
     return b * h * (n if queries is None else queries) * k.shape[1] * island(q.dtype).itemsize
 
 
-def query_blocks(q, k, v, key_mask, scale, keep=None, rate: float = 0.0):
+def query_blocks(q, k, v, key_mask, scale, words=None, rate: float = 0.0):
     """Softmax attention of (batch, tokens, heads, head_dim) arrays over blocks of queries,
     heads-major, with a flash-style backward pass (`_blockwise`); key_mask: (batch, 1, 1, keys).
     The step keeps (block x keys) arrays instead of (queries x keys) ones. A
@@ -53,8 +56,9 @@ def query_blocks(q, k, v, key_mask, scale, keep=None, rate: float = 0.0):
     logits fit BLOCK_BYTES, split evenly so that the last block is not mostly padding; short
     rows go in groups of rows (`block_shape`). A group of rows without any real key (top-k's
     chunks that lie wholly in a document's padding) skips the products: its output is known
-    (the mean of v, attention dropout or not: no real query reads it). keep: attention
-    dropout's (batch, heads, queries, keys) mask, or None. On GPU the whole product keeps the
+    (the mean of v, attention dropout or not: no real query reads it). words: attention
+    dropout's mask words (`_dropout_mask.words`: rows (batch, heads, queries, 1), columns
+    (keys,)), or None. On GPU the whole product keeps the
     device busier, so this is CPU only.
     """
     b, n, h, d = q.shape
@@ -65,12 +69,13 @@ def query_blocks(q, k, v, key_mask, scale, keep=None, rate: float = 0.0):
     # (groups, rows, heads, tokens, head_dim): one transpose of each input for the whole step
     q, k, v = (t.reshape(b // rows, rows, *t.shape[1:]).swapaxes(2, 3) for t in (q, k, v))
     key_mask = key_mask.reshape(b // rows, rows, *key_mask.shape[1:])
-    if keep is not None:
-        keep = jnp.pad(keep, [(0, 0), (0, 0), (0, blocks * size - n), (0, 0)])
-        keep = keep.reshape(b // rows, rows, *keep.shape[1:])
+    row, col = (None, None) if words is None else words
+    if row is not None:
+        row = jnp.pad(row, [(0, 0), (0, 0), (0, blocks * size - n), (0, 0)])
+        row = row.reshape(b // rows, rows, *row.shape[1:])
 
     def one_group(args):
-        qg, kg, vg, mg, keep_g = args
+        qg, kg, vg, mg, row_g = args
 
         def no_real_key():
             # Every key of these rows is padding: the weights are uniform, so every output is
@@ -78,11 +83,11 @@ def query_blocks(q, k, v, key_mask, scale, keep=None, rate: float = 0.0):
             return jnp.broadcast_to(mean_values(vg, axis=2), (*qg.shape[:3], vg.shape[-1]))
 
         def attend():
-            return _blockwise(qg, kg, vg, mg, keep_g, size, rate)
+            return _blockwise(qg, kg, vg, mg, row_g, col, size, rate)
 
         return jax.lax.cond(jnp.any(mg), attend, no_real_key)
 
-    y = jax.lax.map(one_group, (q, k, v, key_mask, keep))  # (groups, rows, heads, tokens, head_dim)
+    y = jax.lax.map(one_group, (q, k, v, key_mask, row))  # (groups, rows, heads, tokens, head_dim)
     return y.swapaxes(2, 3).reshape(b, blocks * size, h, d)[:, :n]
 
 
@@ -104,7 +109,11 @@ def _block_logits(qb, kt, key_mask):
     return jnp.where(key_mask, logits, jnp.finfo(acc).min)
 
 
-def _blockwise_forward(qs, k, v, key_mask, keeps, rate):
+def _block_keep(row_b, col, rate):
+    return None if row_b is None else _dropout_mask.keep(row_b, col, rate)
+
+
+def _blockwise_forward(qs, k, v, key_mask, rows, col, rate):
     # Every product is a plain (m x k) @ (k x n) on heads-major arrays: with k^T kept once here
     # (and v^T in the backward pass) XLA needs no transposed copy per block. The (token-major,
     # autodiff) form of the same maths ran 1.6-1.7x slower: 4 rows of 512, heads of 16, one
@@ -112,7 +121,8 @@ def _blockwise_forward(qs, k, v, key_mask, keeps, rate):
     kt = k.swapaxes(-1, -2)
 
     def one(block):
-        qb, keep_b = block
+        qb, row_b = block
+        keep_b = _block_keep(row_b, col, rate)
         logits = _block_logits(qb, kt, key_mask)
         top = jnp.max(logits, axis=-1, keepdims=True)
         e = jnp.exp(logits - top)
@@ -122,34 +132,35 @@ def _blockwise_forward(qs, k, v, key_mask, keeps, rate):
         y = jnp.einsum("rhqk,rhkd->rhqd", e.astype(v.dtype), v, preferred_element_type=e.dtype)
         return (y * inv).astype(v.dtype), (top, inv)
 
-    return jax.lax.map(one, (qs, keeps))
+    return jax.lax.map(one, (qs, rows))
 
 
-def _split_inputs(q, keep, size):
-    """q and the keep mask in blocks, made once: the backward pass reads them as they are."""
-    return _split(q, size), None if keep is None else _split(keep, size)
+def _split_inputs(q, row, size):
+    """q and the mask's row words in blocks, made once: the backward pass reads them as they
+    are."""
+    return _split(q, size), None if row is None else _split(row, size)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
-def _blockwise(q, k, v, key_mask, keep, size, rate):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7))
+def _blockwise(q, k, v, key_mask, row, col, size, rate):
     """Softmax attention on heads-major arrays, `size` queries at a time. q: (rows, heads,
     blocks * size, head_dim), already scaled; k, v: (rows, heads, keys, head_dim); key_mask:
-    (rows, 1, 1, keys); keep: attention dropout's (rows, heads, blocks * size, keys) mask, or
-    None. Only each query's row maximum and normaliser are kept for the backward pass, which
+    (rows, 1, 1, keys); row, col: attention dropout's mask words, (rows, heads, blocks * size,
+    1) and (keys,), or None. Only each query's row maximum and normaliser are kept for the backward pass, which
     recomputes a block's weights from them (as flash attention does): no softmax recomputation,
     no (queries x keys) float array."""
-    qs, keeps = _split_inputs(q, keep, size)
-    return _join(_blockwise_forward(qs, k, v, key_mask, keeps, rate)[0])
+    qs, rows = _split_inputs(q, row, size)
+    return _join(_blockwise_forward(qs, k, v, key_mask, rows, col, rate)[0])
 
 
-def _blockwise_fwd(q, k, v, key_mask, keep, size, rate):
-    qs, keeps = _split_inputs(q, keep, size)
-    y, stats = _blockwise_forward(qs, k, v, key_mask, keeps, rate)
-    return _join(y), (qs, k, v, key_mask, keeps, y, stats)
+def _blockwise_fwd(q, k, v, key_mask, row, col, size, rate):
+    qs, rows = _split_inputs(q, row, size)
+    y, stats = _blockwise_forward(qs, k, v, key_mask, rows, col, rate)
+    return _join(y), (qs, k, v, key_mask, rows, col, y, stats)
 
 
 def _blockwise_bwd(size, rate, residuals, dy):
-    qs, k, v, key_mask, keeps, y, (top, inv) = residuals
+    qs, k, v, key_mask, rows, col, y, (top, inv) = residuals
     acc = island(qs.dtype)
     kt, vt = k.swapaxes(-1, -2), v.swapaxes(-1, -2)
     dy = _split(dy, size)
@@ -159,7 +170,8 @@ def _blockwise_bwd(size, rate, residuals, dy):
 
     def one(carry, block):
         dkt, dvt = carry
-        qb, dyb, top_b, inv_b, delta_b, keep_b = block
+        qb, dyb, top_b, inv_b, delta_b, row_b = block
+        keep_b = _block_keep(row_b, col, rate)  # hashed again, not stored
         p = jnp.exp(_block_logits(qb, kt, key_mask) - top_b) * inv_b
         dropped = p if keep_b is None else jnp.where(keep_b, p, 0.0) / (1.0 - rate)
         # k and v's gradients are kept transposed, (d x keys), so each update is a plain product
@@ -175,9 +187,9 @@ def _blockwise_bwd(size, rate, residuals, dy):
         return (dkt, dvt), dq.astype(qs.dtype)
 
     zeros = jnp.zeros(kt.shape, acc)
-    (dkt, dvt), dq = jax.lax.scan(one, (zeros, zeros), (qs, dy, top, inv, delta, keeps))
+    (dkt, dvt), dq = jax.lax.scan(one, (zeros, zeros), (qs, dy, top, inv, delta, rows))
     return (_join(dq), dkt.swapaxes(-1, -2).astype(k.dtype), dvt.swapaxes(-1, -2).astype(v.dtype),
-            None, None)
+            None, None, None)
 
 
 _blockwise.defvjp(_blockwise_fwd, _blockwise_bwd)

@@ -7,9 +7,9 @@ query, a running maximum, normaliser and weighted sum of values (flash attention
 softmax), so the step holds (batch, heads, queries, key block) arrays, never (queries x keys).
 Its backward pass is written out (`jax.custom_vjp`): it keeps q, k, v, the output and each
 query's log-normaliser, and recomputes a key block's weights from them. Attention dropout's keep
-mask is drawn per key block from `fold_in(rng, block index)` and drawn again, the same bits, in
-the backward pass: it is never stored. `keep_mask` assembles the same mask in full, for the
-explicit form to reproduce this form's numbers (tests/test_attention_key_blocks.py).
+mask is hashed per key block from its position (`_dropout_mask`), the same bits again in the
+backward pass: it is never stored, and it is the mask the explicit form draws from the same key
+(tests/test_attention_key_blocks.py).
 
 On CPU `_blocks.query_blocks` stays the form (measured faster there); this one is for devices
 where a few large products per step keep the chip busier than many small ones.
@@ -25,6 +25,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from lra_bench.mixers import _dropout_mask
 from lra_bench.mixers._blocks import mean_values
 from lra_bench.mixers._precision import island
 
@@ -55,27 +56,6 @@ def block_size(q, k) -> int:
     return -(-keys // blocks)
 
 
-def keep_bits(rng, shape, rate: float):
-    """Attention dropout's keep mask of `shape` from one key: 16 bits per weight, two weights per
-    32-bit threefry word, kept when below round((1 - rate) * 2^16) (see `_attention._keep_mask`,
-    which draws its whole mask with this)."""
-    *lead, keys = shape
-    words = jax.random.bits(rng, (*lead, -(-keys // 2)), jnp.uint32)
-    halves = jnp.stack([words & 0xFFFF, words >> 16], axis=-1).reshape(*lead, -1)[..., :keys]
-    return halves < round((1.0 - rate) * 65536)
-
-
-def _block_keep(rng, index, shape, rate):
-    return keep_bits(jax.random.fold_in(rng, index), shape, rate)
-
-
-def keep_mask(rng, shape, rate: float, size: int):
-    """The (batch, heads, queries, keys) keep mask that key blocks of `size` draw, in full."""
-    blocks = -(-shape[-1] // size)
-    parts = [_block_keep(rng, j, (*shape[:-1], size), rate) for j in range(blocks)]
-    return jnp.concatenate(parts, axis=-1)[..., :shape[-1]]
-
-
 def key_blocks(q, k, v, mask, scale, rng=None, rate: float = 0.0):
     """Softmax attention of (batch, tokens, heads, head_dim) arrays over blocks of keys; mask:
     (batch, keys) bool, True at real keys; rng: attention dropout's key, or None. A row with no
@@ -91,7 +71,11 @@ def key_blocks(q, k, v, mask, scale, rng=None, rate: float = 0.0):
         return t.reshape(b, blocks, size, h, t.shape[-1]).transpose(1, 0, 3, 2, 4)
 
     masks = jnp.pad(mask, [(0, 0), (0, pad)]).reshape(b, blocks, 1, 1, size).swapaxes(0, 1)
-    y = _key_blocks((q * scale).swapaxes(1, 2), split(k), split(v), masks, rng, rate)
+    words = None
+    if rng is not None:  # the mask's row words whole, its column words in key blocks
+        row, col = _dropout_mask.words(rng, (b, h, n), keys)
+        words = row, jnp.pad(col, (0, pad)).reshape(blocks, size)
+    y = _key_blocks((q * scale).swapaxes(1, 2), split(k), split(v), masks, words, rate)
     y = y.swapaxes(1, 2)  # (b, n, h, d)
     return jnp.where(jnp.any(mask, axis=1)[:, None, None, None], y, mean_values(v))
 
@@ -106,52 +90,62 @@ def _dropped(p, keep, rate):
     return p if keep is None else jnp.where(keep, p, 0.0) / (1.0 - rate)
 
 
-def _forward(q, ks, vs, masks, rng, rate):
+def _block_keep(words, col_b, rate):
+    return None if words is None else _dropout_mask.keep(words[0], col_b, rate)
+
+
+def _columns(words, blocks: int):
+    """Each key block's column words for the scan (zeros, unused, without dropout)."""
+    return jnp.zeros((blocks, 1), jnp.uint32) if words is None else words[1]
+
+
+def _forward(q, ks, vs, masks, words, rate):
     acc = island(q.dtype)
     b, h, n, _ = q.shape
 
     def one(carry, block):
         top, total, out = carry
-        kb, vb, mb, j = block
+        kb, vb, mb, col_b = block
         s = _logits(q, kb, mb)
         new_top = jnp.maximum(top, jnp.max(s, axis=-1, keepdims=True))
         p = jnp.exp(s - new_top)
         shrink = jnp.exp(top - new_top)
         total = total * shrink + jnp.sum(p, axis=-1, keepdims=True)
-        keep = None if rng is None else _block_keep(rng, j, p.shape, rate)
-        p = _dropped(p, keep, rate)  # after the normaliser, as in the explicit form
+        # after the normaliser, as in the explicit form
+        p = _dropped(p, _block_keep(words, col_b, rate), rate)
         out = out * shrink + jnp.einsum("bhqk,bhkd->bhqd", p.astype(vs.dtype), vb,
                                         preferred_element_type=acc)
         return (new_top, total, out), None
 
     init = (jnp.full((b, h, n, 1), jnp.finfo(acc).min, acc), jnp.zeros((b, h, n, 1), acc),
             jnp.zeros((b, h, n, vs.shape[-1]), acc))
-    (top, total, out), _ = jax.lax.scan(one, init, (ks, vs, masks, jnp.arange(ks.shape[0])))
+    (top, total, out), _ = jax.lax.scan(one, init, (ks, vs, masks, _columns(words, ks.shape[0])))
     return (out / total).astype(vs.dtype), top + jnp.log(total)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
-def _key_blocks(q, ks, vs, masks, rng, rate):
+def _key_blocks(q, ks, vs, masks, words, rate):
     """q: (b, h, n, d), scaled; ks, vs: (blocks, b, h, size, d); masks: (blocks, b, 1, 1, size);
-    rng: a key or None. Returns (b, h, n, d)."""
-    return _forward(q, ks, vs, masks, rng, rate)[0]
+    words: attention dropout's mask words ((b, h, n, 1) rows, (blocks, size) columns) or None.
+    Returns (b, h, n, d)."""
+    return _forward(q, ks, vs, masks, words, rate)[0]
 
 
-def _key_blocks_fwd(q, ks, vs, masks, rng, rate):
-    y, lse = _forward(q, ks, vs, masks, rng, rate)
-    return y, (q, ks, vs, masks, rng, y, lse)
+def _key_blocks_fwd(q, ks, vs, masks, words, rate):
+    y, lse = _forward(q, ks, vs, masks, words, rate)
+    return y, (q, ks, vs, masks, words, y, lse)
 
 
 def _key_blocks_bwd(rate, residuals, dy):
-    q, ks, vs, masks, rng, y, lse = residuals
+    q, ks, vs, masks, words, y, lse = residuals
     acc = island(q.dtype)
     # sum_k p * dp = dy . y for each query (dropout included)
     delta = jnp.sum(dy.astype(acc) * y.astype(acc), axis=-1, keepdims=True)
 
     def one(dq, block):
-        kb, vb, mb, j = block
+        kb, vb, mb, col_b = block
         p = jnp.exp(_logits(q, kb, mb) - lse)  # the block's normalised weights, recomputed
-        keep = None if rng is None else _block_keep(rng, j, p.shape, rate)  # drawn again
+        keep = _block_keep(words, col_b, rate)  # hashed again
         dvb = jnp.einsum("bhqk,bhqd->bhkd", _dropped(p, keep, rate).astype(dy.dtype), dy,
                          preferred_element_type=acc)
         dp = _dropped(jnp.einsum("bhqd,bhkd->bhqk", dy, vb, preferred_element_type=acc),
@@ -163,7 +157,7 @@ def _key_blocks_bwd(rate, residuals, dy):
         return dq, (dkb.astype(ks.dtype), dvb.astype(vs.dtype))
 
     dq, (dks, dvs) = jax.lax.scan(one, jnp.zeros(q.shape, acc),
-                                  (ks, vs, masks, jnp.arange(ks.shape[0])))
+                                  (ks, vs, masks, _columns(words, ks.shape[0])))
     return dq.astype(q.dtype), dks, dvs, None, None
 
 
