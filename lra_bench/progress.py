@@ -13,8 +13,10 @@ import time
 
 from rich.console import Console, Group
 from rich.live import Live
+from rich.padding import Padding
 from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn, TransferSpeedColumn)
+from rich.text import Text
 
 console = Console(stderr=True, soft_wrap=True)  # a plain line stays one line in a log
 _quiet = False
@@ -67,11 +69,18 @@ class Display:
             count = ([DownloadColumn(), TransferSpeedColumn()] if in_bytes
                      else [MofNCompleteColumn()])
             self._bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), *count,
-                                 TextColumn("{task.fields[status]}"), TimeElapsedColumn(),
-                                 TimeRemainingColumn(), console=console)
-            self._task = self._bar.add_task(label, total=total, completed=done, status=status)
-            self._live = Live(self._bar, console=console, refresh_per_second=4)
+                                 TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn(),
+                                 console=console)
+            self._task = self._bar.add_task(label, total=total, completed=done)
+            # the task's status on a line of its own under the bar, so a narrow terminal
+            # squeezes neither
+            self._status, self._extra = Text(status, overflow="fold"), None
+            self._live = Live(self._screen(), console=console, refresh_per_second=4)
             self._live.start()
+
+    def _screen(self) -> Group:
+        parts = [self._bar, Padding(self._status, (0, 0, 0, 2))]
+        return Group(*parts, *([self._extra] if self._extra is not None else []))
 
     def remaining(self) -> float | None:
         """Seconds left at the pace since the first update; None before there is a pace."""
@@ -96,10 +105,11 @@ class Display:
             self._first = (time.monotonic(), done)
         self._done = done
         if self.mode == "live":
-            fields = {} if status is None else {"status": status}
-            self._bar.update(self._task, completed=done, **fields)
-            if extra is not None:
-                self._live.update(Group(self._bar, extra))
+            self._bar.update(self._task, completed=done)
+            if status is not None or extra is not None:
+                self._status = Text(status, overflow="fold") if status is not None else self._status
+                self._extra = extra if extra is not None else self._extra
+                self._live.update(self._screen())
             if line is not None:
                 console.print(line, highlight=False, markup=False)
         elif self.mode == "plain":

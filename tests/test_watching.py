@@ -9,6 +9,7 @@ import io
 import json
 import shutil
 import struct
+import time
 from pathlib import Path
 
 import pytest
@@ -108,6 +109,8 @@ def test_a_missing_tracker_extra_is_one_error_line_before_anything_runs(monkeypa
 
 def test_tensorboard_and_mlflow_continue_a_resumed_run_without_a_step_twice(
         data_dir, results_dir, monkeypatch):
+    # (~6 s on 2 quiet cores: two segments of a run, compiled twice, is what a resume is;
+    # MLflow rides along on the same run rather than costing one of its own)
     pytest.importorskip("mlflow", reason="the [mlflow] extra is not installed")
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     [first] = run.start("transformer", "listops", "smoke", [0],
@@ -160,7 +163,7 @@ def wandb_records(path: Path):
             pos += 32768 - pos % 32768
             continue
         _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
-        if kind == 0:
+        if kind == 0 or pos + 7 + length > len(data):  # the end, or a record still being written
             break
         parts += data[pos + 7:pos + 7 + length]
         pos += 7 + length
@@ -179,9 +182,13 @@ def test_wandb_offline_gets_the_config_the_records_and_the_summary(data_dir, res
                           results_dir)
     folder = results_dir / "runs" / summary["run_id"]
     [log] = folder.glob("wandb/offline-run-*/*.wandb")  # W&B's files inside the run folder
-    records = {}
-    for r in wandb_records(log):
-        records.setdefault(r.WhichOneof("record_type"), []).append(r)
+    # W&B's service process writes the file behind the run; its last record is the run's exit
+    deadline, records = time.monotonic() + 60, {}
+    while "exit" not in records and time.monotonic() < deadline:
+        time.sleep(0.2)
+        records = {}
+        for r in wandb_records(log):
+            records.setdefault(r.WhichOneof("record_type"), []).append(r)
     [started] = [r.run for r in records["run"]]
     assert started.run_id == summary["wandb_run_id"] == summary["run_id"]
     assert started.display_name == "transformer-listops-smoke-seed0"
@@ -194,3 +201,17 @@ def test_wandb_offline_gets_the_config_the_records_and_the_summary(data_dir, res
     updates = {i.key: json.loads(i.value_json) for r in records["summary"]
                for i in r.summary.update}
     assert updates["status"] == "completed" and updates["run_id"] == summary["run_id"]
+
+
+def test_a_grids_live_table_lists_its_jobs_by_state():
+    from lra_bench.grid.executors import jobs_table  # submitit: only this test needs the grid
+
+    rows = [{"key": k, "state": s, "run_id": f"r{i}", "test_accuracy": a}
+            for i, (k, s, a) in enumerate([("a", "completed", 0.5), ("b", "pending", None),
+                                           ("c", "running", None)])]
+    screen = Console(file=io.StringIO(), width=100)
+    screen.print(jobs_table(rows))
+    text = screen.file.getvalue()
+    assert "1 pending, 1 running, 1 completed" in text
+    assert text.index(" c ") < text.index(" b ") < text.index(" a ")  # running first
+    assert "50.00" in text
