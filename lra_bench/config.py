@@ -23,7 +23,8 @@ from lra_bench import paths, plugins
 from lra_bench.errors import UserError
 
 # The value rules (ranges, checks tying keys together) live in config_rules; re-exported here.
-from lra_bench.config_rules import (RANGES, SECTIONS, check_generated_length,  # noqa: F401
+from lra_bench.config_rules import (ADDED_KEYS, RANGES, SECTIONS, TRACKERS,  # noqa: F401
+                                    check_generated_length,
                                     downsample_problem, in_range, param_group_problem,
                                     range_errors, type_problem, validate)
 

@@ -11,6 +11,10 @@ from typing import Any
 from lra_bench.errors import UserError
 
 SECTIONS = ("data", "model", "mixer", "train")
+# the experiment trackers a run may log to besides TensorBoard (train.log_to, `--log-to`)
+TRACKERS = ("wandb", "mlflow")
+# keys added after runs were saved with config.json: a saved config without one takes this value
+ADDED_KEYS = {("train", "log_to"): []}
 
 
 # The valid range of every numeric setting that has one, in interval notation ("[" and "]"
@@ -166,6 +170,8 @@ def validate(rc) -> None:
         (t["learning_rate"] > 0, "train.learning_rate must be > 0"),
         (t["checkpoint_every"] >= 0, "train.checkpoint_every must be >= 0 (0 = only at the end)"),
         (d.get("max_length", 1) > 0, "data.max_length must be > 0"),
+        (all(x in TRACKERS for x in t["log_to"]) and len(set(t["log_to"])) == len(t["log_to"]),
+         f"train.log_to must list each of {', '.join(TRACKERS)} at most once, got {t['log_to']}"),
     ]
     groups = param_group_problem(t["param_groups"])
     checks.append((groups is None, groups))

@@ -205,7 +205,7 @@ CONFIG = {"model_name": str, "task_name": str, "preset": str, Opt("seed"): int,
 # one line of metrics.jsonl: a log step or an evaluation
 METRICS_LINE = {"step": int, Opt("train_loss"): float, Opt("train_accuracy"): float,
                 Opt("train_steps"): int, Opt("val_accuracy"): float, Opt("val_loss"): float,
-                Opt("learning_rate"): float, Opt("time"): float}
+                Opt("learning_rate"): float, Opt("steps_per_second"): float, Opt("time"): float}
 
 RESOURCES = {"executor": Text("local|slurm"), Opt("parallel"): int, Opt("gpus_per_job"): int,
              Opt("cpus_per_job"): int, Opt("mem"): str, Opt("time"): str, Opt("partition"): str,

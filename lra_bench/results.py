@@ -239,6 +239,8 @@ def saved_config(doc: Any, run_id: str):
     sections = {}
     for section in config.SECTIONS:
         saved, want = doc.get(section), getattr(fresh, section)
+        if isinstance(saved, dict):  # a run saved before a key was added: its default
+            saved = {**{k: v for (s, k), v in config.ADDED_KEYS.items() if s == section}, **saved}
         if not isinstance(saved, dict) or set(saved) != set(want):
             diff = sorted(set(saved or {}) ^ set(want)) if isinstance(saved, dict) else []
             raise bad(f"has another [{section}] than this checkout declares"

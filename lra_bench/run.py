@@ -18,7 +18,7 @@ import flax
 import numpy as np
 import jax
 
-from lra_bench import config, data, distributed, interruption, measure, results
+from lra_bench import config, data, distributed, interruption, measure, results, tracking
 from lra_bench.checkpoint import Checkpoints
 from lra_bench.config import RunConfig
 from lra_bench.data.pipeline import evaluated_rows
@@ -26,7 +26,7 @@ from lra_bench.errors import UserError
 from lra_bench.interruption import StopOnSignal
 from lra_bench.model import check as check_model
 from lra_bench.preflight import ensure_fits
-from lra_bench.progress import ProgressReporter
+from lra_bench.progress import TrainingProgress
 from lra_bench.trainer import Diverged, Interrupted, train_and_evaluate
 
 
@@ -56,6 +56,7 @@ def start(model: str, task: str, preset: str, seeds: list[int], overrides: list[
     the data are checked before the first run writes anything. The summaries, in order (the
     seeds after an interrupted one do not start); `on_summary` sees each as its run ends."""
     rcs = [config.resolve(model, task, preset, seed=s, overrides=overrides) for s in seeds]
+    tracking.check_installed(rcs[0].train["log_to"])  # a missing extra fails before anything runs
     # The seeds share the step's shapes and the data: one check and one load serve them all.
     splits = checked_data(rcs[0], data_dir, preflight=preflight, memory_limit=memory_limit)
     summaries = []
@@ -126,6 +127,7 @@ def resume(ref: str, data_dir: Path, results_dir: Path, interactive: bool | None
     """Continue run `ref` (a run id or `latest`). Every check comes before the first write."""
     rd = results.RunDir.open(results_dir, ref)
     rc, summary = _saved(rd)
+    tracking.check_installed(rc.train["log_to"])
     if not distributed.is_primary():
         # a multi-host run's other processes: the same run (`latest` read from the same
         # folder), read, never written; process 0 checks and writes
@@ -171,25 +173,29 @@ def _train(rc: RunConfig, splits: dict, rd: results.RunDir, summary: dict,
            interactive: bool | None, resuming: bool) -> dict:
     t0 = time.time()
     earlier_wall = summary.get("wall_time_s", 0.0) if resuming else 0.0
-    reporter = ckpt = None
+    reporter = ckpt = sinks = None
     with StopOnSignal() as stop:
         try:
             # Every process of a multi-host run saves and restores together (orbax synchronises
             # them; the run folder must be on a filesystem they share).
             ckpt = Checkpoints(rd.checkpoints) if rd.checkpoints is not None else None
+            # metrics.jsonl, TensorBoard and the trackers: every record goes to all of them
+            sinks = tracking.open_sinks(rd, rc.to_dict(), summary)
+            summary.update(sinks.ids())
+            step = None
             if resuming:
                 step = ckpt.latest_step() if ckpt is not None else None
                 # The evaluations after the newest checkpoint are redone: keep those before it.
-                rd.rewrite_metrics(ckpt.progress(step)["evals"] if step is not None else [])
+                sinks.replace(ckpt.progress(step)["evals"] if step is not None else [])
                 summary["resumed_from_steps"] = [*summary.get("resumed_from_steps", []), step or 0]
                 for key in _OUTCOME:
                     summary.pop(key, None)
                 summary["status"] = "running"
-                rd.write("summary.json", summary)
+            rd.write("summary.json", summary)
             if rd.path is not None:
-                reporter = ProgressReporter(rc.train["steps"], f"{rc.model_name}/{rc.task_name}",
-                                            rc.train["log_every"], interactive)
-            summary.update(train_and_evaluate(rc, splits, on_eval=rd.append_metrics,
+                reporter = TrainingProgress(rc.train["steps"], f"{rc.model_name}/{rc.task_name}",
+                                            rc.train["log_every"], interactive, done=step or 0)
+            summary.update(train_and_evaluate(rc, splits, on_eval=sinks.record,
                                               reporter=reporter, checkpoints=ckpt,
                                               should_stop=stop.requested))
             summary["status"] = "completed"
@@ -220,4 +226,6 @@ def _train(rc: RunConfig, splits: dict, rd: results.RunDir, summary: dict,
             summary["wall_time_s"] = round(earlier_wall + time.time() - t0, 3)
             rd.write("summary.json", summary)
             rd.unlock()
+            if sinks is not None:  # the trackers get the outcome that summary.json holds
+                sinks.finish(summary)
     return summary

@@ -33,10 +33,8 @@ from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
 from lra_bench import config, interruption, paths, plugin_check, plugins, records, results
+from lra_bench.progress import Display
 from lra_bench.errors import UserError
 from lra_bench.sizes import format_bytes, parse_bytes
 
@@ -339,10 +337,8 @@ def _interrupt(signum, frame):
 
 
 def run_sweep(s: Settings, results_dir: Path, sweep_id: str | None = None,
-              rows: list[dict] | None = None,
-              console: Console | None = None) -> tuple[str, list[dict]]:
+              rows: list[dict] | None = None) -> tuple[str, list[dict]]:
     """Run every point of `s` that `rows` (a resumed sweep's) does not have yet."""
-    console = console or Console(stderr=True)
     sweep_id = sweep_id or new_sweep_id(s)
     rows = list(rows or [])
     done = {(r["model"], int(r["length"])) for r in rows}
@@ -356,7 +352,7 @@ def run_sweep(s: Settings, results_dir: Path, sweep_id: str | None = None,
     previous = {sig: signal.signal(sig, _interrupt) for sig in interruption.SIGNALS} if main \
         else {}
     try:
-        _run_points(s, results_dir, sweep_id, rows, points, todo, console)
+        _run_points(s, results_dir, sweep_id, rows, points, todo)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -364,11 +360,9 @@ def run_sweep(s: Settings, results_dir: Path, sweep_id: str | None = None,
 
 
 def _run_points(s: Settings, results_dir: Path, sweep_id: str, rows: list[dict], points: list,
-                todo: list, console: Console) -> None:
+                todo: list) -> None:
     """Shortest lengths first; append each point's row to `rows` and save, as it finishes."""
-    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/"
-                  "{task.total}"), TimeElapsedColumn(), console=console, transient=True) as bar:
-        task = bar.add_task("sweep", total=len(points), completed=len(points) - len(todo))
+    with Display("sweep", len(points), done=len(points) - len(todo), unit="point") as bar:
         for model, length in todo:
             oom_at = [int(r["length"]) for r in rows
                       if r["model"] == model and r["status"] == "OOM" and int(r["length"]) < length]
@@ -379,13 +373,11 @@ def _run_points(s: Settings, results_dir: Path, sweep_id: str, rows: list[dict],
             if oom_at:
                 row = {**base, "status": "OOM", "message": f"not run: OOM at length {min(oom_at)}"}
             else:
-                bar.update(task, description=f"{model} L={length}")
+                bar.update(len(rows), f"{model} L={length}")
                 row = {**base, **run_point(s, model, length)}
             row.update(finished_at=results.utc_now(), wall_time_s=round(time.time() - t0, 3))
             if row.get("status") not in STATUSES:
                 row["status"] = "error"
             rows.append(row)
             save(results_dir, sweep_id, s, rows)
-            bar.advance(task)
-            bar.console.print(progress_line(len(rows), len(points), row), highlight=False,
-                              markup=False)
+            bar.update(len(rows), "", line=progress_line(len(rows), len(points), row))

@@ -261,6 +261,8 @@ def train_and_evaluate(rc: RunConfig, splits: dict, on_eval: Callable[[dict], No
         # Training loss and accuracy are the means over the steps since the previous record, so a
         # curve point is not one batch's noise.
         empty = {"loss": 0.0, "accuracy": 0.0, "count": 0}
+        latest_val = next((e["val_accuracy"] for e in reversed(evals) if "val_accuracy" in e),
+                          None)
         window = progress.get("window") or dict(empty)
         batch = first
         for step in range(start + 1, total + 1):
@@ -280,21 +282,21 @@ def train_and_evaluate(rc: RunConfig, splits: dict, on_eval: Callable[[dict], No
             window["count"] += 1
             train_loss = window["loss"] / window["count"]
             train_accuracy = window["accuracy"] / window["count"]
-            if reporter is not None:
-                recent = step_times[-t["log_every"]:]
-                reporter.step(step, {"loss": train_loss, "acc": train_accuracy,
-                                     "steps/s": len(recent) / max(sum(recent), 1e-9)})
+            recent = step_times[-t["log_every"]:]
+            steps_per_second = len(recent) / max(sum(recent), 1e-9)
             evaluate_now = step % t["eval_every"] == 0 or step == total
             if evaluate_now or step % t["log_every"] == 0:
                 record = {"step": step, "train_loss": train_loss, "train_accuracy": train_accuracy,
                           "train_steps": window["count"],
-                          "learning_rate": float(metrics["learning_rate"])}
+                          "learning_rate": float(metrics["learning_rate"]),
+                          "steps_per_second": steps_per_second}
                 window = dict(empty)
                 if evaluate_now:
                     val = through_signal(evaluate, steps, state["params"], state["rest"],
                                          splits["val"], eval_size,
                                          t["eval_batches"] * t["grad_accum"])
                     record.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
+                    latest_val = val["accuracy"]
                     if val["accuracy"] > best["accuracy"]:
                         # With BatchNorm the running statistics belong to the parameters.
                         best = {"accuracy": val["accuracy"], "step": step,
@@ -304,6 +306,10 @@ def train_and_evaluate(rc: RunConfig, splits: dict, on_eval: Callable[[dict], No
                 evals.append(record)
                 if on_eval is not None:
                     on_eval(record)
+            if reporter is not None:  # (the step has synchronised already: this costs no wait)
+                reporter.step(step, {"loss": train_loss, "acc": train_accuracy,
+                                     "steps/s": steps_per_second, "val_acc": latest_val,
+                                     "best": best["accuracy"], "best_step": best["step"]})
             every = t["checkpoint_every"]
             # every process of a multi-host run stops at the same step
             stop = any_process(should_stop is not None and should_stop())

@@ -139,7 +139,7 @@ def fake_generator(calls: list):
     """Stands in for lra_bench.data.pathfinder_gen: a valid release tree, labels alternating,
     pixel (0, 0) bright on positives."""
 
-    def generate_release(out_dir, resolution, difficulty, num_images, seed, style):
+    def generate_release(out_dir, resolution, difficulty, num_images, seed, style, progress):
         calls.append((resolution, difficulty, num_images, seed, style))
         folder = Path(out_dir) / f"pathfinder{resolution}" / difficulty
         (folder / "imgs" / "0").mkdir(parents=True)
@@ -151,6 +151,7 @@ def fake_generator(calls: list):
             Image.fromarray(px, "L").save(folder / "imgs" / "0" / f"sample_{i}.png")
             lines.append(f"imgs/0 sample_{i}.png {i} {i % 2}\n")
         (folder / "metadata" / "0.npy").write_text("".join(lines))
+        progress(num_images)
 
     from lra_bench.data.pathfinder_gen import check_style
 

@@ -76,7 +76,9 @@ def summary(run: Path) -> dict:
 
 def evals(run: Path) -> list[dict]:
     records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if k != "time"} for r in records]
+    # (the clock and the speed differ between any two runs; the rest must not)
+    return [{k: v for k, v in r.items() if k not in ("time", "steps_per_second")}
+            for r in records]
 
 
 def outcome(run: Path) -> dict:

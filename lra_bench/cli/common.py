@@ -13,8 +13,12 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from lra_bench import interruption, protocols
+from lra_bench import interruption, progress, protocols
 from lra_bench.errors import UserError
+
+# `--quiet` on every command that shows progress: none of it; errors and results still
+QUIET = typer.Option(False, "--quiet", "-q", help="no progress display or progress lines "
+                     "(errors and results still print)")
 
 # Piped output is read by people and scripts alike: do not squeeze tables to 80 columns.
 out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
@@ -71,8 +75,9 @@ _ENVIRONMENT_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, err
 
 
 def log(message: str) -> None:
-    """A library's progress line, on stderr as it is (no markup)."""
-    err.print(message, highlight=False, markup=False)
+    """A library's progress line, on stderr as it is (no markup); none with --quiet."""
+    if not progress.quiet():
+        err.print(message, highlight=False, markup=False)
 
 
 def parse_seeds(text: str) -> list[int]:

@@ -8,8 +8,8 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
-from lra_bench import config, paths
-from lra_bench.cli.common import err, log, out, user_errors
+from lra_bench import config, paths, progress
+from lra_bench.cli.common import QUIET, err, log, out, user_errors
 from lra_bench.errors import UserError
 from lra_bench.sizes import format_bytes
 
@@ -33,11 +33,13 @@ def data_download(
     insecure: bool = typer.Option(False, help="allow a plain-http --url"),
     sha256: Optional[str] = typer.Option(None, help="the release archive's expected SHA-256 "
                                          "(checked before extraction)"),
+    quiet: bool = QUIET,
 ):
     """Fetch the LRA release archive (resumable), check it and extract the parts the tasks read;
     or, for text and image, the original IMDB / CIFAR-10 archive."""
     from lra_bench.data import download  # numpy: loaded by the data commands only
 
+    progress.set_quiet(quiet)
     if retries < 0:
         raise UserError(f"--retries must be >= 0 (0: try once), got {retries}")
     where = paths.data_dir(to, "--to")
@@ -73,10 +75,12 @@ def data_prepare(
                                    help="override a data setting (repeatable)"),
     data_dir: Optional[Path] = typer.Option(None, help="default: $LRA_DATA_DIR or ./data"),
     force: bool = typer.Option(False, help="rebuild even if the cache is current"),
+    quiet: bool = QUIET,
 ):
     """Convert a task's source into the cache runs read (idempotent)."""
     from lra_bench.data import prepare  # numpy: loaded by the data commands only
 
+    progress.set_quiet(quiet)
     doc = config.load_spec("tasks", task)
     presets = preset or sorted(doc.get("presets", {}))
     ddir = paths.data_dir(data_dir)

@@ -10,8 +10,8 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
-from lra_bench import interruption, paths
-from lra_bench.cli.common import err, log, out, parse_seeds, preset_help, user_errors
+from lra_bench import interruption, paths, progress
+from lra_bench.cli.common import QUIET, err, log, out, parse_seeds, preset_help, user_errors
 from lra_bench.errors import UserError
 
 
@@ -57,8 +57,10 @@ def grid_cmd(
                                  "nothing"),
     data_dir: Optional[Path] = typer.Option(None, help="default: $LRA_DATA_DIR or ./data"),
     results_dir: Optional[Path] = typer.Option(None, help="default: $LRA_RESULTS_DIR or ./results"),
+    quiet: bool = QUIET,
 ):
     """Start a grid (with --models/--tasks), or follow one up with a subcommand."""
+    progress.set_quiet(quiet)
     if ctx.invoked_subcommand is not None:
         return
     from lra_bench import grid  # submitit: loaded by the grid commands only
@@ -97,7 +99,7 @@ def _grid_submit(g, keys: list, results_dir: Optional[Path]) -> None:
                   f"follow with: {_follow(g, 'status', results_dir)}", highlight=False)
         return
     try:
-        stopped_by = grid.run_local(g, keys, g.plan["resources"]["parallel"] or 1, log)
+        stopped_by = grid.run_local(g, keys, g.plan["resources"]["parallel"] or 1)
     except KeyboardInterrupt as e:
         stopped_by = interruption.signal_name(e)
     if stopped_by is not None:
@@ -173,9 +175,11 @@ def grid_status(
 def grid_resume(
     grid_id: str = typer.Argument(..., metavar="ID"),
     results_dir: Optional[Path] = typer.Option(None, help="default: $LRA_RESULTS_DIR or ./results"),
+    quiet: bool = QUIET,
 ):
     """Submit again every job that has not completed: interrupted runs continue from their
     newest checkpoint (lra run --resume), failed and cancelled ones run again."""
+    progress.set_quiet(quiet or progress.quiet())  # (`lra grid --quiet resume` too)
     from lra_bench import grid  # submitit: loaded by the grid commands only
 
     g = grid.Grid.open(paths.results_dir(results_dir), grid_id)

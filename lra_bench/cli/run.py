@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import functools
+import json
 import signal
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
-from lra_bench import config, interruption, paths, results
-from lra_bench.cli.common import err, out, parse_seeds, preset_help, user_errors
+from lra_bench import config, interruption, paths, progress, results
+from lra_bench.cli.common import QUIET, err, out, parse_seeds, preset_help, user_errors
 from lra_bench.errors import UserError
 from lra_bench.sizes import format_bytes, parse_bytes
 
@@ -21,7 +22,8 @@ def resume_conflicts(given: dict):
     def check(run_id: str, rc: config.RunConfig) -> None:
         saved = {"--model": rc.model_name, "--task": rc.task_name, "--preset": rc.preset,
                  "--seed": rc.seed, "--steps": rc.train["steps"], "--dtype": rc.model["dtype"],
-                 "--grad-accum": rc.train["grad_accum"], "--set": list(rc.overrides)}
+                 "--grad-accum": rc.train["grad_accum"], "--set": list(rc.overrides),
+                 "--log-to": rc.train["log_to"]}
         if given.get("--seeds") is not None:
             raise UserError("--seeds starts new runs; it cannot be combined with --resume")
         for option, value in given.items():
@@ -91,6 +93,11 @@ def run(
     memory_limit: Optional[str] = typer.Option(None, help="preflight against this much memory, "
                                                "e.g. 16GiB (default: $LRA_MEMORY_LIMIT, else the "
                                                "device's)"),
+    log_to: List[str] = typer.Option([], "--log-to", metavar="TRACKER",
+                                     help="also log to wandb or mlflow (repeatable; "
+                                     "train.log_to); needs its extra, e.g. pip install "
+                                     "'lra-bench[wandb]'"),
+    quiet: bool = QUIET,
 ):
     """Train MODEL on TASK, then record accuracy, step time and peak memory."""
     # jax (the run, the trainer): loaded when a run starts, so `lra --help` answers at once
@@ -98,9 +105,10 @@ def run(
     from lra_bench import run as runner
 
     # the options as given: what --resume checks against the run's saved config
+    progress.set_quiet(quiet)
     given = {"--model": model, "--task": task, "--preset": preset, "--seed": seed,
              "--steps": steps, "--dtype": dtype, "--grad-accum": grad_accum, "--set": list(set_),
-             "--seeds": seeds}
+             "--seeds": seeds, "--log-to": list(log_to) or None}
     # The shortcuts are settings like any --set: recorded with the run, so the report keeps a
     # changed run apart from its preset's own (a 20-step check is not the preset's result).
     set_ = list(set_)
@@ -110,6 +118,8 @@ def run(
         set_.append(f'model.dtype="{dtype}"')
     if grad_accum is not None:
         set_.append(f"train.grad_accum={grad_accum}")
+    if log_to:
+        set_.append(f"train.log_to={json.dumps(list(log_to))}")
     ddir, rdir = paths.data_dir(data_dir), paths.results_dir(results_dir)
     if memory_limit is not None:
         parse_bytes(memory_limit)  # a typo fails now, not after the data is made

@@ -8,9 +8,9 @@ from typing import List, Optional
 
 import typer
 
-from lra_bench import interruption, paths
+from lra_bench import interruption, paths, progress
 from lra_bench import sweep as sw
-from lra_bench.cli.common import err, preset_help, print_tables, user_errors
+from lra_bench.cli.common import QUIET, err, preset_help, print_tables, user_errors
 
 
 @user_errors
@@ -31,11 +31,13 @@ def sweep(
                                                "memory, e.g. 16GiB (default: all of it)"),
     resume: Optional[str] = typer.Option(None, help="continue sweep ID with its stored settings"),
     results_dir: Optional[Path] = typer.Option(None, help="default: $LRA_RESULTS_DIR or ./results"),
+    quiet: bool = QUIET,
 ):
     """Steps/s and peak memory of each model at each length, each point in a fresh process, on
     synthetic batches of the task's shapes (LRA Table 2). Writes results/sweeps/<id>.csv/.json."""
     from lra_bench import sweep_report as sr  # pandas: loaded when the command runs
 
+    progress.set_quiet(quiet)
     rdir = paths.results_dir(results_dir)
     if resume:
         sweep_id = sw.resolve_id(rdir, resume)
@@ -47,7 +49,7 @@ def sweep(
                            timeout, memory_limit)
         sweep_id, rows = sw.new_sweep_id(settings), []
     try:
-        sw.run_sweep(settings, rdir, sweep_id, rows, err)
+        sw.run_sweep(settings, rdir, sweep_id, rows)
     except KeyboardInterrupt as e:
         err.print(f"{interruption.signal_name(e)}: stopped; finished points are kept; continue "
                   f"with: lra sweep --resume {sweep_id}"

@@ -32,15 +32,12 @@ import zlib
 from pathlib import Path
 from typing import Callable
 
-from rich.console import Console
-from rich.progress import (BarColumn, DownloadColumn, Progress, TimeRemainingColumn,
-                           TransferSpeedColumn)
-
 from lra_bench.data.cache import sha256_file
 from lra_bench.data.safety import TarGuard, data_filter_ok, ensure_free, limits
 from lra_bench.sizes import format_bytes
 from lra_bench.errors import UserError
 from lra_bench.paths import made_dirs
+from lra_bench.progress import Display
 
 OFFICIAL_URL = "https://storage.googleapis.com/long-range-arena/lra_release.gz"
 ARCHIVE = "lra_release.gz"
@@ -56,34 +53,6 @@ NEEDED = ("listops-1000/", "tsv_data/new_aan_pairs.", "pathfinder32/curv_contour
 CHUNK = 1 << 20
 BACKOFF_S = 2.0  # wait before retry k: k * BACKOFF_S seconds
 Log = Callable[[str], None]
-
-
-class ByteProgress:
-    """A rich bar on a terminal, a log line every 10% otherwise."""
-
-    def __init__(self, label: str, total: int | None, done: int = 0, log: Log | None = None):
-        self.label, self.total, self.done, self.log = label, total, done, log
-        self._bar = None
-        self._next_pct = 10
-        console = Console(stderr=True)
-        if console.is_terminal:
-            self._bar = Progress("[bold]{task.description}", BarColumn(), DownloadColumn(),
-                                 TransferSpeedColumn(), TimeRemainingColumn(), console=console)
-            self._task = self._bar.add_task(label, total=total, completed=done)
-            self._bar.start()
-
-    def advance(self, n: int) -> None:
-        self.done += n
-        if self._bar is not None:
-            self._bar.update(self._task, completed=self.done)
-        elif self.total and self.log and 100 * self.done >= self._next_pct * self.total:
-            self.log(f"{self.label}: {100 * self.done // self.total}% "
-                     f"({self.done / 2**20:.1f} of {self.total / 2**20:.1f} MiB)")
-            self._next_pct = 100 * self.done // self.total // 10 * 10 + 10
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.stop()
 
 
 def _content_range(value: str | None) -> tuple[int | None, int | None]:
@@ -169,7 +138,7 @@ def _fetch(url: str, dest: Path, part: Path, retries: int, timeout: float, log: 
                 ensure_free(dest.parent, (total or 0) - have, f"downloading {url}")
                 if have:
                     log(f"resuming {dest.name} at {have / 2**20:.1f} MiB")
-                progress = ByteProgress(dest.name, total, have, log)
+                progress = Display(dest.name, total, done=have, in_bytes=True)
                 with open(part, mode) as f:
                     while chunk := resp.read(CHUNK):
                         if progress.done + len(chunk) > max_bytes:
@@ -227,7 +196,7 @@ def release_path(member: str, include: tuple[str, ...]) -> str | None:
 
 
 class _CountingReader:
-    def __init__(self, f, progress: ByteProgress):
+    def __init__(self, f, progress: Display):
         self.f, self.progress = f, progress
 
     def read(self, n=-1):
@@ -265,7 +234,7 @@ def extract(archive: Path, out: Path, include: tuple[str, ...] = NEEDED,
         return done
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
-    progress = ByteProgress(f"extracting {archive.name}", stamp["archive_bytes"], 0, log)
+    progress = Display(f"extracting {archive.name}", stamp["archive_bytes"], in_bytes=True)
     counts: dict[str, int] = {}
     try:
         with open(archive, "rb") as raw, tarfile.open(

@@ -34,6 +34,7 @@ from lra_bench.data.prepare import files_fingerprint
 from lra_bench.data.safety import limits
 from lra_bench.sizes import format_bytes
 from lra_bench.errors import UserError
+from lra_bench.progress import Display
 
 OPERATORS = ("[MIN", "[MAX", "[MED", "[SM")
 END = "]"
@@ -151,11 +152,11 @@ def generate_files(out: Path, data_cfg: dict, seed: int = 0, log=None) -> None:
     """Write basic_{train,val,test}.tsv to `out` in the official layout."""
     counts = {s: data_cfg[f"num_{s}"] for s in ("train", "val", "test")}
     total = sum(counts.values())
-    step = max(total // 10, 1)
-    report = (lambda n: log(f"listops: {n}/{total} samples") if n % step == 0 else None) if log else None
-    rows = generate(total, seed=seed, min_length=data_cfg["min_length"],
-                    max_length=data_cfg["gen_max_length"], max_depth=data_cfg["max_depth"],
-                    max_args=data_cfg["max_args"], progress=report)
+    # (no log: no progress, as for every loader)
+    with Display("listops: samples", total, interactive=None if log else False) as bar:
+        rows = generate(total, seed=seed, min_length=data_cfg["min_length"],
+                        max_length=data_cfg["gen_max_length"], max_depth=data_cfg["max_depth"],
+                        max_args=data_cfg["max_args"], progress=bar.update if log else None)
     out.mkdir(parents=True, exist_ok=True)
     start = 0
     for split, n in counts.items():

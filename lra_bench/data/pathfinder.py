@@ -35,6 +35,7 @@ from lra_bench.data.prepare import fraction_boundary
 from lra_bench.data.safety import inside, limits
 from lra_bench.sizes import format_bytes
 from lra_bench.errors import UserError
+from lra_bench.progress import Display
 
 SOURCE_HINT = ("the release images arrive with `lra data download`; --source takes the folder "
                "holding pathfinder<res>/; or add --generate to draw them offline")
@@ -126,7 +127,7 @@ def decode_png(folder: Path, rel: str, resolution: int) -> tuple[int, np.ndarray
     return OK, gray
 
 
-def read_images(folder: Path, paths: list[str], resolution: int, pixels: np.ndarray, log) -> np.ndarray:
+def read_images(folder: Path, paths: list[str], resolution: int, pixels: np.ndarray) -> np.ndarray:
     """Decode every PNG into pixels[i] (threads: PIL releases the GIL while decoding);
     returns the status of each."""
     status = np.zeros(len(paths), np.int8)
@@ -144,10 +145,10 @@ def read_images(folder: Path, paths: list[str], resolution: int, pixels: np.ndar
     # this many pixels; decode_png refuses every other size before decoding too.
     saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, resolution * resolution
     try:
-        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        with (ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool,
+              Display("pathfinder: decoded", len(paths), unit="images") as bar):
             for n, _ in enumerate(pool.map(work, starts), start=1):
-                if n % 25 == 0 or n == len(starts):
-                    log(f"pathfinder: decoded {min(n * chunk, len(paths))}/{len(paths)} images")
+                bar.update(min(n * chunk, len(paths)))
     finally:
         Image.MAX_IMAGE_PIXELS = saved
     return status
@@ -179,7 +180,7 @@ def build(source: str, data: dict, writer, log) -> dict:
     folder = release_dir(source, data)
     paths, labels = read_metadata(folder)
     pixels = writer.scratch("pixels", (len(paths), res * res), np.uint8)
-    status = read_images(folder, paths, res, pixels, log)
+    status = read_images(folder, paths, res, pixels)
     valid = np.flatnonzero(status == OK)
     if len(valid) == 0:
         raise UserError(f"{folder}: none of the {len(paths)} listed images could be read")
@@ -232,5 +233,7 @@ def generate_source(data: dict, out: Path, log) -> None:
     style = pathfinder_gen.check_style(data.get("style", "snakes2"))
     log(f"pathfinder: drawing {data['num_images']} images of {data['resolution']} px, "
         f"{data['difficulty']}, seed {data['generate_seed']}, style {style}")
-    pathfinder_gen.generate_release(out, data["resolution"], data["difficulty"],
-                                    data["num_images"], data["generate_seed"], style=style)
+    with Display("pathfinder: drawn", data["num_images"], unit="images") as bar:
+        pathfinder_gen.generate_release(out, data["resolution"], data["difficulty"],
+                                        data["num_images"], data["generate_seed"], style=style,
+                                        progress=bar.update)

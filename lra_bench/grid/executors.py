@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import submitit
+from rich.table import Table
 from submitit.slurm import slurm as submitit_slurm
 
 from lra_bench import results
@@ -20,9 +21,12 @@ from lra_bench.errors import UserError
 from lra_bench.interruption import StopOnSignal
 from lra_bench.grid.job import STOP_WAIT_S, GridJob
 from lra_bench.grid.planning import grids_dir, parse_mem, parse_slurm_opts, parse_time
-from lra_bench.grid.record import Grid, describe, job_file, local_alive, read_json, status
+from lra_bench.grid.record import (STATES, Grid, counts, describe, job_file, local_alive,
+                                   read_json, status)
+from lra_bench.progress import Display
 
 LOCAL_TIMEOUT_MIN = 60 * 24 * 365  # LocalExecutor always sets a time limit; `--time` or none
+TABLE_EVERY_S = 2.0  # the live table of jobs reads every job's record: not at every poll
 
 
 def slurm_parameters(plan_: dict) -> dict:
@@ -89,7 +93,20 @@ def submit_slurm(grid: Grid, keys: list[str]) -> list[str]:
     return [str(j.job_id) for j in jobs]
 
 
-def run_local(grid: Grid, keys: list[str], parallel: int, say) -> str | None:
+def jobs_table(rows: list[dict]) -> Table:
+    """The jobs by state (running first), with each finished run's test accuracy."""
+    t = Table(title=counts(rows), title_justify="left")
+    for c in ("job", "state", "run id", "test acc"):
+        t.add_column(c)
+    order = ("running", "pending", *(s for s in STATES if s not in ("running", "pending")))
+    for r in sorted(rows, key=lambda r: order.index(r["state"]) if r["state"] in order else 99):
+        acc = r.get("test_accuracy")
+        t.add_row(r["key"], r["state"], r["run_id"],
+                  f"{100 * acc:.2f}" if acc is not None and r["state"] == "completed" else "-")
+    return t
+
+
+def run_local(grid: Grid, keys: list[str], parallel: int) -> str | None:
     """Run the jobs on this machine, `parallel` at a time, until all have ended; returns None,
     or the name of the signal (SIGINT, SIGTERM) that stopped the grid. A signal, to this process
     or its whole group (Ctrl-C, `timeout`, `kill`), or `lra grid cancel`, stops the running jobs
@@ -105,8 +122,9 @@ def run_local(grid: Grid, keys: list[str], parallel: int, say) -> str | None:
     queue, running, done = list(keys), {}, 0
     free_slots = list(range(parallel))
     stop = StopOnSignal("stopping the running jobs with a checkpoint")
+    shown = 0.0  # when the live table was last read
     try:
-        with stop:
+        with stop, Display(f"grid {grid.grid_id}", len(keys), unit="jobs") as bar:
             while queue or running:
                 if stop.requested():
                     break
@@ -126,10 +144,14 @@ def run_local(grid: Grid, keys: list[str], parallel: int, say) -> str | None:
                         free_slots.append(slot)
                         done += 1
                         row = next(r for r in status(grid) if r["key"] == key)
-                        say(f"[{done}/{len(keys)}] {key}: {describe(row)}")
+                        bar.update(done, line=f"[{done}/{len(keys)}] {key}: {describe(row)}")
+                if bar.mode == "live" and time.monotonic() - shown > TABLE_EVERY_S:
+                    shown = time.monotonic()
+                    bar.update(done, f"{len(running)} running", extra=jobs_table(
+                        [r for r in status(grid) if r["key"] in keys]))
                 time.sleep(0.5)
             if stop.requested():
-                say(f"stopping {len(running)} running job(s) with a checkpoint")
+                bar.say(f"stopping {len(running)} running job(s) with a checkpoint")
                 stop_when_started(grid, {k: job for k, (job, _) in running.items()})
                 wait_stopped(grid, list(running))
                 return stop.name

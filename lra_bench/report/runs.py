@@ -16,7 +16,7 @@ TASK_ORDER = ["listops", "text", "retrieval", "image", "pathfinder", "pathx"]
 # Settings that do not change what a run computes: how often it checkpoints or logs, where its
 # cache lives, and gradient accumulation (the same mean gradient over the same batch).
 NEUTRAL_SETTINGS = {"train.grad_accum", "train.checkpoint_every", "train.log_every",
-                    "data.variant"}
+                    "train.log_to", "data.variant"}
 
 
 def experiment(preset: str, overrides) -> str:

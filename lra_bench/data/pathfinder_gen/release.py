@@ -17,6 +17,7 @@ from PIL import Image
 from lra_bench.data.pathfinder_gen.datasets import (DIFFICULTIES, RESOLUTIONS, STYLES, Batch,
                                                     check_style, settings)
 from lra_bench.data.pathfinder_gen.snakes2 import generate_batch
+from lra_bench.progress import Display
 
 IMAGES_PER_FOLDER = 1000  # the release's imgs/<n>/ and metadata/<n>.npy each hold one batch
 
@@ -180,9 +181,8 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     if args.num_images < 1:
         sys.exit("error: --num-images must be at least 1")
-    generate_release(args.out, args.resolution, args.difficulty, args.num_images, args.seed,
-                     workers=args.workers, style=args.style,
-                     progress=lambda d: print(f"pathfinder: {d}/{args.num_images} images",
-                                              file=sys.stderr))
+    with Display("pathfinder: drawn", args.num_images, unit="images") as bar:
+        generate_release(args.out, args.resolution, args.difficulty, args.num_images, args.seed,
+                         workers=args.workers, style=args.style, progress=bar.update)
     print(f"pathfinder: wrote {args.out}/pathfinder{args.resolution}/{args.difficulty}",
           file=sys.stderr)
