@@ -32,9 +32,10 @@ demo: setup
 # Two workers, each test file on one (its module fixtures are built once): 7:42 instead of 9:14-9:48
 # on 2 cores, 452 tests (2026-11-30); 478-480 tests took 8:25-8:59 (fresh clones of 64bc416 and
 # dac451a, 2026-11-30); 695 tests (18 models) took 12:08 and 10:50 (fresh clones of 7393cfb and 157b98b, 2026-12-07: over
-# the 10-minute target, see issue 29's note); 736 tests took 18:17 and 19.4 CPU-minutes (fresh clone
-# of ac1a547, 2026-12-07, beside a nice-10 training run on the same cores; a session-wide compilation
-# cache in tests/conftest.py). TEST_WORKERS=0 runs them in this process.
+# the 10-minute target, see issue 29's note); with a session-wide compilation cache
+# (tests/conftest.py), 736 tests took 8:23 on 2 idle cores, 15.8 CPU-minutes for the whole
+# `bash .ci/run` (fresh clone of 9475779, 2026-12-07; 18:17 beside a nice-10 training run).
+# TEST_WORKERS=0 runs them in this process.
 TEST_WORKERS ?= 2
 test: setup
 	$(BIN)/python -m pytest -p no:cacheprovider --durations=15 -n $(TEST_WORKERS) --dist loadfile tests
