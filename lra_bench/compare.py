@@ -53,16 +53,6 @@ def _read(path: Path, schema) -> dict:
     return doc
 
 
-def flatten(d: dict, prefix: str = "") -> dict[str, object]:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def _cell(v, scale=None) -> str:
     if v is None or (isinstance(v, float) and pd.isna(v)):
         return "-"
@@ -78,7 +68,7 @@ def _cell(v, scale=None) -> str:
 def compare(results_dir: Path, a: str, b: str) -> list[Shown]:
     runs = [find_run(results_dir, ref) for ref in (a, b)]
     names = [p.name for p in runs]
-    configs = [flatten(_read(p / "config.json", records.CONFIG)) for p in runs]
+    configs = [records.flatten(_read(p / "config.json", records.CONFIG)) for p in runs]
     summaries = [_read(p / "summary.json", records.SUMMARY) for p in runs]
     keys = sorted(set(configs[0]) | set(configs[1]))
     differ = [k for k in keys if configs[0].get(k, "<unset>") != configs[1].get(k, "<unset>")]

@@ -197,6 +197,18 @@ def summary_problem(s: Any) -> str | None:
     return None
 
 
+def flatten(d: dict, prefix: str = "") -> dict[str, object]:
+    """A nested record as `section.key -> value` (what `--compare` lines up and what MLflow takes
+    as parameters)."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 # config.json: what `--compare` flattens (`--resume` checks every key against the TOMLs)
 CONFIG = {"model_name": str, "task_name": str, "preset": str, Opt("seed"): int,
           Opt("overrides"): [str], Opt("model"): dict, Opt("mixer"): dict, Opt("data"): dict,

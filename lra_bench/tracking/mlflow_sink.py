@@ -18,22 +18,17 @@ from pathlib import Path
 from mlflow.entities import Metric, Param, RunStatus
 from mlflow.tracking import MlflowClient
 
+from lra_bench import records
 from lra_bench.tracking.names import SUMMARY_TAGS, run_name, scalars
 
 BATCH = 100  # MLflow takes at most 100 parameters in one call
 VALUE_CHARS = 6000  # ... each at most this long
 
 
-def flat(config: dict, prefix: str = "") -> dict[str, str]:
+def flat(config: dict) -> dict[str, str]:
     """section.key -> value as text, what MLflow's parameters hold."""
-    out = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            out.update(flat(value, f"{prefix}{key}."))
-        else:
-            text = value if isinstance(value, str) else json.dumps(value)
-            out[f"{prefix}{key}"] = text[:VALUE_CHARS]
-    return out
+    return {key: (value if isinstance(value, str) else json.dumps(value))[:VALUE_CHARS]
+            for key, value in records.flatten(config).items()}
 
 
 class MLflow:
