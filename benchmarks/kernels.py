@@ -81,13 +81,15 @@ def hand_flops(name: str, length: int, *, batch: int, dim: int, heads: int) -> f
     return 12.0 * batch * heads * length**2 * (dim // heads) + 24.0 * batch * length * dim**2
 
 
-def layer_loss(graphdef):
-    def loss(params, x, mask):
+def layer_loss(graphdef, dropout: bool = False):
+    """sum(z^2) of one layer; with dropout, its attention dropout on, drawn from `key`."""
+    def loss(params, x, mask, key):
         m = nnx.merge(graphdef, params)
+        run = dict(deterministic=not dropout, rngs=nnx.Rngs(dropout=key))
         if hasattr(m, "mix"):
-            stream, y, short = m.mix(x, x, mask)
+            stream, y, short = m.mix(x, x, mask, **run)
         else:
-            y, short = m(x, mask)
+            y, short = m(x, mask, **run)
             stream = m.residual_stream(x, x, mask) if hasattr(m, "residual_stream") else x
         z = stream + y
         if hasattr(m, "after_block"):
@@ -96,25 +98,30 @@ def layer_loss(graphdef):
     return loss
 
 
-def build_step(name: str, length: int, *, batch: int, dim: int, heads: int, dtype):
+def build_step(name: str, length: int, *, batch: int, dim: int, heads: int, dtype,
+               dropout: float = 0.0):
+    """The compiled step, its compile seconds and its arguments (params, x, mask, dropout key).
+    dropout: the attention dropout rate (the key is an argument, so nothing is folded)."""
     model, overrides = KERNELS[name]
     options = {**config.load_spec("models", model)["mixer"], **overrides}
     kind = options.pop("kind")
     if kind == "topk":
         options["pool_lengths"] = [length // 4]
-    spec = mixers.MixerSpec(dim=dim, num_heads=heads, qkv_dim=dim, attention_dropout=0.0,
+    spec = mixers.MixerSpec(dim=dim, num_heads=heads, qkv_dim=dim, attention_dropout=dropout,
                             max_length=length, has_cls=False, dtype=dtype)
     graphdef, params = nnx.split(mixers.build(kind, spec, options, nnx.Rngs(0)))
     x = jax.random.normal(jax.random.key(1), (batch, length, dim), dtype)
     mask = jnp.arange(length)[None, :] < jnp.array([length, length // 2])[:batch, None]
-    args = (params, x, mask)
-    compiled, compile_s = compile_timed(jax.grad(layer_loss(graphdef), argnums=(0, 1)), *args)
+    args = (params, x, mask, jax.random.key(2))
+    compiled, compile_s = compile_timed(
+        jax.grad(layer_loss(graphdef, dropout > 0), argnums=(0, 1)), *args)
     return compiled, compile_s, args
 
 
 def measure_point(name, length, args, roof: float | None = None) -> dict:
     compiled, compile_s, call_args = build_step(name, length, batch=args.batch, dim=args.dim,
-                                                heads=args.heads, dtype=jnp.dtype(args.dtype))
+                                                heads=args.heads, dtype=jnp.dtype(args.dtype),
+                                                dropout=args.attention_dropout)
     times = time_calls(compiled, call_args, args.repeats)
     estimate = measure.compiled_memory_estimate(compiled)
     peak = measure.device_peak_bytes()
@@ -138,7 +145,8 @@ def run(args, malloc_tuned: bool = False) -> dict:
            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
            "device": measure.device_info(), "versions": versions(), "malloc_tuned": malloc_tuned,
            "config": {"batch": args.batch, "dim": args.dim, "heads": args.heads,
-                      "dtype": args.dtype, "repeats": args.repeats},
+                      "dtype": args.dtype, "repeats": args.repeats,
+                      "attention_dropout": args.attention_dropout},
            "roof_gflops": roof_gflops(args.repeats, dtype=jnp.dtype(args.dtype)),
            "roof": f"{ROOF_SIZE}^3 {args.dtype} matrix product, minimum of the repeats",
            "results": []}
@@ -221,6 +229,8 @@ def main(argv=None) -> None:
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--attention-dropout", type=float, default=0.0,
+                   help="attention dropout rate of the step (default 0: the tables' setting)")
     p.add_argument("--out", type=Path, help="write the JSON here (default: stdout)")
     p.add_argument("--markdown", type=Path, metavar="JSON",
                    help="print the docs page for a JSON written by this script, and exit")

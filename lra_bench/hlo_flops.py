@@ -92,48 +92,109 @@ def _callees(attributes: str, key: str) -> list[str]:
     return re.findall(r"%?([^\s,{}]+)", m.group(1))
 
 
+class _Walker:
+    """FLOPs of one parsed program's computations, memoised: `count(name, repeat)` counts a
+    computation, its fusions, calls and branches, and its while loops once (repeat=False) or
+    `known_trip_count` times (repeat=True)."""
+
+    def __init__(self, comps: dict):
+        self.comps, self.memo = comps, {}
+
+    def count(self, name: str, repeat: bool) -> float:
+        if (name, repeat) in self.memo:
+            return self.memo[name, repeat]
+        self.memo[name, repeat] = 0.0  # no recursion through a cycle
+        types = {n: t for n, t, *_ in self.comps.get(name, [])}
+        total = sum(self.instruction(inst, types, repeat) for inst in self.comps.get(name, []))
+        self.memo[name, repeat] = total
+        return total
+
+    def instruction(self, inst, types: dict, repeat: bool) -> float:
+        _, type_, opcode, operands, attributes = inst
+        if opcode == "dot":
+            lhs = _dims(types.get(operands[0], "")) if operands else None
+            m = re.search(r"lhs_contracting_dims=\{([\d,]*)\}", attributes)
+            if lhs is not None and m:
+                contracted = math.prod(lhs[int(d)] for d in m.group(1).split(",") if d)
+                return 2.0 * _elements(type_) * contracted
+            return 0.0
+        if opcode in _ELEMENTWISE:
+            return float(_elements(type_))
+        if opcode == "reduce" and operands:
+            return float(_elements(types.get(operands[0], "")))
+        if opcode == "while":
+            trips = 1
+            m = re.search(r'"known_trip_count":\{"n":"(\d+)"\}', attributes)
+            if repeat and m:
+                trips = int(m.group(1))
+            body = _callees(attributes, "body") + _callees(attributes, "condition")
+            return trips * sum(self.count(c, repeat) for c in body)
+        if opcode == "conditional":
+            branches = (_callees(attributes, "branch_computations")
+                        or _callees(attributes, "true_computation")
+                        + _callees(attributes, "false_computation"))
+            return max((self.count(c, repeat) for c in branches), default=0.0)
+        if opcode in ("reduce", "reduce-window", "scatter", "sort", "map", "all-reduce",
+                      "select-and-scatter", "reduce-scatter"):
+            return 0.0
+        # fusions, calls, custom calls with a called computation
+        return sum(self.count(c, repeat)
+                   for c in _callees(attributes, "calls") + _callees(attributes, "to_apply"))
+
+
 def loop_flops(text: str) -> tuple[float, float]:
     """(FLOPs with every loop body times its trip count, FLOPs with each body once)."""
     comps, entry = parse(text)
     if entry is None:
         return 0.0, 0.0
-    memo: dict = {}
+    walker = _Walker(comps)
+    return walker.count(entry, True), walker.count(entry, False)
 
-    def walk(name: str, repeat: bool) -> float:
-        if (name, repeat) in memo:
-            return memo[name, repeat]
-        memo[name, repeat] = 0.0  # no recursion through a cycle
-        types = {n: t for n, t, *_ in comps.get(name, [])}
-        total = 0.0
-        for _, type_, opcode, operands, attributes in comps.get(name, []):
-            if opcode == "dot":
-                lhs = _dims(types.get(operands[0], "")) if operands else None
-                m = re.search(r"lhs_contracting_dims=\{([\d,]*)\}", attributes)
-                if lhs is not None and m:
-                    contracted = math.prod(lhs[int(d)] for d in m.group(1).split(",") if d)
-                    total += 2.0 * _elements(type_) * contracted
-            elif opcode in _ELEMENTWISE:
-                total += _elements(type_)
-            elif opcode == "reduce" and operands:
-                total += _elements(types.get(operands[0], ""))
-            elif opcode == "while":
-                trips = 1
-                m = re.search(r'"known_trip_count":\{"n":"(\d+)"\}', attributes)
-                if repeat and m:
-                    trips = int(m.group(1))
-                body = _callees(attributes, "body") + _callees(attributes, "condition")
-                total += trips * sum(walk(c, repeat) for c in body)
-            elif opcode == "conditional":
-                branches = (_callees(attributes, "branch_computations")
-                            or _callees(attributes, "true_computation")
-                            + _callees(attributes, "false_computation"))
-                total += max((walk(c, repeat) for c in branches), default=0.0)
-            else:  # fusions, calls, custom calls with a called computation
-                for c in _callees(attributes, "calls") + _callees(attributes, "to_apply"):
-                    if opcode not in ("reduce", "reduce-window", "scatter", "sort", "map",
-                                      "all-reduce", "select-and-scatter", "reduce-scatter"):
-                        total += walk(c, repeat)
-        memo[name, repeat] = total
-        return total
 
-    return walk(entry, True), walk(entry, False)
+_MOVES = {"copy", "transpose", "bitcast", "dynamic-slice", "dynamic-update-slice", "slice",
+          "concatenate", "pad", "broadcast", "reshape", "parameter", "constant", "tuple",
+          "get-tuple-element", "iota"}
+_TRANSCENDENTAL = {"exponential", "log", "tanh", "logistic", "sqrt", "rsqrt", "power", "sine",
+                   "cosine", "exponential-minus-one", "log-plus-one", "erf"}
+
+
+def instruction_classes(text: str) -> dict[str, tuple[str, float]]:
+    """{instruction: (class, FLOPs of one execution)} for every instruction, as a profiler names
+    them: "container" (a loop, branch or call: its operations are instructions too), "products" (a dot or convolution, fused or not),
+    "transcendental" (exp, log, tanh... without a product), "reductions", "data movement"
+    (copies, transposes, slices and the like only) or "elementwise". Its FLOPs count the loops
+    inside it once: a profile's events time one execution each."""
+    comps, _ = parse(text)
+    walker = _Walker(comps)
+
+    def opcodes(name: str, seen: set) -> set:
+        found = set()
+        for _, _, opcode, _, attributes in comps.get(name, []):
+            found.add(opcode)
+            for c in _callees(attributes, "calls"):
+                if c not in seen:
+                    seen.add(c)
+                    found |= opcodes(c, seen)
+        return found
+
+    out = {}
+    for comp, instructions in comps.items():
+        types = {n: t for n, t, *_ in instructions}
+        for inst in instructions:
+            name, _, opcode, _, attributes = inst
+            if opcode in ("while", "conditional", "call"):
+                out[name] = ("container", 0.0)  # its operations are profiled themselves
+                continue
+            ops = {opcode} | set().union(*(opcodes(c, {c}) for c in _callees(attributes, "calls")))
+            if ops & {"dot", "convolution"}:
+                kind = "products"
+            elif ops & _TRANSCENDENTAL:
+                kind = "transcendental"
+            elif "reduce" in ops:
+                kind = "reductions"
+            elif ops - {"fusion"} <= _MOVES:
+                kind = "data movement"
+            else:
+                kind = "elementwise"
+            out[name] = (kind, walker.instruction(inst, types, False))
+    return out

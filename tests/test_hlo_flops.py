@@ -55,3 +55,17 @@ def test_cpu_attention_blocks_count_their_products():
     hand = 12 * b * h * n * n * d  # 2 products forward, 4 backward, 2 n^2 d FLOPs each
     assert measure.xla_cost_flops(c) < 0.5 * hand
     assert hand < measure.cost_flops(c) < 1.5 * hand
+
+
+def test_instruction_classes_name_what_a_profile_times():
+    # benchmarks/profile_ops.py joins a trace's operation names to these classes: the product
+    # (fused or not) is "products" with its 2 n^3 FLOPs, the exp is "transcendental", the loop a
+    # container (its operations are instructions of their own)
+    x = w = jnp.ones((N, N))
+    c = compiled(lambda x, w: jnp.exp(scan_of_products(x, w, 4) + x @ w), x, w)
+    classes = hlo_flops.instruction_classes(c.as_text())
+    kinds = {kind for kind, _ in classes.values()}
+    assert {"products", "transcendental", "container"} <= kinds
+    products = [f for kind, f in classes.values() if kind == "products"]
+    assert sorted(products)[-1] == pytest.approx(PRODUCT, rel=0.05)
+    assert all(f == 0 for kind, f in classes.values() if kind == "container")
