@@ -170,8 +170,11 @@ def test_sparse_fixed_pattern_is_its_definition(x64, cls):
     np.testing.assert_allclose(got, dense(q, k, v, allowed), atol=1e-12)
 
 
+# 12 over 11 tokens: a chunk would see every key, so one dense band (not full) is computed; 40:
+# the band holds every key
 @pytest.mark.parametrize("window,chunk,cls", [(4, None, False), (5, 3, False), (7, 2, True),
-                                              (40, None, False)])
+                                              (12, None, False), (12, None, True),
+                                              (40, None, False), (40, None, True)])
 def test_longformer_band_in_chunks_is_the_dense_band(x64, window, chunk, cls):
     n = 11
     q, k, v = qkv64(2, n, 2, 3)

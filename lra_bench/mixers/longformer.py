@@ -12,7 +12,8 @@ no global mask, so LRA's Longformer has NO global token (global_tokens = "none",
 & key; a pad query averages every value.
 
 LRA builds the dense N x N mask; here the band runs over chunks of queries, each against the
-(chunk + window - 1) keys it can see, so the cost is O(N * window).
+(chunk + window - 1) keys it can see, so the cost is O(N * window); where a chunk would see the
+whole sequence anyway (a window as long as the input), one N x N band is computed instead.
 """
 
 from __future__ import annotations
@@ -47,9 +48,12 @@ def sliding_window_attention(q, k, v, mask, *, window: int, chunk: int | None = 
     """
     b, n, h, d = q.shape
     left, right = window_sides(window)
+    left, right = min(left, n), min(right, n - 1)  # the same band: no key lies further away
     chunk = max(1, min(n, chunk or max(1, window // 2)))
     nc = -(-n // chunk)
     span = chunk + left - 1 + right
+    if span >= n:  # a chunk would see every key: one (n x n) band is less work than chunks
+        return _dense_band(q, k, v, mask, left, right, global_first, dropout_rate, dropout_rng)
     qp = jnp.pad(q, [(0, 0), (0, nc * chunk - n), (0, 0), (0, 0)])
     pad = [(0, 0), (left - 1, nc * chunk - n + right)]
     kp, vp = (jnp.pad(t, pad + [(0, 0), (0, 0)]) for t in (k, v))
@@ -72,6 +76,19 @@ def sliding_window_attention(q, k, v, mask, *, window: int, chunk: int | None = 
     y = attention(qp.reshape(b * nc, chunk, h, d), kw, vw, mw, pair_mask=pair,
                   dropout_rate=dropout_rate, dropout_rng=dropout_rng)
     y = y.reshape(b, nc * chunk, h, d)[:, :n]
+    return jnp.where(mask[:, :, None, None], y, mean_values(v))
+
+
+def _dense_band(q, k, v, mask, left, right, global_first, dropout_rate, dropout_rng):
+    """The band as one masked attention over the whole sequence; without a pair mask when the
+    band holds every key (a window as long as the sequence: the quick presets' 64 tokens under
+    LRA's 512), so the softmax takes its fastest form."""
+    n = q.shape[1]
+    i, j = np.arange(n)[:, None], np.arange(n)[None, :]
+    band = (j - i >= -(left - 1)) & (j - i <= right) | ((j == 0) & global_first)
+    pair = None if band.all() else jnp.asarray(band)[None, None]
+    y = attention(q, k, v, mask, pair_mask=pair, dropout_rate=dropout_rate,
+                  dropout_rng=dropout_rng)
     return jnp.where(mask[:, :, None, None], y, mean_values(v))
 
 
