@@ -24,7 +24,8 @@ def report(
                                   "own rule), best (best-val) or last"),
     published: bool = typer.Option(False, help="show the published accuracy rows too, one block "
                                    "per protocol beside runs of the same preset (with --sweep: "
-                                   "the LRA Table 2 efficiency rows)"),
+                                   "the whole of LRA Table 2 too; each swept model is shown "
+                                   "beside its Table 2 row either way)"),
     runs_: bool = typer.Option(False, "--runs", help="list every run (any status) instead of "
                                "the leaderboard"),
     models: List[str] = typer.Option([], "--model", "-m", help="only this model (repeatable)"),
@@ -126,7 +127,8 @@ def report(
         written = plot_curves(data, curves, title, rep.chance_lines(runs))
         err.print(f"curves written to {written}", highlight=False)
     if html is not None:
-        index, site_warnings = rep.write_site(runs, rdir, html, selection, filters)
+        index, site_warnings = rep.write_site(runs, rdir, html, selection, filters, models,
+                                              tasks, presets)
         for w in [w for w in site_warnings if w not in warnings]:
             err.print(f"warning: {w}", highlight=False, markup=False)
         err.print(f"HTML report written to {index}", highlight=False, markup=False)
@@ -158,12 +160,13 @@ def _sweep_report(results_dir: Path, sweep_id: Optional[str], format: str, publi
     if format == "json":
         from lra_bench import report as rep  # pandas, as above
 
-        tables = {"sweep": df}
+        tables = {"sweep": df, "beside_published": sr.beside_published(df)}
         if published:
             tables["published"] = sr.published_efficiency()
         sys.stdout.write(rep.to_json(tables) + "\n")
         return
     tables = [(sr.title(sweep_id, settings, df), *sr.measured_table(df)),
+              sr.beside_table(sweep_id, settings, df),
               ("Every point", *sr.points_table(df))]
     if published:
         tables.append(sr.published_table())
