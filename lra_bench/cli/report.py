@@ -11,7 +11,7 @@ import typer
 
 from lra_bench import paths
 from lra_bench import sweep as sw
-from lra_bench.cli.common import err, out, print_tables, user_errors
+from lra_bench.cli.common import err, out, preset_help, print_tables, user_errors
 from lra_bench.errors import UserError
 
 
@@ -30,7 +30,8 @@ def report(
                                "the leaderboard"),
     models: List[str] = typer.Option([], "--model", "-m", help="only this model (repeatable)"),
     tasks: List[str] = typer.Option([], "--task", "-t", help="only this task (repeatable)"),
-    presets: List[str] = typer.Option([], "--preset", help="only this preset (repeatable)"),
+    presets: List[str] = typer.Option([], "--preset", help=preset_help("only this preset "
+                                                                       "(repeatable)")),
     curves: Optional[Path] = typer.Option(None, help="also draw validation accuracy and training "
                                           "loss against step into this .png"),
     compare: Optional[Tuple[str, str]] = typer.Option(None, help="show two runs side by side: "
