@@ -14,7 +14,9 @@ import math
 
 import pandas as pd
 
-# Our model names as each protocol's table prints them.
+# Our model names (models/*.toml) as the published tables print them: the one matching of
+# published rows to models, for accuracy (lra_accuracy.csv, lra_frontier.csv) and efficiency
+# (lra_efficiency.csv, `lra report --sweep`) alike.
 PUBLISHED_NAMES = {
     "transformer": ("Transformer", "Standard Transformer"),
     "nystromformer": ("Nystromformer",),
@@ -31,6 +33,12 @@ PUBLISHED_NAMES = {
     "s5": ("S5",),  # lra_frontier.csv's S5 row
     "s4d": ("S4",),  # its S4 row is S4 (DPLR), not S4D: marked, see MODEL_MARKS
 }
+
+
+def registry_model(published: str) -> str | None:
+    """The model of ours that a published row's model name is (None: no model of ours)."""
+    return next((ours for ours, names in PUBLISHED_NAMES.items() if published in names), None)
+
 
 # (protocol, task) -> (mark, footnote): paper and code disagree; we follow the code.
 DISAGREEMENTS = {

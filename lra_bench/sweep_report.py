@@ -2,9 +2,11 @@
 
 One row per model; steps per second at each length with the speed-up over `transformer` in
 brackets, then peak memory at each length with its ratio to `transformer` (no brackets when no
-transformer was swept). A point that ran out
-of memory reads OOM. The published Table 2 rows use the same layout, marked with their source
-and hardware.
+transformer was swept). A point that ran out of memory reads OOM. The published Table 2 rows use
+the same layout, marked with their source and hardware; `beside_published` puts each measured
+point beside the published figure of the same model (matched by `reproduced.PUBLISHED_NAMES`) at
+the same length, with both sources' ratios to their own Transformer, the one figure that
+compares across machines.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 from rich.table import Table
 
-from lra_bench import paths, sweep
+from lra_bench import paths, reproduced, sweep
 from lra_bench.sizes import format_bytes
 
 BASELINE = "transformer"
@@ -111,8 +113,85 @@ def _bytes(v) -> str:
 
 
 def published_efficiency() -> pd.DataFrame:
+    """LRA Table 2's rows, each with the model of ours it is (`registry_model`, None for none)."""
     pub = pd.read_csv(paths.PACKAGE_DIR / "published" / "lra_efficiency.csv")
-    return pub.assign(status="ok")
+    return pub.assign(status="ok", registry_model=pub["model"].map(reproduced.registry_model))
+
+
+def _ratio(value, base) -> float:
+    ok = value is not None and base is not None and not pd.isna(value) and not pd.isna(base)
+    return float(value) / float(base) if ok and float(base) > 0 else float("nan")
+
+
+def beside_published(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per measured (model, length): its steps/s and peak memory here and LRA Table 2's
+    for the same model at the same length, each also as a ratio to the Transformer of its own
+    source. The machines differ (TPU v3 there), so only the ratios compare."""
+    pub = published_efficiency()
+    theirs = {(r["registry_model"], int(r["length"])): r for _, r in pub.iterrows()
+              if pd.notna(r["registry_model"])}
+    here = {(r["model"], int(r["length"])): r for _, r in df.iterrows()}
+
+    def ok(r, column):
+        return float(r[column]) if r is not None and r["status"] == "ok" \
+            and not pd.isna(r[column]) else float("nan")
+
+    out = []
+    for model in _model_order(df["model"], BASELINE):
+        for n in sorted({int(v) for v in df.loc[df["model"] == model, "length"]}):
+            r, p = here[(model, n)], theirs.get((model, n))
+            base, p_base = here.get((BASELINE, n)), theirs.get((BASELINE, n))
+            out.append({
+                "model": model, "length": n, "status": r["status"],
+                "published_model": None if p is None else p["model"],
+                "hardware": None if p is None else p["hardware"],
+                "steps_per_second": ok(r, "steps_per_second"),
+                "speedup": _ratio(ok(r, "steps_per_second"), ok(base, "steps_per_second")),
+                "published_steps_per_second": ok(p, "steps_per_second"),
+                "published_speedup": _ratio(ok(p, "steps_per_second"),
+                                            ok(p_base, "steps_per_second")),
+                "peak_memory_bytes": ok(r, "peak_memory_bytes"),
+                "memory_ratio": _ratio(ok(r, "peak_memory_bytes"), ok(base, "peak_memory_bytes")),
+                "published_peak_memory_gb": ok(p, "peak_memory_gb"),
+                "published_memory_ratio": _ratio(ok(p, "peak_memory_gb"),
+                                                 ok(p_base, "peak_memory_gb"))})
+    return pd.DataFrame(out)
+
+
+def beside_table(sweep_id: str, s: sweep.Settings, df: pd.DataFrame
+                 ) -> tuple[str, list[str], list[list[str]]]:
+    """`beside_published` as a (title, header, rows) table."""
+    frame, pub = beside_published(df), published_efficiency()
+    kinds = ", ".join(sorted({str(k) for k in df["device_kind"].dropna().unique()})) or "?"
+    hardware = "; ".join(str(h) for h in pub["hardware"].unique())
+    source = "; ".join(str(v) for v in pub["source"].unique())
+    task, batch = ("; ".join(str(v) for v in pub[c].unique()) for c in ("task", "batch_size"))
+    title = (f"Sweep {sweep_id} beside {source}: measured here on {kinds}, published on "
+             f"{hardware}, different machines: compare the ratios to each source's own "
+             f"Transformer at the same length (x), not the figures")
+    if (s.task, str(s.batch_size), s.mode) != (task, batch, "train"):
+        title += (f"; this sweep timed {s.task}, batch {s.batch_size}, a {s.mode} step, the "
+                  f"published rows {task}, batch {batch}, a train step")
+    header = ["model", "length", "LRA name", "steps/s here", "steps/s LRA", "speed-up here",
+              "speed-up LRA", "memory here", "GB LRA", "memory ratio here", "memory ratio LRA"]
+
+    def num(v, show=_num):
+        return "-" if pd.isna(v) else show(v)
+
+    def x(v):
+        return "-" if pd.isna(v) else f"{v:.2f}x"
+
+    rows = []
+    for _, r in frame.iterrows():
+        failed = str(r["status"]) if r["status"] != "ok" else None
+        rows.append([r["model"], length_label(int(r["length"])),
+                     "-" if pd.isna(r["published_model"]) else str(r["published_model"]),
+                     failed or num(r["steps_per_second"]), num(r["published_steps_per_second"]),
+                     failed or x(r["speedup"]), x(r["published_speedup"]),
+                     failed or num(r["peak_memory_bytes"], format_bytes),
+                     num(r["published_peak_memory_gb"]),
+                     failed or x(r["memory_ratio"]), x(r["published_memory_ratio"])])
+    return title, header, rows
 
 
 def published_table() -> tuple[str, list[str], list[list[str]]]:
@@ -127,7 +206,7 @@ def published_table() -> tuple[str, list[str], list[list[str]]]:
     return title, header, rows
 
 
-LEFT = ("model", "hardware", "status", "memory source", "message")
+LEFT = ("model", "hardware", "status", "memory source", "message", "LRA name")
 
 
 def rich_table(title: str, header: list[str], rows: list[list[str]]):

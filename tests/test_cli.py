@@ -161,8 +161,9 @@ def test_preset_help_lists_the_presets_of_the_data_with_their_descriptions():
     assert {"smoke", "quick", "lra", "nystrom", "s4", "s5"} <= set(described)
     assert all(described.values()), described  # every shipped preset says what it is
     assert described["s4"] == protocols.load("s4")["title"]
-    for command in ("run", "sweep", "grid", "preflight"):
-        text = _squeezed(invoke(command, "--help").stdout)
+    for command in (("run",), ("sweep",), ("grid",), ("preflight",), ("data", "prepare"),
+                    ("report",)):
+        text = _squeezed(invoke(*command, "--help").stdout)
         for name, description in described.items():
             assert _squeezed(f"{name}: {description}") in text, (command, name)
 

@@ -171,6 +171,48 @@ def _wait_for(predicate, timeout=300.0):
         time.sleep(0.1)
 
 
+def _tiny_grid(tmp_path):
+    plan = grid.plan("transformer", "listops", [0], "smoke", ['data.loader="synthetic"'],
+                     grid.Resources(), 0, tmp_path / "d", tmp_path / "results", preflight=False)
+    return grid.create(plan), plan
+
+
+def test_a_cancel_between_a_jobs_check_and_its_pid_stops_it_before_it_runs(tmp_path,
+                                                                           monkeypatch):
+    """`lra grid cancel` writes cancelled.json, then signals each supervisor that has recorded
+    its pid. One that looked for cancelled.json a moment before it came, and recorded its pid a
+    moment after it was read, must still not start its run."""
+    g, plan = _tiny_grid(tmp_path)
+    (spec,) = plan["jobs"]
+    job = grid.GridJob(g.path, plan, spec["key"])
+    monkeypatch.setattr("signal.signal", lambda *a: None)  # pytest keeps its own handlers
+    record = job._record
+
+    def record_then_cancel(**fields):
+        record(**fields)
+        if fields.get("state") == "running":  # the cancel finds no pid: it came just before
+            grid.cancel(g)
+
+    monkeypatch.setattr(job, "_record", record_then_cancel)
+    monkeypatch.setattr(job, "_start", lambda argv: pytest.fail("the cancelled run started"))
+    assert job()["state"] == "cancelled"
+    assert json.loads(grid.job_file(g.path, spec["key"]).read_text())["state"] == "cancelled"
+
+
+def test_stopping_jobs_that_never_start_gives_up_with_a_warning(tmp_path, capsys):
+    g, plan = _tiny_grid(tmp_path)
+
+    class NeverStarts:
+        def done(self):
+            return False
+
+    grid.executors.stop_when_started(g, {"transformer-listops-s0": NeverStarts()}, timeout=0.3)
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("warning: lra grid: 1 job(s) had not started 0 s after the stop "
+                           "(transformer-listops-s0)")
+    assert f"lra grid cancel {g.grid_id}" in line
+
+
 def test_checkpoint_hook_stops_the_run_and_requeues_a_job_that_resumes_it(tmp_path,
                                                                           compile_cache):
     rdir = tmp_path / "results"
@@ -268,7 +310,6 @@ def test_a_signal_to_the_whole_group_stops_a_local_grid_cleanly(tmp_path, compil
     """`timeout`, `kill` of the group or Ctrl-C on the terminal: every process of the grid gets
     the signal. The grid stops its jobs with a checkpoint, says how to resume, and nothing is
     left running (submitit's controller ignores the Ctrl-C; the job's supervisor stops its run)."""
-    import signal
     import subprocess
     import sys
 

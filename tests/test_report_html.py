@@ -105,6 +105,8 @@ def test_the_site_holds_the_leaderboard_runs_sweeps_and_notes(site):
     assert "20260101-000000-text-train-aaaaaa" in index and "testhost" in index
     assert "0.4.test" in index and "abc1234" in index  # machine and versions
     assert "fidelity" in index
+    # each swept model beside its LRA Table 2 row (none at 512; Table 2 starts at 1K)
+    assert "beside LRA paper Table 2" in index and "<td>Linear Transformer</td>" in index
     # user-provided strings are escaped, never markup
     assert "<script>alert(1)</script>" not in index
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in index
@@ -116,6 +118,26 @@ def test_the_site_holds_the_leaderboard_runs_sweeps_and_notes(site):
            "train.steps=20" in page
     assert "&lt;b&gt;not bold&lt;/b&gt;" in page and "<b>not bold" not in page
     assert "<polyline" in page and "git checkout abc1234" in page
+
+
+def test_the_sweeps_are_filtered_as_the_runs_are(site, tmp_path):
+    root, _ = site
+
+    def sweep_section(*filters):
+        out = tmp_path / "-".join(filters)
+        r = runner.invoke(app, ["report", "--results-dir", str(root), "--html", str(out),
+                                *filters])
+        assert r.exit_code == 0, r.output
+        index = (out / "index.html").read_text()
+        return index[index.index('id="sweeps"'):index.index('id="runs"')]
+
+    only = sweep_section("-m", "transformer")
+    assert "20260101-000000-text-train-aaaaaa" in only
+    assert "<td>transformer</td>" in only and "<td>linear</td>" not in only
+    gone = sweep_section("-t", "listops")  # the sweep timed the text task
+    assert "20260101-000000-text-train-aaaaaa" not in gone
+    assert "No sweep in this results folder measured what the filters let through" in gone
+    assert "LRA Table 2" in gone  # the published rows stay, folded
 
 
 def test_every_link_and_script_stays_inside_the_site(site):

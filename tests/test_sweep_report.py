@@ -1,11 +1,13 @@
 import csv
 import io
+import json
 
 import matplotlib.image
+import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from lra_bench import sweep
+from lra_bench import paths, sweep
 from lra_bench.cli import app
 
 runner = CliRunner()
@@ -108,3 +110,62 @@ def test_plot_is_written(results, tmp_path):
 def test_no_sweeps_says_how_to_make_one(tmp_path):
     r = invoke("--sweep", "--results-dir", tmp_path)
     assert r.exit_code == 2 and "lra sweep" in r.stderr
+
+
+def test_each_model_beside_its_published_table2_row_as_ratios_to_each_transformer(results):
+    r = invoke("--sweep", "--results-dir", results, "--format", "markdown")
+    assert r.exit_code == 0, r.output
+    assert ("Sweep 20300101-000000-text-train-bbbbbb beside LRA paper Table 2 (Tay et al. 2021): "
+            "measured here on NVIDIA H100, published on TPU v3 4x4, different machines") in r.stdout
+    assert "this sweep timed" not in r.stdout  # text, batch 32, train: Table 2's own setting
+    assert ("| model | length | LRA name | steps/s here | steps/s LRA | speed-up here | "
+            "speed-up LRA | memory here | GB LRA | memory ratio here | memory ratio LRA |"
+            in r.stdout)
+    assert "| transformer | 1K | Transformer | 8 | 8.1 | 1.00x | 1.00x | 1.00 GiB | 0.85 | " \
+           "1.00x | 1.00x |" in r.stdout
+    # OOM here, the published figure still shown
+    assert "| transformer | 2K | Transformer | OOM | 4.9 | OOM | 1.00x | OOM | 2.65 | OOM | " \
+           "1.00x |" in r.stdout
+    # 16 / 8 = 2.00x here, 9.1 / 8.1 = 1.12x there; 0.5 / 1 here, 0.37 / 0.85 = 0.44x there
+    assert "| linear | 1K | Linear Transformer | 16 | 9.1 | 2.00x | 1.12x | 512.00 MiB | 0.37 | " \
+           "0.50x | 0.44x |" in r.stdout
+    # no transformer here at 2K (OOM): no ratio here; 9.3 / 4.9 = 1.90x there
+    assert "| linear | 2K | Linear Transformer | 15 | 9.3 | - | 1.90x | 768.00 MiB | 0.57 | - | " \
+           "0.22x |" in r.stdout
+    r = invoke("--sweep", "--results-dir", results, "--format", "json")
+    beside = json.loads(r.stdout)["beside_published"]
+    assert [(b["model"], b["length"], b["published_model"]) for b in beside] == [
+        ("transformer", 1024, "Transformer"), ("transformer", 2048, "Transformer"),
+        ("linear", 1024, "Linear Transformer"), ("linear", 2048, "Linear Transformer")]
+
+
+def test_a_model_or_length_without_a_published_row_and_another_setting_say_so(tmp_path):
+    s = sweep.Settings(task="listops", batch_size=8, models=["nystromformer", "transformer"],
+                       lengths=[512, 1024])
+    rows = [{**_row(m, n, sps=10.0, gib=0.1), "task": "listops", "batch_size": 8}
+            for m in ("nystromformer", "transformer") for n in (512, 1024)]
+    sweep.save(tmp_path, "20300101-000000-listops-train-dddddd", s, rows)
+    r = invoke("--sweep", "--results-dir", tmp_path, "--format", "markdown")
+    assert r.exit_code == 0, r.output
+    assert ("this sweep timed listops, batch 8, a train step, the published rows text, batch 32, "
+            "a train step") in r.stdout
+    assert "| nystromformer | 1K | - | 10 | - | 1.00x | - |" in r.stdout  # LRA ran no Nystromformer
+    assert "| transformer | 512 | - | 10 | - | 1.00x | - |" in r.stdout  # Table 2 starts at 1K
+
+
+def test_every_published_model_name_is_matched_to_a_model_by_one_mapping():
+    """The efficiency rows and the accuracy rows are matched to models by the same data
+    (reproduced.PUBLISHED_NAMES), and every model named there is one lra-bench has."""
+    from lra_bench import config, reproduced, sweep_report
+
+    assert set(reproduced.PUBLISHED_NAMES) <= set(config.available("models"))
+    table2 = sweep_report.published_efficiency()
+    assert table2["registry_model"].notna().all(), table2[table2["registry_model"].isna()]
+    assert dict(zip(table2["model"], table2["registry_model"])) == {
+        "Transformer": "transformer", "Local Attention": "local", "Linformer": "linformer",
+        "Reformer": "reformer", "Sinkhorn Transformer": "sinkhorn",
+        "Synthesizer": "synthesizer", "BigBird": "bigbird", "Linear Transformer": "linear",
+        "Performer": "performer"}
+    accuracy = pd.read_csv(paths.PACKAGE_DIR / "published" / "lra_accuracy.csv")
+    unmatched = {m for m in accuracy["model"] if reproduced.registry_model(m) is None}
+    assert unmatched == set()

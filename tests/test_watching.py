@@ -107,15 +107,18 @@ def test_a_missing_tracker_extra_is_one_error_line_before_anything_runs(monkeypa
     assert not (tmp_path / "results").exists() and not (tmp_path / "data").exists()
 
 
-def test_tensorboard_and_mlflow_continue_a_resumed_run_without_a_step_twice(
+def test_tensorboard_and_the_trackers_continue_a_resumed_run_without_a_step_twice(
         data_dir, results_dir, monkeypatch):
     # (~6 s on 2 quiet cores: two segments of a run, compiled twice, is what a resume is;
-    # MLflow rides along on the same run rather than costing one of its own)
+    # MLflow and W&B (offline) ride along on the same run rather than costing one of their own)
     pytest.importorskip("mlflow", reason="the [mlflow] extra is not installed")
+    trackers = ["mlflow", *(["wandb"] if importlib.util.find_spec("wandb") else [])]
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
     [first] = run.start("transformer", "listops", "smoke", [0],
-                        ["train.steps=6", "train.log_to=[\"mlflow\"]", *TINY], data_dir,
-                        results_dir)
+                        ["train.steps=6", f"train.log_to={json.dumps(trackers)}", *TINY],
+                        data_dir, results_dir)
     folder = results_dir / "runs" / first["run_id"]
     tb = folder / "tb" / "transformer-listops-smoke-seed0"
     assert sorted(scalars(tb)["train/loss"]) == [1, 2, 3, 4, 5, 6]
@@ -136,17 +139,44 @@ def test_tensorboard_and_mlflow_continue_a_resumed_run_without_a_step_twice(
     assert tags["val/accuracy"] == [3, 6] and tags["train/steps_per_second"] == steps
     assert tags["test/accuracy"] == [6]
 
-    # MLflow: one run, continued; the config as parameters, the summary as an artifact
+    # MLflow: one run, continued; the config as parameters, the summary as an artifact; the
+    # redone steps (4-6: this first attempt sent them all) are not sent again
     [run_folder] = glob.glob(str(results_dir / "mlruns" / "*" / resumed["mlflow_run_id"]))
     run_folder = Path(run_folder)
     assert first["mlflow_run_id"] == resumed["mlflow_run_id"]
     assert (run_folder / "params" / "train.steps").read_text() == "6"
-    val = [line.split() for line in (run_folder / "metrics" / "val" / "accuracy").read_text()
-           .splitlines()]
-    assert [int(step) for _, _, step in val][-1] == 6
+
+    def mlflow_steps(*tag):
+        lines = (run_folder / "metrics" / Path(*tag)).read_text().splitlines()
+        return [int(line.split()[2]) for line in lines]
+
+    assert mlflow_steps("train", "loss") == [1, 2, 3, 4, 5, 6]
+    assert mlflow_steps("val", "accuracy") == [3, 6]
     saved = json.loads((run_folder / "artifacts" / "summary.json").read_text())
     assert saved["test_accuracy"] == resumed["test_accuracy"]
     assert "status: 3" in (run_folder / "meta.yaml").read_text()  # FINISHED
+    if "wandb" not in trackers:
+        return
+    # W&B offline: each attempt a folder of the same run id; the second sends the steps after
+    # metrics.jsonl's last (5), not the redone 4 and 5 again (offline, W&B cannot say its own).
+    # (Step 6 is in both only because this first attempt completed before the simulated kill.)
+    segments = sorted(folder.glob("wandb/offline-run-*/*.wandb"), key=lambda p: p.parent.name)
+    assert len(segments) == 2
+    history = [[json.loads(i.value_json) for r in _wandb_log(log).get("history", [])
+                for i in r.history.item if (i.key or "/".join(i.nested_key)) == "_step"]
+               for log in segments]
+    assert history == [[1, 2, 3, 4, 5, 6], [6]]
+
+
+def _wandb_log(log: Path) -> dict:
+    """record type -> the records of an offline W&B run, once its exit record is written."""
+    deadline, records = time.monotonic() + 60, {}
+    while "exit" not in records and time.monotonic() < deadline:
+        time.sleep(0.2)
+        records = {}
+        for r in wandb_records(log):
+            records.setdefault(r.WhichOneof("record_type"), []).append(r)
+    return records
 
 
 def wandb_records(path: Path):

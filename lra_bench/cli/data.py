@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from lra_bench import config, paths, progress
-from lra_bench.cli.common import QUIET, err, log, out, user_errors
+from lra_bench.cli.common import QUIET, err, log, out, preset_help, user_errors
 from lra_bench.errors import UserError
 from lra_bench.sizes import format_bytes
 
@@ -67,7 +67,8 @@ def data_download(
 @user_errors
 def data_prepare(
     task: str = typer.Argument(..., help="a name from `lra list tasks`"),
-    preset: List[str] = typer.Option([], help="prepare only this preset (repeatable; default: all)"),
+    preset: List[str] = typer.Option([], help=preset_help("prepare only this preset (repeatable; "
+                                                          "default: all)")),
     source: Optional[str] = typer.Option(None, help="a file, a folder, 'tfds' or 'tfds:DIR' "
                                          "(default: the task's usual source)"),
     generate: bool = typer.Option(False, help="generate the source (ListOps, Pathfinder, Path-X)"),

@@ -11,7 +11,7 @@ import typer
 
 from lra_bench import paths
 from lra_bench import sweep as sw
-from lra_bench.cli.common import err, out, print_tables, user_errors
+from lra_bench.cli.common import err, out, preset_help, print_tables, user_errors
 from lra_bench.errors import UserError
 
 
@@ -24,12 +24,14 @@ def report(
                                   "own rule), best (best-val) or last"),
     published: bool = typer.Option(False, help="show the published accuracy rows too, one block "
                                    "per protocol beside runs of the same preset (with --sweep: "
-                                   "the LRA Table 2 efficiency rows)"),
+                                   "the whole of LRA Table 2 too; each swept model is shown "
+                                   "beside its Table 2 row either way)"),
     runs_: bool = typer.Option(False, "--runs", help="list every run (any status) instead of "
                                "the leaderboard"),
     models: List[str] = typer.Option([], "--model", "-m", help="only this model (repeatable)"),
     tasks: List[str] = typer.Option([], "--task", "-t", help="only this task (repeatable)"),
-    presets: List[str] = typer.Option([], "--preset", help="only this preset (repeatable)"),
+    presets: List[str] = typer.Option([], "--preset", help=preset_help("only this preset "
+                                                                       "(repeatable)")),
     curves: Optional[Path] = typer.Option(None, help="also draw validation accuracy and training "
                                           "loss against step into this .png"),
     compare: Optional[Tuple[str, str]] = typer.Option(None, help="show two runs side by side: "
@@ -126,7 +128,8 @@ def report(
         written = plot_curves(data, curves, title, rep.chance_lines(runs))
         err.print(f"curves written to {written}", highlight=False)
     if html is not None:
-        index, site_warnings = rep.write_site(runs, rdir, html, selection, filters)
+        index, site_warnings = rep.write_site(runs, rdir, html, selection, filters, models,
+                                              tasks, presets)
         for w in [w for w in site_warnings if w not in warnings]:
             err.print(f"warning: {w}", highlight=False, markup=False)
         err.print(f"HTML report written to {index}", highlight=False, markup=False)
@@ -158,12 +161,13 @@ def _sweep_report(results_dir: Path, sweep_id: Optional[str], format: str, publi
     if format == "json":
         from lra_bench import report as rep  # pandas, as above
 
-        tables = {"sweep": df}
+        tables = {"sweep": df, "beside_published": sr.beside_published(df)}
         if published:
             tables["published"] = sr.published_efficiency()
         sys.stdout.write(rep.to_json(tables) + "\n")
         return
     tables = [(sr.title(sweep_id, settings, df), *sr.measured_table(df)),
+              sr.beside_table(sweep_id, settings, df),
               ("Every point", *sr.points_table(df))]
     if published:
         tables.append(sr.published_table())

@@ -23,7 +23,7 @@ from lra_bench.grid.job import STOP_WAIT_S, GridJob
 from lra_bench.grid.planning import grids_dir, parse_mem, parse_slurm_opts, parse_time
 from lra_bench.grid.record import (STATES, Grid, counts, describe, job_file, local_alive,
                                    read_json, status)
-from lra_bench.progress import Display
+from lra_bench.progress import Display, console
 
 LOCAL_TIMEOUT_MIN = 60 * 24 * 365  # LocalExecutor always sets a time limit; `--time` or none
 TABLE_EVERY_S = 2.0  # the live table of jobs reads every job's record: not at every poll
@@ -217,18 +217,20 @@ def stop_when_started(grid: Grid, jobs: dict, timeout: float = STOP_WAIT_S) -> N
     signal has no supervisor pid in its record yet (submitit is still starting it, with SIGINT
     ignored), and signalled then it would be missed and run on after the grid has ended. Each
     supervisor is signalled once it has recorded its pid (its handler is in place by then), or
-    left alone once its submitit job has ended."""
+    left alone once its submitit job has ended. One not started within `timeout` is named in a
+    warning line (shown with --quiet too: it may run on)."""
     waiting, deadline = dict(jobs), time.time() + timeout
     while waiting and time.time() < deadline:
         for key, job in list(waiting.items()):
-            rec = read_json(job_file(grid.path, key)) or {}
-            if local_alive(rec.get("pid"), rec.get("host")):
-                os.kill(int(rec["pid"]), signal.SIGINT)
-                waiting.pop(key)
-            elif job.done():
+            if _signal_supervisor(grid, key) or job.done():
                 waiting.pop(key)
         if waiting:
             time.sleep(0.2)
+    if waiting:
+        console.print(f"warning: lra grid: {len(waiting)} job(s) had not started {timeout:.0f} s "
+                      f"after the stop ({', '.join(waiting)}), so they were not stopped and may "
+                      f"still run; see lra grid status {grid.grid_id}, stop them with lra grid "
+                      f"cancel {grid.grid_id}", highlight=False, markup=False)
 
 
 def stop_local(grid: Grid, keys: list[str]) -> None:
@@ -237,6 +239,16 @@ def stop_local(grid: Grid, keys: list[str]) -> None:
     ignores SIGINT when `lra grid` was started in the background (nohup, &); the supervisor
     installs its own handler. A job not yet started sees cancelled.json instead."""
     for key in keys:
-        rec = read_json(job_file(grid.path, key)) or {}
-        if local_alive(rec.get("pid"), rec.get("host")):
-            os.kill(int(rec["pid"]), signal.SIGINT)
+        _signal_supervisor(grid, key)
+
+
+def _signal_supervisor(grid: Grid, key: str) -> bool:
+    """SIGINT to the supervisor of `key` if it has recorded its pid and lives; whether it did."""
+    rec = read_json(job_file(grid.path, key)) or {}
+    if not local_alive(rec.get("pid"), rec.get("host")):
+        return False
+    try:
+        os.kill(int(rec["pid"]), signal.SIGINT)
+    except ProcessLookupError:  # it ended between the check and the signal
+        return False
+    return True

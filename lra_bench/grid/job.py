@@ -138,6 +138,32 @@ class GridJob(submitit.helpers.Checkpointable):
         lines = [x for x in self._tail if x.startswith("error:")] or list(self._tail)[-1:]
         return (lines[-1] if lines else "") + f" (lra run exit code {code})"
 
+    def _cancel_seen(self) -> bool:
+        return self._cancelled or (Path(self.grid_dir) / "cancelled.json").exists()
+
+    def _attempt(self, argv: list[str], attempts: int, errors: list[dict], rdir: Path,
+                 run_id: str) -> str:
+        """Run `lra run` once; its state (a failure appended to `errors`)."""
+        self._start(argv)
+        if self._cancelled:  # the signal came while it was starting
+            self._on_sigint(signal.SIGINT, None)
+        code = self._wait()
+        summary = run_summary(rdir, run_id)
+        status = (summary or {}).get("status")
+        if self._stopping or status == "interrupted" or code in (130, 143, -15, -9, -2):
+            if not self._stopping and os.environ.get("SUBMITIT_EXECUTOR") == "slurm":
+                # A preemption sends SIGTERM (the run just stopped on it) and then
+                # SIGUSR2: stay for it, so that submitit requeues this job.
+                time.sleep(REQUEUE_GRACE_S)
+            return "interrupted"
+        if code == 0 and status == "completed":
+            return "completed"
+        if status == "diverged":
+            return "diverged"
+        errors.append({"attempt": attempts, "at": results.utc_now(),
+                       "error": self._error(code, summary)})
+        return "failed"
+
     def __call__(self) -> dict:
         rank, ntasks, job_id = self._env_info()
         primary = rank == 0
@@ -158,7 +184,7 @@ class GridJob(submitit.helpers.Checkpointable):
             status = (summary or {}).get("status")
             if status in DONE:
                 state = status
-            elif self._cancelled or (Path(self.grid_dir) / "cancelled.json").exists():
+            elif self._cancel_seen():
                 state = "cancelled"
             else:
                 started = (rdir / "runs" / run_id / "config.json").is_file()
@@ -168,26 +194,11 @@ class GridJob(submitit.helpers.Checkpointable):
                     self._record(state="running", attempts=attempts, job_id=job_id,
                                  host=socket.gethostname(), pid=os.getpid(),
                                  command="lra " + shlex.join(argv), started_at=results.utc_now())
-                self._start(argv)
-                if self._cancelled:  # the signal came while it was starting
-                    self._on_sigint(signal.SIGINT, None)
-                code = self._wait()
-                summary = run_summary(rdir, run_id)
-                status = (summary or {}).get("status")
-                if self._stopping or status == "interrupted" or code in (130, 143, -15, -9, -2):
-                    state = "interrupted"
-                    if not self._stopping and os.environ.get("SUBMITIT_EXECUTOR") == "slurm":
-                        # A preemption sends SIGTERM (the run just stopped on it) and then
-                        # SIGUSR2: stay for it, so that submitit requeues this job.
-                        time.sleep(REQUEUE_GRACE_S)
-                elif code == 0 and status == "completed":
-                    state = "completed"
-                elif status == "diverged":
-                    state = "diverged"
-                else:
-                    state = "failed"
-                    errors.append({"attempt": attempts, "at": results.utc_now(),
-                                   "error": self._error(code, summary)})
+                # Looked at again once the pid is recorded: `lra grid cancel` writes
+                # cancelled.json before it reads the pids, so a cancel that came in between
+                # either finds this pid (and signals it) or is found here.
+                state = "cancelled" if self._cancel_seen() else \
+                    self._attempt(argv, attempts, errors, rdir, run_id)
             if not primary:
                 return {"key": self.key, "state": state}
             fields = {"state": state, "ended_at": results.utc_now(), "errors": errors,

@@ -27,7 +27,7 @@ from lra_bench.report.curves import chance_lines, learning_curves
 from lra_bench.report.html_page import (GENERATOR, esc, href, key_values, page, prose,
                                         svg_chart, table)
 from lra_bench.report.published import protocols
-from lra_bench.report.runs import KEYS, finished_runs, normalise, runs_table
+from lra_bench.report.runs import KEYS, filter_runs, finished_runs, normalise, runs_table
 from lra_bench.report.shown import leaderboard
 
 NAV = [("Leaderboard", "index.html#leaderboard"), ("Published", "index.html#published"),
@@ -80,9 +80,10 @@ def check_target(out_dir: Path) -> Path:
 
 
 def write_site(runs: pd.DataFrame, results_dir: Path, out_dir: Path, selection: str = "run",
-               filters: str = "") -> tuple[Path, list[str]]:
-    """Write the site for `runs` (as `load_runs` reads them, filtered) into `out_dir`, replacing
-    an earlier report there. Returns index.html's path and the warnings met on the way (damaged
+               filters: str = "", models=(), tasks=(), presets=()) -> tuple[Path, list[str]]:
+    """Write the site for `runs` (as `load_runs` reads them, filtered by `models`, `tasks` and
+    `presets`, which `filters` names, as the sweeps are here) into `out_dir`, replacing an
+    earlier report there. Returns index.html's path and the warnings met on the way (damaged
     metrics lines, unreadable sweeps), which the site also shows."""
     out = check_target(out_dir)
     try:
@@ -93,7 +94,8 @@ def write_site(runs: pd.DataFrame, results_dir: Path, out_dir: Path, selection: 
                         "give another folder") from None
     try:
         os.chmod(build, 0o755)
-        warnings = _build(build, runs, Path(results_dir), selection, filters)
+        warnings = _build(build, runs, Path(results_dir), selection, filters,
+                          (models, tasks, presets))
         _move_into_place(build, out)
     except BaseException as e:
         shutil.rmtree(build, ignore_errors=True)
@@ -123,7 +125,7 @@ def _move_into_place(build: Path, out: Path) -> None:
 
 
 def _build(folder: Path, runs: pd.DataFrame, results_dir: Path, selection: str,
-           filters: str) -> list[str]:
+           filters: str, keep: tuple) -> list[str]:
     warnings: list[str] = []
     shown = leaderboard(runs, selection, published=True)
     if not shown:
@@ -141,7 +143,7 @@ def _build(folder: Path, runs: pd.DataFrame, results_dir: Path, selection: str,
         ("efficiency", "Efficiency", f'<p class="title">{prose(efficiency.title)}</p>'
          + table(efficiency.header, efficiency.rows, "efficiency", sortable=True)),
         ("sweeps", "Sweeps: speed and memory against length (LRA Table 2)",
-         _sweeps(folder, results_dir, warnings)),
+         _sweeps(folder, results_dir, warnings, keep)),
         ("runs", "Runs", _runs_list(listed, pages)),
         ("machines", "Machines and versions behind each number", _machines(runs)),
         ("notes", "Protocols and fidelity notes that apply", _notes(runs)),
@@ -195,7 +197,9 @@ def _curves(folder: Path, runs: pd.DataFrame, results_dir: Path, warnings: list[
     return "\n".join(parts)
 
 
-def _sweeps(folder: Path, results_dir: Path, warnings: list[str]) -> str:
+def _sweeps(folder: Path, results_dir: Path, warnings: list[str], keep: tuple) -> str:
+    """Each sweep's points of the models, task and preset that `keep` (the report's filters)
+    lets through, as the rest of the report shows only those runs."""
     parts = []
     for i, sweep_id in enumerate(sweep.list_sweeps(results_dir)):
         try:
@@ -203,6 +207,7 @@ def _sweeps(folder: Path, results_dir: Path, warnings: list[str]) -> str:
         except UserError as e:
             warnings.append(str(e))
             continue
+        df = filter_runs(df, *keep)
         if df.empty:
             continue
         title = sweep_report.title(sid, settings, df)
@@ -210,16 +215,25 @@ def _sweeps(folder: Path, results_dir: Path, warnings: list[str]) -> str:
         plots.plot_sweep(df, folder / "img" / name, title.split(";")[0])
         parts.append(f"<h3>{esc(sid)}</h3><p class=\"title\">{prose(title)}</p>"
                      + table(*sweep_report.measured_table(df))
+                     + _beside(sweep_report.beside_table(sid, settings, df))
                      + f'<img src="{href("img", name)}" alt="{esc(title)}">'
                      + "<details><summary>Every point</summary>"
                      + table(*sweep_report.points_table(df), sortable=True) + "</details>")
-    if not parts:
+    if not parts and any(keep):
+        parts.append('<p class="muted">No sweep in this results folder measured what the '
+                     "filters let through.</p>")
+    elif not parts:
         parts.append('<p class="muted">No sweep in this results folder; measure one with '
                      "<code>lra sweep --models transformer,linear --lengths 1024,2048</code>.</p>")
     p_title, p_header, p_rows = sweep_report.published_table()
     parts.append(f"<details><summary>{prose(p_title)}</summary>"
                  f"{table(p_header, p_rows)}</details>")
     return "\n".join(parts)
+
+
+def _beside(titled) -> str:
+    b_title, header, rows = titled
+    return f'<p class="title">{prose(b_title)}</p>' + table(header, rows, sortable=True)
 
 
 def _runs_list(listed: pd.DataFrame, pages: dict[str, str]) -> str:

@@ -2,9 +2,12 @@
 trackers the run asks for (`train.log_to`: W&B, MLflow).
 
 One fan-out: the trainer hands each record to `Sinks.record`, which writes it to every sink, so
-every curve, wherever it is read, holds the same numbers. A sink has three calls: `replace(records)`
-(a resumed run: the records kept up to its checkpoint, the later ones to be redone), `record(r)`
-(one line of metrics.jsonl) and `finish(summary)` (the run's outcome). The trackers' own packages
+every curve, wherever it is read, holds the same numbers. A sink has three calls:
+`replace(records, sent)` (a resumed run: the records kept up to its checkpoint, the later ones to
+be redone; `sent`: the last step the earlier attempts sent, read from metrics.jsonl before it is
+cut back), `record(r)` (one line of metrics.jsonl) and `finish(summary)` (the run's outcome).
+The files are rewritten from the kept records; the trackers, which cannot delete a point, skip
+the redone steps they already hold (docs/runs.md). The trackers' own packages
 are optional extras: `check_installed` refuses a run that asks for a missing one before anything
 runs, and their modules are imported only for a run that uses them.
 """
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import importlib.util
 
+from lra_bench import records as schemas
 from lra_bench.errors import UserError
 from lra_bench.tracking.names import run_name
 
@@ -37,7 +41,14 @@ class MetricsFile:
     def __init__(self, run_dir):
         self.run_dir = run_dir
 
-    def replace(self, records: list[dict]) -> None:
+    def sent(self) -> int | None:
+        """The last step in metrics.jsonl: every sink was sent each record after this file."""
+        if self.run_dir.path is None:
+            return None
+        lines, _ = schemas.read_lines(self.run_dir.path / "metrics.jsonl", schemas.METRICS_LINE)
+        return max((line["step"] for line in lines), default=None)
+
+    def replace(self, records: list[dict], sent: int | None = None) -> None:
         self.run_dir.rewrite_metrics(records)
 
     def record(self, record: dict) -> None:
@@ -54,8 +65,9 @@ class Sinks:
         self.sinks = sinks
 
     def replace(self, records: list[dict]) -> None:
+        sent = self.sinks[0].sent()  # metrics.jsonl, before it is cut back to `records`
         for s in self.sinks:
-            s.replace(records)
+            s.replace(records, sent)
 
     def record(self, record: dict) -> None:
         for s in self.sinks:

@@ -4,8 +4,11 @@ whole as the artifact summary.json).
 
 Without MLFLOW_TRACKING_URI the run goes to a file store beside the runs,
 `<results>/mlruns` (`MLFLOW_ALLOW_FILE_STORE=true mlflow ui --backend-store-uri <results>/mlruns`
-shows it), which needs no server, database or network. The MLflow run id is kept in summary.json (`mlflow_run_id`), so a resumed run
-continues the same MLflow run.
+shows it), which needs no server, database or network. The MLflow run id is kept in
+summary.json (`mlflow_run_id`), so a resumed run continues the same MLflow run. MLflow cannot
+delete a point and keeps every value sent for a step: the steps a resumed run redoes after a
+hard kill keep what the first attempt sent and are not sent again (`skip_through`), so each step
+is there once.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from mlflow.entities import Metric, Param, RunStatus
 from mlflow.tracking import MlflowClient
 
 from lra_bench import records
-from lra_bench.tracking.names import SUMMARY_TAGS, run_name, scalars
+from lra_bench.tracking.names import SUMMARY_TAGS, TAGS, run_name, scalars
 
 BATCH = 100  # MLflow takes at most 100 parameters in one call
 VALUE_CHARS = 6000  # ... each at most this long
@@ -38,7 +41,7 @@ class MLflow:
             uri = (Path(run_path).resolve().parent.parent / "mlruns").as_uri()
             # MLflow 3 keeps the file store (no server, no database package) behind this switch
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
-        self.client = MlflowClient(tracking_uri=uri)
+        self.client, self.skip_through = MlflowClient(tracking_uri=uri), None
         self.run_id = summary.get("mlflow_run_id")
         if self.run_id is not None:  # a resumed run
             self.client.update_run(self.run_id, status=RunStatus.to_string(RunStatus.RUNNING))
@@ -66,8 +69,10 @@ class MLflow:
     def ids(self) -> dict:
         return {"mlflow_run_id": self.run_id}
 
-    def replace(self, records: list[dict]) -> None:
-        pass  # MLflow keeps the earlier segment's records; the run continues after them
+    def replace(self, records: list[dict], sent: int | None = None) -> None:
+        held = max((m.step for tag in TAGS.values()
+                    for m in self.client.get_metric_history(self.run_id, tag)), default=0)
+        self.skip_through = max(held, sent or 0) or None
 
     def _log(self, values: dict[str, float], step: int, seconds: float | None) -> None:
         ms = int(1000 * seconds) if seconds is not None else int(1000 * time.time())
@@ -75,7 +80,8 @@ class MLflow:
                                                     for k, v in values.items()])
 
     def record(self, record: dict) -> None:
-        self._log(scalars(record), record["step"], record.get("time"))
+        if self.skip_through is None or record["step"] > self.skip_through:
+            self._log(scalars(record), record["step"], record.get("time"))
 
     def finish(self, summary: dict) -> None:
         status = summary.get("status")

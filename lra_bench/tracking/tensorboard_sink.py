@@ -29,7 +29,7 @@ class TensorBoard:
             self._writer.add_text("config", "```\n" + json.dumps(self.config, indent=2) + "\n```")
         return self._writer
 
-    def replace(self, records: list[dict]) -> None:
+    def replace(self, records: list[dict], sent: int | None = None) -> None:
         self.close()
         shutil.rmtree(self.folder, ignore_errors=True)
         for r in records:

@@ -3,8 +3,11 @@ config, every record under the same names as TensorBoard, the summary at the end
 
 W&B keeps its files in the run folder (`<run>/wandb/`); with WANDB_MODE=offline nothing leaves
 the machine and `wandb sync <run>/wandb/offline-run-*` uploads it later. The W&B run id is the
-run's own, so a resumed run continues the same W&B run (steps redone after a hard kill keep what
-the first attempt sent: W&B cannot delete a point).
+run's own, so a resumed run continues the same W&B run. W&B takes a step once (its steps only
+increase) and cannot delete one: the steps a resumed run redoes after a hard kill keep what the
+first attempt sent, and are not sent again (`skip_through`), so each step is there once.
+(W&B's `resume_from` rewind would drop them, but it is a private preview, refused by most
+servers and meaningless offline.)
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ def wandb_id(run_id: str) -> str:
 
 class WandB:
     def __init__(self, run_path: Path, config: dict, summary: dict):
-        self.id = wandb_id(summary["run_id"])
+        self.id, self.skip_through = wandb_id(summary["run_id"]), None
         self.run = wandb.init(
             project=os.environ.get("WANDB_PROJECT", "lra-bench"), id=self.id,
             name=run_name(config), dir=str(run_path), config=config, resume="allow",
@@ -36,11 +39,14 @@ class WandB:
     def ids(self) -> dict:
         return {"wandb_run_id": self.id}
 
-    def replace(self, records: list[dict]) -> None:
-        pass  # W&B keeps the earlier segment's records; the run continues after them
+    def replace(self, records: list[dict], sent: int | None = None) -> None:
+        # Online, W&B says where the run it resumed had got to; offline, only metrics.jsonl does.
+        held = (self.run.starting_step or 1) - 1
+        self.skip_through = max(held, sent or 0) or None
 
     def record(self, record: dict) -> None:
-        self.run.log(scalars(record), step=record["step"])
+        if self.skip_through is None or record["step"] > self.skip_through:
+            self.run.log(scalars(record), step=record["step"])
 
     def finish(self, summary: dict) -> None:
         if summary.get("status") == "completed":
