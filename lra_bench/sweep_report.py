@@ -17,18 +17,47 @@ import pandas as pd
 from rich.table import Table
 
 from lra_bench import paths, reproduced, sweep
+from lra_bench.errors import UserError
 from lra_bench.sizes import format_bytes
 
 BASELINE = "transformer"
 PUBLISHED_BASELINE = "Transformer"
 
 
-def load(results_dir: Path, sweep_id: str | None) -> tuple[str, sweep.Settings, pd.DataFrame]:
+def load(results_dir: Path, sweep_id: str | None, models=(), tasks=(),
+         presets=()) -> tuple[str, sweep.Settings, pd.DataFrame]:
+    """A sweep's id, settings and rows. Without an id, the newest sweep (of one of `tasks` and
+    `presets`, where given); `models` keeps those models' rows. A filter that leaves nothing is
+    a UserError naming what there is."""
+    if sweep_id in (None, "", "latest") and (tasks or presets):
+        sweep_id = _newest_matching(results_dir, tasks, presets)
     sweep_id = sweep.resolve_id(results_dir, sweep_id)
     settings, rows = sweep.load(results_dir, sweep_id)
+    for option, wanted, value in (("-t", tasks, settings.task), ("--preset", presets,
+                                                                   settings.preset)):
+        if wanted and value not in wanted:
+            raise UserError(f"sweep {sweep_id} is of {option} {value}, not {', '.join(wanted)}; "
+                            f"drop {option} or give a sweep of it")
     df = pd.DataFrame(rows, columns=sweep.COLUMNS) if rows else pd.DataFrame(columns=sweep.COLUMNS)
     df["length"] = df["length"].astype(int)
+    if models:
+        present = list(dict.fromkeys(df["model"]))
+        df = df[df["model"].isin(list(models))]
+        if df.empty:
+            raise UserError(f"sweep {sweep_id} has no {', '.join(models)}; it has "
+                            f"{', '.join(present) or 'no points'}")
     return sweep_id, settings, df
+
+
+def _newest_matching(results_dir: Path, tasks, presets) -> str:
+    for candidate in reversed(sweep.list_sweeps(results_dir)):
+        settings, _ = sweep.load(results_dir, candidate)
+        if (not tasks or settings.task in tasks) and (not presets or settings.preset in presets):
+            return candidate
+    wanted = " ".join([*(f"-t {t}" for t in tasks), *(f"--preset {p}" for p in presets)])
+    raise UserError(f"no sweep of {wanted} in {sweep.sweeps_dir(results_dir)}; run one with: "
+                    f"lra sweep {wanted} --models transformer --lengths 512,1024 --batch-size 2 "
+                    "--steps 3")
 
 
 def length_label(n: int) -> str:

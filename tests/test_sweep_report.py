@@ -63,6 +63,26 @@ def test_an_older_sweep_by_id_and_unknown_ids(results):
     assert r.exit_code == 2 and "no sweep 'nope'" in r.stderr and "20300101" in r.stderr
 
 
+def test_filters_pick_the_newest_sweep_of_a_task_and_keep_the_models_asked_for(results):
+    listops = sweep.Settings(task="listops", preset="quick", models=["transformer"],
+                             lengths=[1024])
+    sweep.save(results, "20250101-000000-listops-train-cccccc", listops,
+               [{**_row("transformer", 1024, sps=3.0, gib=1.0), "task": "listops"}])
+    # the newest sweep is text's; -t listops picks the older listops one
+    r = invoke("--sweep", "-t", "listops", "--results-dir", results, "--format", "markdown")
+    assert r.exit_code == 0, r.output
+    assert "Sweep 20250101-000000-listops-train-cccccc" in r.stdout
+    r = invoke("--sweep", "-m", "linear", "--results-dir", results, "--format", "markdown")
+    assert r.exit_code == 0 and "| linear | 16 | 15 |" in r.stdout
+    assert "| transformer |" not in r.stdout
+    for args, says in ((["-m", "reformer"], "has no reformer; it has linear, transformer"),
+                       (["-t", "image"], "no sweep of -t image"),
+                       (["20300101-000000-text-train-bbbbbb", "--preset", "quick"],
+                        "is of --preset lra, not quick")):
+        r = invoke("--sweep", *args, "--results-dir", results)
+        assert r.exit_code == 2 and says in r.stderr and "Traceback" not in r.output, r.output
+
+
 def test_without_a_transformer_no_speed_ups_and_small_memory_in_small_units(tmp_path):
     """Issue 28, case 14: no "speed-up over transformer" when none was swept, and a peak of
     1.4 MB is "1.37 MiB", not "0.00137 GiB", in the tables, as in the progress line."""

@@ -36,7 +36,8 @@ def report(
                                           "loss against step into this .png"),
     compare: Optional[Tuple[str, str]] = typer.Option(None, help="show two runs side by side: "
                                                       "the config keys that differ, the metrics"),
-    sweep: bool = typer.Option(False, "--sweep", help="report a sweep (ID, default the latest) "
+    sweep: bool = typer.Option(False, "--sweep", help="report a sweep (ID, default the latest; "
+                               "with -t/--preset the latest of them, with -m only those models) "
                                "in the LRA Table 2 layout instead of the leaderboard"),
     sweep_id: Optional[str] = typer.Argument(None, metavar="ID", help="with --sweep: which sweep"),
     plot: Optional[Path] = typer.Option(None, help="with --sweep: also draw time and memory "
@@ -79,7 +80,8 @@ def report(
             raise UserError(f"{option} {image}: the folder {image.parent} does not exist; create "
                             "it or write the image elsewhere")
     if sweep or sweep_id is not None or plot is not None:
-        return _sweep_report(paths.results_dir(results_dir), sweep_id, format, published, plot)
+        return _sweep_report(paths.results_dir(results_dir), sweep_id, format, published, plot,
+                             (models, tasks, presets))
     if selection not in rep.SELECTIONS:
         raise UserError(f"unknown selection '{selection}'; choose run, best or last")
     rdir = paths.results_dir(results_dir)
@@ -146,10 +148,12 @@ def _show(shown, format: str) -> None:
 
 
 def _sweep_report(results_dir: Path, sweep_id: Optional[str], format: str, published: bool,
-                  plot: Optional[Path]) -> None:
+                  plot: Optional[Path], filters: tuple = ((), (), ())) -> None:
+    """filters: (models, tasks, presets): -t / --preset pick the newest sweep of them (or check
+    the given one), -m keeps those models' rows."""
     from lra_bench import sweep_report as sr  # pandas: loaded when the command runs
 
-    sweep_id, settings, df = sr.load(results_dir, sweep_id)
+    sweep_id, settings, df = sr.load(results_dir, sweep_id, *filters)
     if plot is not None:
         from lra_bench.plots import plot_sweep  # matplotlib: for --plot only
 
