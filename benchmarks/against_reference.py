@@ -243,6 +243,8 @@ def drive(args) -> dict:
         w.stdin.close()
         w.wait()
     out["finished"] = now()
+    if args.out:
+        args.out.write_text(json.dumps(out, indent=1) + "\n")
     return out
 
 
