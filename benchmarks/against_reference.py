@@ -32,10 +32,10 @@ from pathlib import Path
 
 # layer -> (benchmarks/kernels.py kernel, official reference)
 LAYERS = {
-    "softmax": ("softmax", "mlpen/Nystromformer attention.py softmax (listops config: checkpointed)"),
+    "softmax": ("softmax", "mlpen/Nystromformer attention.py softmax (ListOps: checkpointed)"),
     "linear": ("linear", "idiap/fast-transformers AttentionLayer(LinearAttention)"),
     "fastformer": ("fastformer", "wuch15/Fastformer Fastformer.ipynb FastSelfAttention + dense"),
-    "topk": ("topk", "applicaai/pyramidions TopKOperator + scorer; torch MultiheadAttention chunks"),
+    "topk": ("topk", "applicaai/pyramidions TopKOperator + scorer; nn.MultiheadAttention chunks"),
     "nystromformer": ("nystromformer", "mlpen/Nystromformer attention_nystrom.py (64, conv 35)"),
     "linformer-nystrom": ("linformer-nystrom", "mlpen/Nystromformer attention_linformer.py k=256"),
     "performer-favor": ("performer-favor", "mlpen/Nystromformer attention_performer.py rp_dim=256"),
@@ -254,12 +254,14 @@ def now() -> str:
 
 
 def markdown(report: dict) -> str:
-    """Ratio table (lra-bench / reference): min and median over passes of each pass's min-ms ratio."""
+    """Ratio tables (lra-bench / reference): min and median over passes of each pass's min-ms
+    ratio; median ms; memory."""
     rows = report["results"]
     lengths = sorted({r["length"] for r in rows})
     layers = list(dict.fromkeys(r["layer"] for r in rows))
     k = lambda n: f"{n // 1024}K" if n % 1024 == 0 else str(n)  # noqa: E731
-    head = ["| layer | " + " | ".join(k(n) for n in lengths) + " |", "|---|" + "---:|" * len(lengths)]
+    head = ["| layer | " + " | ".join(k(n) for n in lengths) + " |",
+            "|---|" + "---:|" * len(lengths)]
     time_rows, ms_rows, mem_rows = [], [], []
     for layer in layers:
         cells, ms, mem = [], [], []
@@ -307,7 +309,9 @@ def main(argv=None) -> None:
         serve_jax()
     else:
         if args.refs is None or not args.refs.is_dir():
-            raise SystemExit("error: --refs must name the folder holding the official modules")
+            print("error: --refs must name the folder holding the official modules (see "
+                  "docs/kernels.md, Against the official layers)", file=sys.stderr)
+            sys.exit(2)
         report = drive(args)
         if not args.out:
             print(json.dumps(report, indent=1))
