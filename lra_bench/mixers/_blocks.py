@@ -28,6 +28,8 @@ MIN_BLOCK = 16
 BLOCK_BYTES = 2**21  # a block's (rows, heads, queries, keys) logits at heads of BLOCK_HEAD_DIM
 BLOCK_HEAD_DIM = 16
 SMALL_BYTES = 2**18  # logits of every query below which the explicit form is faster (see pays)
+SHORT_KEYS = 1024  # rows of at most this many keys (top-k's chunks) take smaller blocks:
+SHORT_BLOCK_BYTES = 2**19  # see block_shape
 
 
 def mean_values(v, axis: int = 1):
@@ -207,6 +209,13 @@ def block_shape(q, k) -> tuple[int, int]:
     2.94; 4 rows of 2K, heads of 64: 4 x 128 870 ms, 4 x 256 867, 2 x 128 920, 4 x 64 943;
     Nystromformer's 4K queries x 64 landmarks: 2 x 128 8.9 ms, 1 x 128 14.2.
 
+    Rows of at most SHORT_KEYS keys take at most SHORT_BLOCK_BYTES (times the same factor):
+    smaller blocks ran faster there and keep a quarter of the logits (A/B, one thread, loaded
+    machine, 2026-12-07): top-k's layer at 1K (4 rows of 512) 1 x 64 against 2 x 128 0.68x the
+    time, 7.8 against 13.5 MiB for the step; 128 rows of 512 (ListOps top-k at batch 32) 0.89x;
+    32 rows of 1K 0.86x; softmax's layer at 1K 0.88x. At 4K keys they ran 1.14x slower, so longer
+    rows keep BLOCK_BYTES.
+
     Many small rows (each under 1/8 of the budget, all of them within twice it) go in one group:
     a loop over groups has a fixed cost that only small rows feel. 32 rows of 65 tokens (top-k's
     first layer in the ListOps quick preset): one group 3.0 ms, two or more 4.7-5.0 ms. Long rows
@@ -214,7 +223,8 @@ def block_shape(q, k) -> tuple[int, int]:
     one group than row by row.
     """
     b, head_dim = q.shape[0], q.shape[-1]
-    budget = BLOCK_BYTES * max(1, head_dim // BLOCK_HEAD_DIM) ** 2
+    budget = (BLOCK_BYTES if k.shape[1] > SHORT_KEYS else min(BLOCK_BYTES, SHORT_BLOCK_BYTES)
+              ) * max(1, head_dim // BLOCK_HEAD_DIM) ** 2
     fits = max(1, budget // max(_logits_bytes(q[:1], k, queries=1), 1))  # row-queries
     size = min(QUERY_BLOCK, max(MIN_BLOCK, 1 << (int(fits).bit_length() - 1)))
     if 8 * _logits_bytes(q[:1], k) <= budget and _logits_bytes(q, k) <= 2 * budget:

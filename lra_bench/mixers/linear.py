@@ -29,14 +29,24 @@ def normalized_linear_attention(phi_q, phi_k, v, mask, *, eps: float = 1e-6):
     lose most of its digits.
     """
     acc = island(jnp.result_type(phi_q, phi_k))
-    keep = mask[:, :, None, None]
-    phi_k = jnp.where(keep, phi_k.astype(acc), 0.0)
-    v32 = jnp.where(keep, v.astype(acc), 0.0)
-    phi_q = phi_q.astype(acc)
-    kv = jnp.einsum("bshf,bshd->bhfd", phi_k, v32)
-    normalizer = jnp.einsum("blhf,bhf->blh", phi_q, phi_k.sum(axis=1)) + eps
-    out = jnp.einsum("blhf,bhfd->blhd", phi_q, kv) / normalizer[..., None]
-    return out.astype(v.dtype)
+    b, n, h, f = phi_k.shape
+    d = v.shape[-1]
+    # All heads in one (h f) x (h d) product per sample, the other heads' blocks zeroed: 4x the
+    # multiplies of per-head products, but every operand keeps its (b, n, features) layout, where
+    # per-head einsums made XLA copy q, k, v and the output to heads-major and back (the step at
+    # 8K tokens ran in about 0.6x the time, one core, A/B). The normaliser is the same product.
+    keep = mask[:, :, None]
+    k_all = jnp.where(keep, phi_k.astype(acc).reshape(b, n, h * f), 0.0)
+    v_all = jnp.where(keep, v.astype(acc).reshape(b, n, h * d), 0.0)
+    q_all = phi_q.astype(acc).reshape(b, phi_q.shape[1], h * f)
+    head_of = jnp.arange(h * f) // f  # the head of each feature column
+    kv = jnp.einsum("bsF,bsD->bFD", k_all, v_all)
+    kv = jnp.where(head_of[:, None] == (jnp.arange(h * d) // d)[None, :], kv, 0.0)
+    k_sum = k_all.sum(axis=1)[..., None]
+    k_sum = jnp.where(head_of[:, None] == jnp.arange(h)[None, :], k_sum, 0.0)
+    numerator = jnp.einsum("blF,bFD->blD", q_all, kv).reshape(b, -1, h, d)
+    normalizer = jnp.einsum("blF,bFh->blh", q_all, k_sum) + eps
+    return (numerator / normalizer[..., None]).astype(v.dtype)
 
 
 def elu_linear_attention(q, k, v, mask, *, eps: float = 1e-6):
@@ -53,4 +63,9 @@ class Mixer(HeadProjections):
 
     def __call__(self, x, mask, *, deterministic: bool = True, rngs: nnx.Rngs | None = None):
         q, k, v = self.qkv(x)
-        return self.merge(elu_linear_attention(q, k, v, mask, eps=self.eps)), mask
+        # Recomputed in the backward pass rather than kept: the features and the two products
+        # cost little next to the (b, n, h f) arrays they would pin until then (the step's XLA
+        # buffer plan 6.19 -> 5.69 MiB at 1K, 48.8 -> 44.8 MiB at 8K, batch 2, width 64).
+        attention = jax.checkpoint(
+            lambda q, k, v: elu_linear_attention(q, k, v, mask, eps=self.eps))
+        return self.merge(attention(q, k, v)), mask
