@@ -113,8 +113,9 @@ def quadratic_linear_attention(phi_q, phi_k, v, mask, eps):
     return out / (scores.sum(-1).transpose(0, 2, 1)[..., None] + eps)
 
 
-def test_linear_attention_equals_the_explicit_quadratic_form():
-    q, k, v = (normal(i, (2, 12, 2, 4)) for i in range(3))
+@pytest.mark.parametrize("heads", [2, 8])  # the block-diagonal product, and per head (> 4)
+def test_linear_attention_equals_the_explicit_quadratic_form(heads):
+    q, k, v = (normal(i, (2, 12, heads, 4)) for i in range(3))
     mask = length_mask([12, 5], 12)
     got = normalized_linear_attention(elu_feature_map(q), elu_feature_map(k), v, mask, eps=1e-6)
     want = quadratic_linear_attention(elu_feature_map(q), elu_feature_map(k), v, mask, 1e-6)

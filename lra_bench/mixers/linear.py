@@ -15,6 +15,13 @@ from lra_bench.mixers._precision import island
 from lra_bench.mixers._projections import HeadProjections
 
 
+# Most heads computed as one block-diagonal product (normalized_linear_attention). Forward +
+# backward of the attention alone, one thread, the same process, 9 interleaved rounds on a loaded
+# machine (2026-12-07): block-diagonal / per head 1.00 at (batch 2, 1K, 4 heads of 16), 1.01 at
+# (8, 1K, 4 of 64), 0.74 at (2, 4K, 4 of 64), but 1.27 at (2, 2K, 8 heads of 32).
+BLOCK_DIAGONAL_HEADS = 4
+
+
 def elu_feature_map(x):
     return jax.nn.elu(x) + 1.0
 
@@ -31,10 +38,18 @@ def normalized_linear_attention(phi_q, phi_k, v, mask, *, eps: float = 1e-6):
     acc = island(jnp.result_type(phi_q, phi_k))
     b, n, h, f = phi_k.shape
     d = v.shape[-1]
-    # All heads in one (h f) x (h d) product per sample, the other heads' blocks zeroed: 4x the
-    # multiplies of per-head products, but every operand keeps its (b, n, features) layout, where
-    # per-head einsums made XLA copy q, k, v and the output to heads-major and back (the step at
-    # 8K tokens ran in about 0.6x the time, one core, A/B). The normaliser is the same product.
+    if h > BLOCK_DIAGONAL_HEADS:
+        keep = mask[:, :, None, None]
+        phi_k = jnp.where(keep, phi_k.astype(acc), 0.0)
+        kv = jnp.einsum("bshf,bshd->bhfd", phi_k, jnp.where(keep, v.astype(acc), 0.0))
+        phi_q = phi_q.astype(acc)
+        normalizer = jnp.einsum("blhf,bhf->blh", phi_q, phi_k.sum(axis=1)) + eps
+        return (jnp.einsum("blhf,bhfd->blhd", phi_q, kv) / normalizer[..., None]).astype(v.dtype)
+    # All heads in one (h f) x (h d) product per sample, the other heads' blocks zeroed: h times
+    # the multiplies of per-head products, but every operand keeps its (b, n, features) layout,
+    # where per-head einsums made XLA copy q, k, v and the output to heads-major and back (the
+    # step at 8K tokens, 4 heads of 16, ran in about 0.6x the time, one core, A/B). Past
+    # BLOCK_DIAGONAL_HEADS heads the wasted multiplies cost more than the copies.
     keep = mask[:, :, None]
     k_all = jnp.where(keep, phi_k.astype(acc).reshape(b, n, h * f), 0.0)
     v_all = jnp.where(keep, v.astype(acc).reshape(b, n, h * d), 0.0)
