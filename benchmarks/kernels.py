@@ -1,7 +1,7 @@
 """Every mixer's kernel alone: one layer's forward + backward per sequence length, as JSON.
 
     PYTHONPATH=. python benchmarks/kernels.py [--lengths 1024 2048 4096 8192] [--out k.json]
-    PYTHONPATH=. python benchmarks/kernels.py --markdown k.json > docs/kernels.md
+    PYTHONPATH=. python benchmarks/kernels.py --markdown k.json --update docs/kernels.md
 
 One step is the gradient, with respect to the mixer's parameters and its input, of sum(z^2) for
 z = R + y, the mixer's output added to its residual stream (the filtered input for Fourier),
@@ -179,7 +179,7 @@ def markdown(report: dict) -> str:
         f"malloc thresholds raised as `lra` does (`lra_bench/host.py`): "
         f"{'yes' if report.get('malloc_tuned') else 'no'}. "
         "Regenerate with `python benchmarks/kernels.py --out k.json && "
-        "python benchmarks/kernels.py --markdown k.json > docs/kernels.md`.",
+        "python benchmarks/kernels.py --markdown k.json --update docs/kernels.md`.",
         "",
         "What a step is: the gradient of sum(z^2), z = residual stream + mixer output (then the "
         "pooling, for top-k), with respect to the parameters and the input; see "
@@ -213,6 +213,22 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+BEGIN = "<!-- BEGIN benchmarks/kernels.py --markdown: generated, do not edit -->"
+END = "<!-- END benchmarks/kernels.py --markdown -->"
+
+
+def update_page(text: str, page: str) -> str:
+    """text with the lines between its BEGIN and END markers replaced by `page` (its title
+    dropped: the hand-written page has its own), so regenerating keeps the written sections."""
+    if BEGIN not in text or END not in text:
+        sys.exit(f"error: the page has no {BEGIN} ... {END} lines to replace; add them where "
+                 "the tables go")
+    head, rest = text.split(BEGIN, 1)
+    tail = rest.split(END, 1)[1]
+    body = page.split("\n", 1)[1].strip("\n")
+    return f"{head}{BEGIN}\n{body}\n{END}{tail}"
+
+
 def write(path: Path, report: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -234,9 +250,16 @@ def main(argv=None) -> None:
     p.add_argument("--out", type=Path, help="write the JSON here (default: stdout)")
     p.add_argument("--markdown", type=Path, metavar="JSON",
                    help="print the docs page for a JSON written by this script, and exit")
+    p.add_argument("--update", type=Path, metavar="PAGE",
+                   help="with --markdown: put the tables into PAGE between its BEGIN and END "
+                        "marker lines instead (docs/kernels.md), keeping the rest of the page")
     args = p.parse_args(argv)
     if args.markdown:
-        print(markdown(json.loads(args.markdown.read_text())), end="")
+        page = markdown(json.loads(args.markdown.read_text()))
+        if args.update:
+            args.update.write_text(update_page(args.update.read_text(), page))
+        else:
+            print(page, end="")
         return
     from lra_bench import host
 
