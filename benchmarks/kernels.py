@@ -61,6 +61,7 @@ KERNELS = {
     "longformer": ("longformer", {}),  # LRA: a 512-token sliding window, no global tokens
     "sinkhorn": ("sinkhorn", {}),  # LRA's ListOps/Text/Retrieval: blocks of 50, LRA's sort
     "sparse_transformer": ("sparse_transformer", {}),  # LRA: fixed patterns, l = 50, c = 10, causal
+    "sparse_transformer-dense": ("sparse_transformer", {"form": "dense"}),  # as LRA computed it
     "bigbird": ("bigbird", {}),  # LRA: blocks of 64, 3 random blocks, seed = the layer index
     "reformer": ("reformer", {}),  # LRA: 1 round, 10 buckets
     "reformer-hf": ("reformer", {"style": "hf", "n_hashes": 2, "chunk_len": 64}),
