@@ -56,7 +56,13 @@ KERNELS = {
     "performer-favor": ("performer", {"features": "favor+", "nb_features": 256, "redraw": "fixed",
                                       "kernel_eps": 1e-4, "key_max": "global", "masking": "zero",
                                       "prescale": True}),  # the Nystromformer's performer-256
-    "synthesizer": ("synthesizer", {}),
+    "synthesizer": ("synthesizer", {}),  # LRA: mode "random" with the dot product, every task
+    "local": ("local", {}),  # LRA's ListOps/Text/Retrieval: groups of 50, its strided layout
+    "longformer": ("longformer", {}),  # LRA: a 512-token sliding window, no global tokens
+    "sinkhorn": ("sinkhorn", {}),  # LRA's ListOps/Text/Retrieval: blocks of 50, LRA's sort
+    "sparse_transformer": ("sparse_transformer", {}),  # LRA: fixed patterns, l = 50, c = 10, causal
+    "sparse_transformer-dense": ("sparse_transformer", {"form": "dense"}),  # as LRA computed it
+    "bigbird": ("bigbird", {}),  # LRA: blocks of 64, 3 random blocks, seed = the layer index
     "reformer": ("reformer", {}),  # LRA: 1 round, 10 buckets
     "reformer-hf": ("reformer", {"style": "hf", "n_hashes": 2, "chunk_len": 64}),
     "s4d": ("s4d", {}),  # Vandermonde kernel + FFT convolution: O(N L log L)

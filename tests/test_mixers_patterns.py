@@ -15,7 +15,7 @@ import pytest
 from flax import nnx
 
 from lra_bench import mixers
-from lra_bench.mixers import bigbird, local, longformer, sinkhorn, sparse_transformer
+from lra_bench.mixers import _sparse_blocks, bigbird, local, longformer, sinkhorn, sparse_transformer
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -97,6 +97,13 @@ def test_matches_lra(kind, name):
     check_golden(kind, fixture(kind)[name])
 
 
+@pytest.mark.parametrize("name", list(fixture("sparse_transformer")))
+def test_sparse_transformer_dense_form_matches_lra(name):
+    """The default form is blocked (above); LRA's own dense masked softmax matches too."""
+    case = fixture("sparse_transformer")[name]
+    check_golden("sparse_transformer", {**case, "options": {**case["options"], "form": "dense"}})
+
+
 # --- float64: each pattern against a dense masked softmax built from its definition -------------
 
 @pytest.fixture
@@ -170,6 +177,36 @@ def test_sparse_fixed_pattern_is_its_definition(x64, cls):
     np.testing.assert_allclose(got, dense(q, k, v, allowed), atol=1e-12)
 
 
+@pytest.mark.parametrize("n,size,c,cls,causal,rate", [
+    (13, 4, 1, False, True, 0.0), (13, 4, 1, True, True, 0.0), (17, 5, 2, True, False, 0.0),
+    (16, 4, 4, False, True, 0.0), (11, 4, 0, True, True, 0.0), (13, 4, 1, True, True, 0.3),
+    (20, 6, 2, False, False, 0.5)])
+def test_sparse_blocked_form_is_the_dense_masked_softmax(x64, n, size, c, cls, causal, rate):
+    """Outputs and gradients, with padding, CLS, lengths not divisible by the block size and
+    attention dropout drawn from the same key."""
+    q, k, v = qkv64(2, n, 3, 4)
+    g = qkv64(2, n, 3, 4, seed=1)[0]
+    mask = jnp.asarray(lengths_mask([n, n // 2], n))
+    rng = jax.random.key(3) if rate else None
+    pattern = sparse_transformer.fixed_pattern(n, size, c, causal=causal, cls=cls)
+
+    def dense_form(q, k, v):
+        return sparse_transformer.sparse_attention(q, k, v, mask, pattern, dropout_rate=rate,
+                                                   dropout_rng=rng)
+
+    def blocked_form(q, k, v):
+        return _sparse_blocks.blocked_fixed_attention(q, k, v, mask, size, c, causal=causal,
+                                                      cls=cls, dropout_rate=rate, dropout_rng=rng)
+
+    for_grad = lambda f: jax.grad(lambda *a: jnp.sum(f(*a) * g), argnums=(0, 1, 2))  # noqa: E731
+    np.testing.assert_allclose(blocked_form(q, k, v), dense_form(q, k, v), atol=1e-12)
+    for got, want in zip(for_grad(blocked_form)(q, k, v), for_grad(dense_form)(q, k, v)):
+        np.testing.assert_allclose(got, want, atol=1e-12)
+    if rate:  # the dropout really dropped something: not the output without it
+        assert not np.allclose(blocked_form(q, k, v), sparse_transformer.sparse_attention(
+            q, k, v, mask, pattern))
+
+
 # 12 over 11 tokens: a chunk would see every key, so one dense band (not full) is computed; 40:
 # the band holds every key
 @pytest.mark.parametrize("window,chunk,cls", [(4, None, False), (5, 3, False), (7, 2, True),
@@ -238,6 +275,8 @@ def test_sinkhorn_summed_key_branch_and_the_sinkhorn_operator(x64):
 @pytest.mark.parametrize("kind,options", [("local", dict(block_size=4)),
                                           ("local", dict(block_size=4, layout="blocks")),
                                           ("sparse_transformer", dict(block_size=4, c=1)),
+                                          ("sparse_transformer", dict(block_size=4, c=1,
+                                                                      form="dense")),
                                           ("longformer", dict(window=4, global_tokens="cls")),
                                           ("bigbird", dict(block_size=2, num_rand_blocks=1)),
                                           ("sinkhorn", dict(block_size=4)),

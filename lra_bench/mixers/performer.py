@@ -71,15 +71,16 @@ def query_seeded_projection(q, rows: int, scaling: int = 0):
 
 
 def favor_features(x, w, *, is_query: bool, eps: float, key_max: str = "per_head"):
-    """Positive random features of (batch, n, heads, d) x for W (m, d): (batch, n, heads, m)."""
+    """Positive random features of heads-major (batch, heads, n, d) x for W (m, d):
+    (batch, heads, n, m)."""
     acc = island(x.dtype)
     x = x.astype(acc) * x.shape[-1] ** -0.25
-    dash = jnp.einsum("bnhd,md->bnhm", x, w.astype(acc))
+    dash = jnp.einsum("bhnd,md->bhnm", x, w.astype(acc))
     diag = 0.5 * jnp.sum(x * x, axis=-1, keepdims=True)
     if is_query:
         top = jnp.max(dash, axis=-1, keepdims=True)
     elif key_max == "per_head":
-        top = jnp.max(dash, axis=(1, 3), keepdims=True)
+        top = jnp.max(dash, axis=(2, 3), keepdims=True)
     else:
         top = jnp.max(dash)
     return w.shape[0] ** -0.5 * (jnp.exp(dash - diag - top) + eps)
@@ -92,31 +93,43 @@ def relu_features(x, *, eps: float = 0.001):
 
 def renormalized_linear_attention(phi_q, phi_k, v, *, stabilizer: float = 0.0):
     """out_i = phi_q_i^T (sum_s phi_k_s v_s^T) / R_i, R_i = phi_q_i^T sum_s phi_k_s, with LRA's
-    R + 2 stabilizer [|R| <= stabilizer]. Every key counts (mask the inputs beforehand)."""
+    R + 2 stabilizer [|R| <= stabilizer]. Every key counts (mask the inputs beforehand).
+    Heads-major: phi (batch, heads, n, m), v (batch, heads, n, d)."""
     acc = phi_q.dtype
-    kv = jnp.einsum("bshm,bshd->bhmd", phi_k, v.astype(acc))
-    r = jnp.einsum("blhm,bhm->blh", phi_q, phi_k.sum(axis=1))
+    kv = jnp.einsum("bhsm,bhsd->bhmd", phi_k, v.astype(acc))
+    r = jnp.einsum("bhlm,bhm->bhl", phi_q, phi_k.sum(axis=2))
     r = r + 2 * stabilizer * (jnp.abs(r) <= stabilizer)
-    return (jnp.einsum("blhm,bhmd->blhd", phi_q, kv) / r[..., None]).astype(v.dtype)
+    return (jnp.einsum("bhlm,bhmd->bhld", phi_q, kv) / r[..., None]).astype(v.dtype)
 
 
 def performer_attention(q, k, v, mask, w=None, *, features: str = "relu", kernel_eps: float = 0.001,
                         stabilizer: float = 0.0, key_max: str = "per_head", masking: str = "none",
                         prescale: bool = False):
-    """q, k, v: (batch, n, heads, d); w: (m, d) projection for "favor+".
+    """q, k, v: (batch, n, heads, d); w: (m, d) projection for "favor+", a constant (no gradient:
+    performer_pytorch's buffer, or LRA's draw, which depends on q only through its seed).
     masking "zero": K and V multiplied by the mask (Nyströmformer); "none": ignored (LRA).
-    prescale: q, k divided by d^(1/4) first (Nyströmformer's wrapper)."""
+    prescale: q, k divided by d^(1/4) first (Nyströmformer's wrapper).
+
+    Why heads-major: the (n, m) features are the largest arrays here; laid out (batch, n, heads,
+    m) every product over n needs them transposed, forward and backward (four copies of each), so
+    q, k, v (m / d times smaller) are transposed once instead. Why stop_gradient on w: a gradient
+    for a buffer nobody trains cost two more (m, n) transposes and products. Together: one
+    performer-256 layer at 1K tokens (issue 30, benchmarks/kernels.py, one thread) took about half
+    the CPU time; the maths is the same (tests/test_mixers_lowrank.py, float64).
+    """
     if prescale:
         q, k = q * q.shape[-1] ** -0.25, k * k.shape[-1] ** -0.25
     if masking == "zero":
         keep = mask[:, :, None, None]
         k, v = jnp.where(keep, k, 0), jnp.where(keep, v, 0)
+    q, k, v = (jnp.swapaxes(t, 1, 2) for t in (q, k, v))
     if features == "relu":
         phi_q, phi_k = relu_features(q, eps=kernel_eps), relu_features(k, eps=kernel_eps)
     else:
+        w = jax.lax.stop_gradient(w)
         phi_q = favor_features(q, w, is_query=True, eps=kernel_eps)
         phi_k = favor_features(k, w, is_query=False, eps=kernel_eps, key_max=key_max)
-    return renormalized_linear_attention(phi_q, phi_k, v, stabilizer=stabilizer)
+    return jnp.swapaxes(renormalized_linear_attention(phi_q, phi_k, v, stabilizer=stabilizer), 1, 2)
 
 
 def _choice(name, value, allowed):

@@ -11,7 +11,9 @@ Fixed2Pattern(block_size=50, c=10), merged into one mask shared by every head:
 
 With a CLS token the pattern is built for the other N - 1 tokens and CLS gets a full row and
 column (LRA's use_cls_token). The padding mask is query & key; a wholly masked (pad) query
-averages every value. LRA computes it as a dense N x N masked softmax, and so does this mixer.
+averages every value. LRA computes it as a dense N x N masked softmax (form = "dense" here); the
+default form = "blocked" computes only what the pattern allows (`_sparse_blocks`), with the same
+numbers.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ from lra_bench.errors import UserError
 from lra_bench.mixers import MixerSpec
 from lra_bench.mixers._attention import attention
 from lra_bench.mixers._projections import HeadProjections
+from lra_bench.mixers._sparse_blocks import blocked_fixed_attention
+
+FORMS = ("blocked", "dense")
 
 
 def fixed_pattern(n: int, block_size: int, c: int, *, causal: bool = True,
@@ -49,18 +54,25 @@ def sparse_attention(q, k, v, mask, pattern, *, dropout_rate: float = 0.0, dropo
 
 class Mixer(HeadProjections):
     def __init__(self, spec: MixerSpec, *, rngs: nnx.Rngs, block_size: int = 50, c: int = 10,
-                 causal: bool = True):
+                 causal: bool = True, form: str = "blocked"):
         if not 0 <= c <= block_size or block_size < 1:
             raise UserError(f"sparse_transformer: need 0 <= c <= block_size, got c={c}, "
                             f"block_size={block_size}")
+        if form not in FORMS:
+            raise UserError(f"mixer.form must be one of {', '.join(FORMS)}, got '{form}'")
         self.spec, self.block_size, self.c, self.causal = spec, int(block_size), int(c), causal
+        self.form = form
         self.init_projections(spec, rngs, lra_init=spec.init == "lra")
 
     def __call__(self, x, mask, *, deterministic: bool = True, rngs: nnx.Rngs | None = None):
         q, k, v = self.qkv(x)
-        pattern = fixed_pattern(x.shape[1], self.block_size, self.c, causal=self.causal,
-                                cls=self.spec.has_cls)
         rate = 0.0 if deterministic else self.spec.attention_dropout
         rng = rngs.dropout() if (rate > 0.0 and rngs is not None) else None
-        y = sparse_attention(q, k, v, mask, pattern, dropout_rate=rate, dropout_rng=rng)
+        if self.form == "blocked":
+            y = blocked_fixed_attention(q, k, v, mask, self.block_size, self.c, causal=self.causal,
+                                        cls=self.spec.has_cls, dropout_rate=rate, dropout_rng=rng)
+        else:
+            pattern = fixed_pattern(x.shape[1], self.block_size, self.c, causal=self.causal,
+                                    cls=self.spec.has_cls)
+            y = sparse_attention(q, k, v, mask, pattern, dropout_rate=rate, dropout_rng=rng)
         return self.merge(y), mask
