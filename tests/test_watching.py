@@ -213,12 +213,7 @@ def test_wandb_offline_gets_the_config_the_records_and_the_summary(data_dir, res
     folder = results_dir / "runs" / summary["run_id"]
     [log] = folder.glob("wandb/offline-run-*/*.wandb")  # W&B's files inside the run folder
     # W&B's service process writes the file behind the run; its last record is the run's exit
-    deadline, records = time.monotonic() + 60, {}
-    while "exit" not in records and time.monotonic() < deadline:
-        time.sleep(0.2)
-        records = {}
-        for r in wandb_records(log):
-            records.setdefault(r.WhichOneof("record_type"), []).append(r)
+    records = _wandb_log(log)
     [started] = [r.run for r in records["run"]]
     assert started.run_id == summary["wandb_run_id"] == summary["run_id"]
     assert started.display_name == "transformer-listops-smoke-seed0"
