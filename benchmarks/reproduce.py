@@ -198,6 +198,9 @@ def machine_info() -> dict:
 
 
 def curves_png(metrics: list[dict], summary: dict, path: Path) -> None:
+    # A run killed between checkpoints logs its last steps twice (once before the kill, once
+    # after resuming from the older checkpoint): plot the resumed attempt, the one that went on.
+    metrics = list({m["step"]: m for m in metrics if isinstance(m, dict) and "step" in m}.values())
     rows = [{"preset": summary["preset"], "model": summary["model"], "task": summary["task"],
              "seed": summary["seed"], "step": m["step"], "train_loss": m.get("train_loss"),
              "val_accuracy": 100 * m["val_accuracy"] if "val_accuracy" in m else None}
@@ -241,7 +244,10 @@ def evidence(args) -> list[Path]:
             "commands": [as_typed(s["argv"]) for s in stretches],
             "stretches": stretches,
             "wall_s": round(sum(s["wall_s"] for s in stretches), 1),
-            "cpu_s": round(sum(s["cpu_s"] for s in stretches), 1),
+            # a stretch whose driver was killed hard has no CPU time (its record is rebuilt by
+            # hand from the log's times, "cpu_s": null): the sum then covers the others only
+            "cpu_s": round(sum(s["cpu_s"] or 0 for s in stretches), 1),
+            "cpu_s_complete": all(s["cpu_s"] is not None for s in stretches),
             "machine": {**machine_info(), "device_kind": summary.get("device_kind"),
                         "jax": summary.get("jax_version"), "flax": summary.get("flax_version")},
             "published": [{"value": v, "source": s} for v, s in PUBLISHED.get(key, [])],

@@ -2,9 +2,12 @@
 fixed id, times it, skips it once finished, and writes its evidence and the README table."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["data.num_train=64", "data.num_val=32", "data.num_test=40", "data.min_length=8",
@@ -20,9 +23,18 @@ def driver(*args, cwd):
                           cwd=cwd, capture_output=True, text=True, timeout=600)
 
 
-def test_a_run_is_timed_recorded_skipped_once_done_and_tabled(tmp_path):
-    r = driver("run", cwd=tmp_path)
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A folder where the driver has run one small reproduction to the end (shared: a run takes
+    seconds of compilation)."""
+    where = tmp_path_factory.mktemp("repro")
+    r = driver("run", cwd=where)
     assert r.returncode == 0, r.stderr[-2000:]
+    return where
+
+
+def test_a_run_is_timed_recorded_skipped_once_done_and_tabled(finished):
+    tmp_path = finished
     rid = "repro-nystrom-listops-fourier-s0"
     out = tmp_path / "evidence" / "test-machine" / "nystrom-listops" / "fourier-s0"
     run = json.loads((out / "run.json").read_text())
@@ -42,3 +54,59 @@ def test_a_run_is_timed_recorded_skipped_once_done_and_tabled(tmp_path):
     table = reproduce.table(tmp_path / "evidence")
     row = [line for line in table.splitlines() if line.startswith("| fourier")]
     assert len(row) == 1 and "| listops | `nystrom` | none |" in row[0]
+
+
+def test_curves_plot_the_resumed_attempt_of_a_step_logged_twice(tmp_path, monkeypatch):
+    # killed at step 30 after a checkpoint at 20, resumed: steps 30 are logged twice
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import reproduce
+
+    seen = {}
+    monkeypatch.setattr(reproduce.plots, "plot_curves",
+                        lambda df, path, title, chance: seen.setdefault("df", df))
+    metrics = [{"step": 10, "train_loss": 2.0}, {"step": 20, "train_loss": 1.9},
+               {"step": 30, "train_loss": 1.8, "val_accuracy": 0.30},
+               {"step": 30, "train_loss": 1.7, "val_accuracy": 0.35}, {"step": 40, "train_loss": 1.6}]
+    summary = {"preset": "nystrom", "model": "fourier", "task": "listops", "seed": 0,
+               "val_majority": 0.17}
+    reproduce.curves_png(metrics, summary, tmp_path / "c.png")
+    df = seen["df"]
+    assert sorted(df["step"]) == [10, 20, 30, 40]
+    assert df.loc[df["step"] == 30, "val_accuracy"].item() == 35.0
+
+
+def test_a_finished_run_is_evaluated_again_on_its_own_and_on_a_fresh_sample(finished):
+    tmp_path = finished
+    run_dir = tmp_path / "results" / "runs" / "repro-nystrom-listops-fourier-s0"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    tool = [sys.executable, str(ROOT / "benchmarks" / "evaluate_run.py"), str(run_dir)]
+
+    def evaluate(*args):
+        r = subprocess.run([*tool, *args, "--out", "rows.json"], cwd=tmp_path,
+                           capture_output=True, text=True, timeout=300)
+        return r, (json.loads((tmp_path / "rows.json").read_text())["rows"]
+                   if r.returncode == 0 else None)
+
+    # its own data: the figures the run recorded, from the restored checkpoint
+    r, rows = evaluate("--data-dir", "data")
+    assert r.returncode == 0, r.stderr[-2000:]
+    test = {row["parameters"]: row for row in rows if row["split"] == "test"}
+    assert test["best"]["accuracy"] == summary["test_accuracy_best_val"]
+    assert test["last"]["accuracy"] == summary["test_accuracy_last"]
+    assert test["best"]["step"] == summary["best_step"] and test["last"]["step"] == 4
+    # another generator seed and a larger test split, prepared first
+    sets = [*(kv for kv in SMALL if kv.startswith("data.") and "num_test" not in kv),
+            "data.generate_seed=1", "data.num_test=72"]
+    flags = [a for kv in sets for a in ("--set", kv)]
+    prep = subprocess.run([sys.executable, "-m", "lra_bench", "data", "prepare", "listops",
+                           "--preset", "nystrom", "--generate", "--data-dir", "fresh", "-q", *flags],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert prep.returncode == 0, prep.stderr[-2000:]
+    r, rows = evaluate("--data-dir", "fresh", *flags)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert {row["examples"] for row in rows if row["split"] == "test"} == {64}  # 72, drop_last
+    # only the data may change: another model is not the checkpoint's
+    r, _ = evaluate("--data-dir", "fresh", "--set", "model.num_layers=3")
+    assert r.returncode == 2 and r.stderr.startswith("error: --set model.num_layers=3")
+    assert "Traceback" not in r.stderr
