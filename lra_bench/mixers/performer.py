@@ -79,32 +79,16 @@ def favor_exponentials(x, w, *, axes):
     W x' reaches that max (bits packed along m: `jnp.packbits`) and how many entries reach it.
 
     Why packed: kept as booleans for the backward pass, XLA fused the comparison into the
-    gradient's loop instead and kept W x' (float32, 32x the bytes) alive until then."""
+    gradient's loop instead and kept W x' (float32, 32x the bytes) alive until then; counted as
+    booleans, they were written out as int32 first. The packed bits are counted instead."""
     acc = island(x.dtype)
     x = x.astype(acc) * x.shape[-1] ** -0.25
     dash = jnp.einsum("bhnd,md->bhnm", x, w.astype(acc))
     diag = 0.5 * jnp.sum(x * x, axis=-1, keepdims=True)
-    top, ties = _max_and_ties(dash, axes)
-    return jnp.exp(dash - diag - top), jnp.packbits(dash == top, axis=-1), ties
-
-
-def _max_and_ties(x, axes):
-    """max(x) over `axes` (kept) and how many entries equal it, in one reduction: counting the
-    comparison's booleans in a reduction of their own made XLA write them out as an int32 array
-    of x's shape."""
-    def larger(a, b):
-        top = jnp.maximum(a[0], b[0])
-        return top, jnp.where(a[0] == top, a[1], 0) + jnp.where(b[0] == top, b[1], 0)
-
-    init = (jnp.array(-jnp.inf, x.dtype), jnp.array(0, jnp.int32))
-    top, ties = jax.lax.reduce((x, jnp.ones(x.shape, jnp.int32)), init, larger, axes)
-    kept = [1 if i in axes else n for i, n in enumerate(x.shape)]
-    return top.reshape(kept), ties.reshape(kept)
-
-
-def favor_features(e, eps: float):
-    """The positive random features from `favor_exponentials`: m^(-1/2) (e + eps)."""
-    return e.shape[-1] ** -0.5 * (e + eps)
+    dash = dash - jnp.max(dash, axis=axes, keepdims=True)
+    at_top = jnp.packbits(dash == 0, axis=-1)
+    ties = jnp.sum(jax.lax.population_count(at_top), axis=axes, keepdims=True, dtype=jnp.int32)
+    return jnp.exp(dash - diag), at_top, ties
 
 
 def key_max_axes(key_max: str):
@@ -117,15 +101,25 @@ def relu_features(x, *, eps: float = 0.001):
     return jax.nn.relu(x.astype(island(x.dtype))) + eps
 
 
-def linear_attention_terms(phi_q, phi_k, v, *, stabilizer: float = 0.0):
-    """The numerator phi_q kv (batch, heads, n, d), R (batch, heads, n), kv = sum_s phi_k_s v_s^T
-    and sum_s phi_k_s of `renormalized_linear_attention`."""
-    acc = phi_q.dtype
-    kv = jnp.einsum("bhsm,bhsd->bhmd", phi_k, v.astype(acc))
-    k_sum = phi_k.sum(axis=2)
-    r = jnp.einsum("bhlm,bhm->bhl", phi_q, k_sum)
+def linear_attention_terms(e_q, e_k, v, *, scale: float = 1.0, eps: float = 0.0,
+                           stabilizer: float = 0.0):
+    """For the features phi = scale (e + eps): the numerator phi_q kv (batch, heads, n, d), R
+    (batch, heads, n), kv^T = sum_s v_s phi_k_s^T (batch, heads, d, m) and sum_s phi_k_s of
+    `renormalized_linear_attention`.
+
+    Why e and not phi: each product with phi is taken as scale (the product with e + eps times a
+    sum), so no (n, m) array of features is written. Why kv^T: with (n, m) as the product's right
+    operand XLA runs it as a plain matrix product; as the left one, contracted over n, it took a
+    slower path (three times the time at 2K tokens)."""
+    acc = e_q.dtype
+    v = v.astype(acc)
+    vk = scale * (jnp.einsum("bhsd,bhsm->bhdm", v, e_k) + eps * jnp.sum(v, axis=2)[..., None])
+    k_sum = scale * (jnp.sum(e_k, axis=2) + e_k.shape[2] * eps)
+    r = scale * (jnp.einsum("bhlm,bhm->bhl", e_q, k_sum) + eps * jnp.sum(k_sum, -1)[..., None])
     r = r + 2 * stabilizer * (jnp.abs(r) <= stabilizer)
-    return jnp.einsum("bhlm,bhmd->bhld", phi_q, kv), r, kv, k_sum
+    numerator = scale * (jnp.einsum("bhlm,bhdm->bhld", e_q, vk)
+                         + eps * jnp.sum(vk, axis=-1)[:, :, None, :])
+    return numerator, r, vk, k_sum
 
 
 def renormalized_linear_attention(phi_q, phi_k, v, *, stabilizer: float = 0.0):
@@ -153,39 +147,37 @@ def favor_attention(q, k, v, w, eps: float, stabilizer: float, key_axes: tuple):
 def _favor_attention_fwd(q, k, v, w, eps, stabilizer, key_axes):
     e_q, top_q, ties_q = favor_exponentials(q, w, axes=(3,))
     e_k, top_k, ties_k = favor_exponentials(k, w, axes=key_axes)
-    numerator, r, kv, k_sum = linear_attention_terms(favor_features(e_q, eps),
-                                                     favor_features(e_k, eps), v,
-                                                     stabilizer=stabilizer)
+    numerator, r, vk, k_sum = linear_attention_terms(e_q, e_k, v, scale=e_q.shape[-1] ** -0.5,
+                                                     eps=eps, stabilizer=stabilizer)
     out = (numerator / r[..., None]).astype(v.dtype)
-    return out, (q, k, v, w, e_q, e_k, top_q, top_k, ties_q, ties_k, numerator, r, kv, k_sum)
+    return out, (q, k, v, w, e_q, e_k, top_q, top_k, ties_q, ties_k, numerator, r, vk, k_sum)
 
 
 def _favor_attention_bwd(eps, stabilizer, key_axes, residuals, g):
-    q, k, v, w, e_q, e_k, top_q, top_k, ties_q, ties_k, numerator, r, kv, k_sum = residuals
+    q, k, v, w, e_q, e_k, top_q, top_k, ties_q, ties_k, numerator, r, vk, k_sum = residuals
     g = g.astype(e_q.dtype)
     ratio = e_q.shape[-1] ** -0.5
     # out = numerator / R (the stabilizer's step has no gradient)
     g_numerator = g / r[..., None]
     g_r = -jnp.sum(g * numerator, axis=-1) / (r * r)
-    # Products with phi = ratio (e + eps) are taken as ratio (e ... + eps sum ...): recomputing
-    # phi would be found equal to the forward's by XLA, which then keeps that alive instead.
-    g_kv = ratio * (jnp.einsum("bhlm,bhld->bhmd", e_q, g_numerator)
-                    + eps * jnp.sum(g_numerator, axis=2)[:, :, None, :])
+    # Products with phi = ratio (e + eps) taken as in linear_attention_terms.
+    g_vk = ratio * (jnp.einsum("bhld,bhlm->bhdm", g_numerator, e_q)
+                    + eps * jnp.sum(g_numerator, axis=2)[..., None])
     g_k_sum = ratio * (jnp.einsum("bhlm,bhl->bhm", e_q, g_r)
                        + eps * jnp.sum(g_r, axis=2)[..., None])
-    g_phi_q = (jnp.einsum("bhld,bhmd->bhlm", g_numerator, kv)
+    g_phi_q = (jnp.einsum("bhld,bhdm->bhlm", g_numerator, vk)
                + g_r[..., None] * k_sum[:, :, None, :])
-    g_phi_k = jnp.einsum("bhsd,bhmd->bhsm", v.astype(g.dtype), g_kv) + g_k_sum[:, :, None, :]
-    g_v = ratio * (jnp.einsum("bhsm,bhmd->bhsd", e_k, g_kv)
-                   + eps * jnp.sum(g_kv, axis=2)[:, :, None, :])
+    g_phi_k = jnp.einsum("bhsd,bhdm->bhsm", v.astype(g.dtype), g_vk) + g_k_sum[:, :, None, :]
+    g_v = ratio * (jnp.einsum("bhsm,bhdm->bhsd", e_k, g_vk)
+                   + eps * jnp.sum(g_vk, axis=3)[:, :, None, :])
     return (_exponentials_grad(q, w, e_q, top_q, ties_q, g_phi_q, (3,)),
             _exponentials_grad(k, w, e_k, top_k, ties_k, g_phi_k, key_axes),
             g_v.astype(v.dtype), jnp.zeros_like(w))
 
 
 def _exponentials_grad(x, w, e, at_top, ties, g_phi, axes):
-    """x's gradient through favor_features(favor_exponentials(x)) for the features' gradient
-    g_phi. jnp.max's gradient goes to where the max is, shared equally among ties."""
+    """x's gradient through the features m^(-1/2) (favor_exponentials(x) + eps) for their
+    gradient g_phi. jnp.max's gradient goes to where the max is, shared equally among ties."""
     acc = e.dtype
     scale = x.shape[-1] ** -0.25
     g_z = g_phi * (e.shape[-1] ** -0.5 * e)
