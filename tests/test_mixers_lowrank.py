@@ -147,6 +147,44 @@ def test_performer_nystrom_matches_performer_pytorch():
         np.testing.assert_allclose(got, to_blhd(g[f"performer_{name}"]), rtol=1e-8, atol=1e-10)
 
 
+@pytest.mark.parametrize("key_max, ties", [("per_head", True), ("global", True), ("global", False)])
+def test_performer_favor_backward_is_autodiffs(key_max, ties):
+    """The written-out backward (performer.favor_attention) against autodiff of the features
+    as the FAVOR+ equation reads, jnp.max included, which shares its gradient among ties."""
+    q, k, v = (rand(i, (2, 6, 2, 4)) for i in range(3))
+    w = np.array(performer.gaussian_orthogonal_matrix(jax.random.key(3), 5, 4))
+    if ties:  # a longest row, twice: wherever it gives the max, the max is reached twice
+        w[1] = w[0] = 3 * w[0]
+        assert (np.einsum("bnhd,md->bhnm", q, w).argmax(-1) == 0).any()
+    w = jnp.asarray(w)
+    axes = performer.key_max_axes(key_max)
+    g = jnp.asarray(rand(4, (2, 6, 2, 4)))
+
+    def features(x, axes):
+        x = x * x.shape[-1] ** -0.25
+        dash = jnp.einsum("bhnd,md->bhnm", x, w)
+        top = jnp.max(dash, axis=axes, keepdims=True)
+        return w.shape[0] ** -0.5 * (jnp.exp(dash - 0.5 * jnp.sum(x * x, -1, keepdims=True) - top)
+                                     + 1e-4)
+
+    def autodiff(q, k, v):
+        q, k, v = (jnp.swapaxes(t, 1, 2) for t in (q, k, v))
+        out = performer.renormalized_linear_attention(features(q, (3,)), features(k, axes), v,
+                                                      stabilizer=1e-6)
+        return jnp.sum(jnp.swapaxes(out, 1, 2) * g)
+
+    def written_out(q, k, v):
+        y = performer.performer_attention(q, k, v, jnp.ones((2, 6), bool), w, features="favor+",
+                                          kernel_eps=1e-4, stabilizer=1e-6, key_max=key_max)
+        return jnp.sum(y * g)
+
+    args = tuple(map(jnp.asarray, (q, k, v)))
+    want = jax.grad(autodiff, argnums=(0, 1, 2))(*args)
+    got = jax.jit(jax.grad(written_out, argnums=(0, 1, 2)))(*args)
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, **TOL)
+
+
 # --- Synthesizer ---------------------------------------------------------------------------------
 
 def test_synthesizer_random_adds_learnt_logits_and_masks_pads():
