@@ -273,7 +273,7 @@ def test_sinkhorn_summed_key_branch_and_the_sinkhorn_operator(x64):
     np.testing.assert_allclose(p.sum(-2), 1.0, atol=1e-9)
 
 
-def test_sinkhorn_summed_key_branch_takes_the_same_dropout_bits_in_both_layouts(x64, monkeypatch):
+def test_sinkhorn_summed_keys_draw_the_same_dropout_bits_in_both_layouts(x64, monkeypatch):
     # Short rows run as one problem per row, long ones batched by group position s (row
     # b * size + s: the nb queries at s) against copies of the summed keys; both must draw the
     # batched layout's bits, so a run's dropout does not depend on its length's layout.

@@ -55,8 +55,10 @@ def summed_key_attention(q, k, v, mask, *, block_size: int, dropout_rate: float 
     copies of the summed keys, under the CPU's query blocks. One problem: every query of a
     batch row shares the row's block_size keys, so they attend them in their own order, one
     (Np x block_size) product per row and head, under the per-position mask as a pattern. Up to
-    1K tokens the second ran the layer 1.4-2x faster; at 2K-8K it was no faster and held a
-    quarter to a third more memory (one thread, 2026-12-07; docs/kernels.md)."""
+    1K tokens the layer ran 1.3-1.4x faster with the second (1.4-1.5x local attention's time,
+    not 2.0-2.3x); it keeps the (Np x block_size) weights, so at 2K it held 10% more memory for
+    7-12% less time, at 4K-8K a quarter to a third more for none (one thread, 2026-12-07;
+    docs/kernels.md)."""
     b, n, h, d = q.shape
     nb = n // block_size
     acc = island(k.dtype)
