@@ -16,6 +16,7 @@ from flax import nnx
 
 from lra_bench import mixers
 from lra_bench.mixers import _sparse_blocks, bigbird, local, longformer, sinkhorn, sparse_transformer
+from lra_bench.mixers._attention import attention
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -270,6 +271,28 @@ def test_sinkhorn_summed_key_branch_and_the_sinkhorn_operator(x64):
     p = sinkhorn.sinkhorn_normalise(jnp.asarray(np.random.RandomState(1).randn(2, 5, 5)), 60, 0.75)
     np.testing.assert_allclose(p.sum(-1), 1.0, atol=1e-6)
     np.testing.assert_allclose(p.sum(-2), 1.0, atol=1e-9)
+
+
+def test_sinkhorn_summed_keys_draw_the_same_dropout_bits_in_both_layouts(x64, monkeypatch):
+    # Short rows run as one problem per row, long ones batched by group position s (row
+    # b * size + s: the nb queries at s) against copies of the summed keys; both must draw the
+    # batched layout's bits, so a run's dropout does not depend on its length's layout.
+    monkeypatch.setenv("LRA_ATTENTION", "explicit")
+    size, nb = 3, 4
+    q, k, v = qkv64(2, size * nb, 2, 3)
+    mask = jnp.asarray(lengths_mask([12, 7], size * nb))
+    rng = jax.random.key(3)
+    ksum, vsum = (jnp.repeat(t.reshape(2, size, nb, 2, 3).sum(2), size, axis=0) for t in (k, v))
+    blocks = mask.reshape(2, nb, size).astype(jnp.int32)
+    pair = jnp.einsum("bgs,bgj->bsj", blocks, blocks) > 0
+    want = attention(q.reshape(2 * size, nb, 2, 3), ksum, vsum, pair.reshape(2 * size, size),
+                     dropout_rate=0.5, dropout_rng=rng).reshape(q.shape)
+    for logits in (size * nb * size, 0):  # one problem, then batched
+        monkeypatch.setattr(sinkhorn, "ONE_PROBLEM_LOGITS", logits)
+        got = sinkhorn.summed_key_attention(q, k, v, mask, block_size=size, dropout_rate=0.5,
+                                            dropout_rng=rng)
+        np.testing.assert_allclose(got, want, atol=1e-12)
+    assert not np.allclose(got, sinkhorn.summed_key_attention(q, k, v, mask, block_size=size))
 
 
 @pytest.mark.parametrize("kind,options", [("local", dict(block_size=4)),

@@ -107,7 +107,7 @@ def _fused_applies(q, dropout: bool) -> bool:
 
 
 def attention(q, k, v, mask, *, dropout_rate: float = 0.0, dropout_rng=None, scale=None,
-              query_mask=None, bias=None, pair_mask=None):
+              query_mask=None, bias=None, pair_mask=None, keep=None):
     """Scaled dot-product attention with key-padding masking.
 
     q: (batch, queries, heads, head_dim); k, v: (batch, keys, heads, head_dim); mask: (batch,
@@ -123,9 +123,12 @@ def attention(q, k, v, mask, *, dropout_rate: float = 0.0, dropout_rng=None, sca
     mask. The patterned mixers (Sparse Transformer, Longformer's band) use it on their own
     blocks. A bias or a pattern is an N x N array already, and neither cuDNN's lengths nor the
     CPU blocks carry one, so both take the explicit form.
+    keep: attention dropout's keep mask, bool broadcastable to (batch, heads, queries, keys),
+    used instead of one drawn from dropout_rng (explicit form): for a mixer that lays its
+    problems out anew and keeps the bits its earlier layout drew (Sinkhorn's summed keys).
     """
-    if bias is not None or pair_mask is not None:
-        y = _patterned(q, k, v, mask, bias, pair_mask, dropout_rate, dropout_rng, scale)
+    if bias is not None or pair_mask is not None or keep is not None:
+        y = _patterned(q, k, v, mask, bias, pair_mask, dropout_rate, dropout_rng, scale, keep)
     else:
         y = _attention(q, k, v, mask, dropout_rate, dropout_rng, scale)
     if query_mask is None:
@@ -133,7 +136,7 @@ def attention(q, k, v, mask, *, dropout_rate: float = 0.0, dropout_rng=None, sca
     return jnp.where(query_mask[:, :, None, None], y, mean_values(v))
 
 
-def _patterned(q, k, v, mask, bias, pair_mask, dropout_rate, dropout_rng, scale):
+def _patterned(q, k, v, mask, bias, pair_mask, dropout_rate, dropout_rng, scale, keep):
     dropout = dropout_rate > 0.0 and dropout_rng is not None
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     key_mask = mask[:, None, None, :]
@@ -142,7 +145,7 @@ def _patterned(q, k, v, mask, bias, pair_mask, dropout_rate, dropout_rng, scale)
     _note("explicit", "a fixed sparsity pattern (pair_mask)" if bias is None
           else "an additive logit bias")
     return _explicit(q, k, v, key_mask, scale, dropout_rate, dropout_rng if dropout else None,
-                     bias=bias)
+                     bias=bias, keep=keep)
 
 
 def _attention(q, k, v, mask, dropout_rate, dropout_rng, scale):

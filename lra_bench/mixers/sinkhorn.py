@@ -29,7 +29,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from lra_bench.errors import UserError
-from lra_bench.mixers import MixerSpec
+from lra_bench.mixers import MixerSpec, _dropout_mask
 from lra_bench.mixers._attention import attention
 from lra_bench.mixers._precision import island
 from lra_bench.mixers._projections import HeadProjections
@@ -38,12 +38,27 @@ from lra_bench.mixers.local import local_attention, pad_tokens, strided_groups, 
 SORTINGS = ("lra", "sinkhorn")
 
 
+# Rows of at most this many logits per head (Np x block_size) take the one-problem form; longer
+# ones the batched form, whose query blocks keep no (Np x block_size) array (docs/kernels.md).
+ONE_PROBLEM_LOGITS = 2**16
+
+
 def summed_key_attention(q, k, v, mask, *, block_size: int, dropout_rate: float = 0.0,
                          dropout_rng=None):
     """LRA's "sorted" branch: every query at group position s attends the block_size keys
     K_sum[j] = sum_g K[group g, position j] under mask sum_g m_g[s] m_g[j] > 0, where m_g is the
     contiguous block g of the padding mask (LRA's view, as in local attention).
-    q, k, v: (batch, Np, heads, d); mask: (batch, Np). Returns (batch, Np, heads, d)."""
+    q, k, v: (batch, Np, heads, d); mask: (batch, Np). Returns (batch, Np, heads, d).
+
+    Two layouts of the same attention, with the same dropout bits. Batched: the nb queries at
+    group position s (tokens s * nb + g) form one problem, batch * block_size problems against
+    copies of the summed keys, under the CPU's query blocks. One problem: every query of a
+    batch row shares the row's block_size keys, so they attend them in their own order, one
+    (Np x block_size) product per row and head, under the per-position mask as a pattern. Up to
+    1K tokens the layer ran 1.3-1.4x faster with the second (1.4-1.5x local attention's time,
+    not 2.0-2.3x); it keeps the (Np x block_size) weights, so at 2K it held 10% more memory for
+    7-12% less time, at 4K-8K a quarter to a third more for none (one thread, 2026-12-07;
+    docs/kernels.md)."""
     b, n, h, d = q.shape
     nb = n // block_size
     acc = island(k.dtype)
@@ -51,12 +66,21 @@ def summed_key_attention(q, k, v, mask, *, block_size: int, dropout_rate: float 
                   for t in (k, v))
     mb = mask.reshape(b, nb, block_size)
     pair = jnp.einsum("bgs,bgj->bsj", mb.astype(jnp.int32), mb.astype(jnp.int32)) > 0
-    # queries of group position s share one mask row: batch (b, s), queries = the nb groups
-    qs = q.reshape(b, block_size, nb, h, d).reshape(b * block_size, nb, h, d)
-    ks, vs = (jnp.repeat(t, block_size, axis=0) for t in (ksum, vsum))
-    y = attention(qs, ks, vs, pair.reshape(b * block_size, block_size),
-                  dropout_rate=dropout_rate, dropout_rng=dropout_rng)
-    return y.reshape(b, n, h, d)
+    if n * block_size > ONE_PROBLEM_LOGITS:
+        qs = q.reshape(b * block_size, nb, h, d)  # row b * block_size + s: position s's queries
+        ks, vs = (jnp.repeat(t, block_size, axis=0) for t in (ksum, vsum))
+        y = attention(qs, ks, vs, pair.reshape(b * block_size, block_size),
+                      dropout_rate=dropout_rate, dropout_rng=dropout_rng)
+        return y.reshape(b, n, h, d)
+    pattern = jnp.repeat(pair, nb, axis=1)[:, None]  # (b, 1, Np, block_size): query s * nb + g
+    keep = None
+    if dropout_rate > 0.0 and dropout_rng is not None:
+        # the batched layout's bits: weight (b, h, s * nb + g, j) is its (b * bs + s, h, g, j)
+        rows, cols = _dropout_mask.words(dropout_rng, (b * block_size, h, nb), block_size)
+        rows = rows.reshape(b, block_size, h, nb, 1).swapaxes(1, 2).reshape(b, h, n, 1)
+        keep = _dropout_mask.keep(rows, cols, dropout_rate)
+    return attention(q, ksum, vsum, jnp.ones((b, block_size), bool), pair_mask=pattern,
+                     keep=keep, dropout_rate=dropout_rate)
 
 
 def sinkhorn_normalise(log_p, iterations: int, temperature: float):
