@@ -38,7 +38,10 @@ TOL = dict(rtol=1e-4, atol=1e-5)
 
 def _env(devices: int) -> dict:
     # These processes are compile-bound: skipping LLVM's optimisations saves ~40% of their time.
-    flags = f"--xla_force_host_platform_device_count={devices} --xla_backend_optimization_level=0"
+    # XLA ends a process whose CPU devices do not all reach a collective within 40 s; on a loaded
+    # 2-core machine one of four device threads can be that late (seen once, beside a training run).
+    flags = (f"--xla_force_host_platform_device_count={devices} --xla_backend_optimization_level=0"
+             " --xla_cpu_collective_call_terminate_timeout_seconds=600")
     return {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT), "XLA_FLAGS": flags}
 
 
