@@ -142,8 +142,8 @@ def _patterned(q, k, v, mask, bias, pair_mask, dropout_rate, dropout_rng, scale,
     key_mask = mask[:, None, None, :]
     if pair_mask is not None:
         key_mask = jnp.logical_and(key_mask, pair_mask)
-    _note("explicit", "a fixed sparsity pattern (pair_mask)" if bias is None
-          else "an additive logit bias")
+    _note("explicit", "a fixed sparsity pattern (pair_mask)" if pair_mask is not None
+          else "an additive logit bias" if bias is not None else "a given dropout keep mask")
     return _explicit(q, k, v, key_mask, scale, dropout_rate, dropout_rng if dropout else None,
                      bias=bias, keep=keep)
 

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lra_bench.mixers import _dropout_mask
-from lra_bench.mixers._attention import _explicit
+from lra_bench.mixers._attention import attention
 from lra_bench.mixers._blocks import mean_values
 from lra_bench.mixers._precision import island
 
@@ -87,7 +87,6 @@ def blocked_fixed_attention(q, k, v, mask, block_size: int, c: int, *, causal: b
     if cls:  # the CLS query's row is dense: every real key
         keep = (None if dropout_rng is None else
                 _dropout_mask.keep(row_words[:, :, :1], col, dropout_rate))
-        first = _explicit(q[:, :1], k, v, mask[:, None, None, :], d ** -0.5, dropout_rate,
-                          keep=keep)
+        first = attention(q[:, :1], k, v, mask, dropout_rate=dropout_rate, keep=keep)
         y = jnp.concatenate([first.astype(y.dtype), y], axis=1)
     return jnp.where(mask[:, :, None, None], y, mean_values(v)).astype(v.dtype)
