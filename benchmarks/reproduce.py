@@ -198,9 +198,6 @@ def machine_info() -> dict:
 
 
 def curves_png(metrics: list[dict], summary: dict, path: Path) -> None:
-    # A run killed between checkpoints logs its last steps twice (once before the kill, once
-    # after resuming from the older checkpoint): plot the resumed attempt, the one that went on.
-    metrics = list({m["step"]: m for m in metrics if isinstance(m, dict) and "step" in m}.values())
     rows = [{"preset": summary["preset"], "model": summary["model"], "task": summary["task"],
              "seed": summary["seed"], "step": m["step"], "train_loss": m.get("train_loss"),
              "val_accuracy": 100 * m["val_accuracy"] if "val_accuracy" in m else None}

@@ -56,25 +56,6 @@ def test_a_run_is_timed_recorded_skipped_once_done_and_tabled(finished):
     assert len(row) == 1 and "| listops | `nystrom` | none |" in row[0]
 
 
-def test_curves_plot_the_resumed_attempt_of_a_step_logged_twice(tmp_path, monkeypatch):
-    # killed at step 30 after a checkpoint at 20, resumed: steps 30 are logged twice
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    import reproduce
-
-    seen = {}
-    monkeypatch.setattr(reproduce.plots, "plot_curves",
-                        lambda df, path, title, chance: seen.setdefault("df", df))
-    metrics = [{"step": 10, "train_loss": 2.0}, {"step": 20, "train_loss": 1.9},
-               {"step": 30, "train_loss": 1.8, "val_accuracy": 0.30},
-               {"step": 30, "train_loss": 1.7, "val_accuracy": 0.35}, {"step": 40, "train_loss": 1.6}]
-    summary = {"preset": "nystrom", "model": "fourier", "task": "listops", "seed": 0,
-               "val_majority": 0.17}
-    reproduce.curves_png(metrics, summary, tmp_path / "c.png")
-    df = seen["df"]
-    assert sorted(df["step"]) == [10, 20, 30, 40]
-    assert df.loc[df["step"] == 30, "val_accuracy"].item() == 35.0
-
-
 def test_a_finished_run_is_evaluated_again_on_its_own_and_on_a_fresh_sample(finished):
     tmp_path = finished
     run_dir = tmp_path / "results" / "runs" / "repro-nystrom-listops-fourier-s0"
